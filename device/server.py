@@ -1,0 +1,156 @@
+"""The hmmgpu vfio-user server: one emulated GPU on one UNIX socket.
+
+Start-up reads top to bottom like the hardware: create the context, PCI
+identity and capabilities, BAR0, MSI-X, DMA and reset callbacks, realize; then
+an event loop accepts QEMU, serves its messages, and on disconnect (hot-unplug,
+QEMU exit) resets the device and waits for the next client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+
+from . import hwdef as hw
+from . import pyvfio
+from .gpu import Gpu
+
+log = logging.getLogger("hmmgpu.device")
+
+PCI_CAP_ID_EXP = 0x10
+PCI_CAP_ID_MSIX = 0x11
+PCI_EXP_CAP_SIZE = 0x3C
+PCI_EXP_FLAGS_V2_ENDPOINT = 0x0002  # version 2, device/port type 0 (endpoint)
+
+
+def pcie_capability() -> bytes:
+    cap = bytearray(PCI_EXP_CAP_SIZE)
+    struct.pack_into("<BBH", cap, 0, PCI_CAP_ID_EXP, 0, PCI_EXP_FLAGS_V2_ENDPOINT)
+    return bytes(cap)
+
+
+def msix_capability(vectors: int, bar: int, table: int, pba: int) -> bytes:
+    # Message Control holds table size - 1; table/PBA dwords are offset | BIR.
+    return struct.pack("<BBHII", PCI_CAP_ID_MSIX, 0, vectors - 1, table | bar, pba | bar)
+
+
+class GpuServer:
+    def __init__(self, socket_path: str, library: str | None = None) -> None:
+        self.socket_path = socket_path
+        self.ctx = pyvfio.Context(socket_path, library=library)
+        self.gpu = Gpu(raise_irq=self._trigger)
+        self._stop_r, self._stop_w = os.pipe()
+        self.connected = False
+
+        ctx = self.ctx
+        ctx.pci_init(pyvfio.VFU_PCI_TYPE_EXPRESS, revision=hw.PCI_REVISION)
+        ctx.set_id(hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID, hw.PCI_SUBSYS_VENDOR_ID, hw.PCI_SUBSYS_ID)
+        ctx.set_class(hw.PCI_CLASS_BASE, hw.PCI_CLASS_SUB)
+        ctx.add_capability(pcie_capability())
+        ctx.add_capability(msix_capability(hw.IRQ_VECTORS, 0, hw.MSIX_TABLE_OFFSET,
+                                           hw.MSIX_PBA_OFFSET))
+        ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX, hw.BAR0_SIZE, self._bar0_access,
+                         pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
+        ctx.setup_irqs(pyvfio.VFU_DEV_MSIX_IRQ, hw.IRQ_VECTORS)
+        ctx.setup_dma()
+        ctx.setup_reset(self._on_reset)
+        ctx.realize()
+
+    # ---- callbacks -----------------------------------------------------------
+
+    def _bar0_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
+        if data is None:
+            if count == 8 and offset % 8 == 0:  # split 64-bit reads into two registers
+                lo = self.gpu.mmio_read(offset, 4)
+                hi = self.gpu.mmio_read(offset + 4, 4)
+                return struct.pack("<II", lo, hi)
+            value = self.gpu.mmio_read(offset, count)
+            return value.to_bytes(8, "little")[:count]
+        if count == 8 and offset % 8 == 0:
+            lo, hi = struct.unpack("<II", data)
+            self.gpu.mmio_write(offset, 4, lo)
+            self.gpu.mmio_write(offset + 4, 4, hi)
+        else:
+            self.gpu.mmio_write(offset, count, int.from_bytes(data, "little"))
+        return None
+
+    def _on_reset(self, kind: int) -> None:
+        log.info("reset (%s)", {pyvfio.VFU_RESET_DEVICE: "device",
+                                pyvfio.VFU_RESET_LOST_CONN: "client gone",
+                                pyvfio.VFU_RESET_PCI_FLR: "FLR"}.get(kind, kind))
+        self.gpu.reset()
+
+    def _trigger(self, vector: int) -> bool:
+        try:
+            self.ctx.irq_trigger(vector)
+            return True
+        except pyvfio.VfuError as e:
+            log.debug("MSI-X vector %d not delivered: %s", vector, e)
+            return False
+
+    # ---- event loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+
+    def serve(self) -> None:
+        log.info("serving hmmgpu %04x:%04x on %s", hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID,
+                 self.socket_path)
+        try:
+            while True:
+                fd = self.ctx.poll_fd
+                ready, _, _ = select.select([fd, self._stop_r], [], [])
+                if self._stop_r in ready:
+                    return
+                if not self.connected:
+                    if self.ctx.attach():
+                        self.connected = True
+                        log.info("client attached")
+                    continue
+                try:
+                    self.ctx.run()
+                except pyvfio.VfuError as e:
+                    log.info("client detached (%s); waiting for the next one", e.strerror)
+                    self.connected = False
+        finally:
+            self.ctx.destroy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hmmgpu device serve",
+                                description="Serve one emulated hmmgpu over vfio-user.")
+    p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
+    p.add_argument("--library", help="path of libvfio-user.so (default: provisioned one)")
+    p.add_argument("--log-file", help="log here instead of stderr")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        filename=args.log_file, level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    library = args.library
+    if library is None:
+        from ..host.paths import Paths
+        candidate = Paths.default().libvfio_user
+        library = str(candidate) if candidate.exists() else None
+    try:
+        server = GpuServer(args.socket, library)
+    except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
+        print(f"hmmgpu device: {e}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    t = threading.Thread(target=server.serve, name="vfio-user")
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hmmgpu_oops: a deliberately faulty module. The harness loads it to prove
+ * that a guest kernel Oops or WARNING fails the test that caused it.
+ *
+ *   insmod hmmgpu_oops.ko mode=warn   -> WARN_ON(1)
+ *   insmod hmmgpu_oops.ko mode=oops   -> NULL pointer dereference
+ */
+#include <linux/module.h>
+#include <linux/string.h>
+#include <linux/bug.h>
+
+static char *mode = "warn";
+module_param(mode, charp, 0444);
+MODULE_PARM_DESC(mode, "warn or oops");
+
+static int __init hmmgpu_oops_init(void)
+{
+	if (!strcmp(mode, "warn")) {
+		WARN(1, "hmmgpu_oops: deliberate warning\n");
+	} else if (!strcmp(mode, "oops")) {
+		int *volatile p = NULL;
+
+		pr_info("hmmgpu_oops: dereferencing NULL on purpose\n");
+		*p = 1;
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void __exit hmmgpu_oops_exit(void)
+{
+}
+
+module_init(hmmgpu_oops_init);
+module_exit(hmmgpu_oops_exit);
+MODULE_DESCRIPTION("hmmgpu harness self-test: deliberate WARN or Oops");
+MODULE_LICENSE("GPL");

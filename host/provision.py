@@ -1,0 +1,304 @@
+"""`hmmgpu setup`: provision everything a lab needs, idempotently.
+
+Steps run in order; each leaves a stamp holding the key of its inputs, so a
+second run skips what is current and redoes what changed (the guest builds are
+keyed by a hash of guest/). A file lock makes racing runs wait for each other.
+Output of every step goes to $CACHE/logs/setup-<step>.log; the terminal shows
+one progress line per step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CommandFailed, SetupError
+from .paths import REPO, Paths
+from .shell import run
+from .toolbox import Toolbox
+
+HOST_PACKAGES = ["mmdebstrap", "meson", "ninja-build", "pkg-config", "libjson-c-dev", "gcc",
+                 "xz-utils", "dpkg-dev"]
+
+# The guest kernel, QEMU and compiler come from trixie(-backports). Packages
+# that exist in both suites need the /trixie-backports pin, and so do their
+# versioned dependencies.
+TOOLBOX_PACKAGES = [
+    "qemu-system-x86/trixie-backports", "qemu-system-common/trixie-backports",
+    "qemu-system-data/trixie-backports", "seabios/trixie-backports",
+    "linux-base/trixie-backports", "linux-image-cloud-amd64/trixie-backports",
+    "linux-headers-cloud-amd64/trixie-backports", "gcc", "libc6-dev", "make",
+    "initramfs-tools", "kmod", "busybox-static", "cpio", "xz-utils", "dropbear-bin",
+]
+MIN_FREE_BYTES = 3 << 30
+
+SELFTEST_FILES = [
+    "lib/test_hmm.c", "lib/test_hmm_uapi.h", "mm/gup_test.h",
+    "tools/testing/selftests/mm/*", "tools/testing/selftests/kselftest*",
+]
+
+
+def say(msg: str) -> None:
+    print(f"[hmmgpu setup] {msg}", file=sys.stderr, flush=True)
+
+
+def debian_mirror() -> str:
+    """The Debian archive URI the host's apt already uses."""
+    uris: list[str] = []
+    for f in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        for line in Path(f).read_text().splitlines():
+            if line.startswith("URIs:"):
+                uris += line.split()[1:]
+    for f in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+        if os.path.exists(f):
+            for line in Path(f).read_text().splitlines():
+                m = re.match(r"\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)", line)
+                if m:
+                    uris.append(m.group(1))
+    for u in uris:
+        if "security" not in u and "debian" in u:
+            return u.rstrip("/")
+    raise SetupError("no Debian mirror in the host's apt sources (/etc/apt/sources.list*): "
+                     "configure apt first")
+
+
+@dataclass
+class Step:
+    name: str
+    key: Callable[[], str]
+    action: Callable[[Path], None]
+
+
+class Provisioner:
+    def __init__(self, paths: Paths | None = None, verbose: bool = False) -> None:
+        self.paths = paths or Paths.default()
+        self.tb = Toolbox(self.paths.toolbox)
+        self.verbose = verbose
+        self.logs = self.paths.cache / "logs"
+
+    # ---- the plan ------------------------------------------------------------
+
+    def steps(self) -> list[Step]:
+        return [
+            Step("host-packages", lambda: "1", self.host_packages),
+            Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES), self.toolbox),
+            Step("sources", lambda: "3", self.sources),
+            Step("libvfio-user", lambda: "1", self.libvfio_user),
+            Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest"),
+                 self.guest_build),
+            Step("guest-image", lambda: self.tb_kernel() + tree_hash(REPO / "guest" / "image")
+                 + tree_hash(REPO / "host" / "image.py"), self.guest_image),
+        ]
+
+    def tb_kernel(self) -> str:
+        try:
+            return self.tb.kernel_version
+        except SetupError:
+            return "?"
+
+    def is_current(self) -> bool:
+        return all(self._stamp(s).exists() and self._stamp(s).read_text() == s.key()
+                   for s in self.steps())
+
+    def _stamp(self, step: Step) -> Path:
+        return self.paths.stamps / step.name
+
+    def ensure(self) -> None:
+        """Provision what is missing or stale; a no-op when everything is current."""
+        self.paths.cache.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.lock, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                say(f"another setup holds {self.paths.lock}; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            steps = self.steps()
+            for i, step in enumerate(steps, 1):
+                stamp = self._stamp(step)
+                key = step.key()
+                if stamp.exists() and stamp.read_text() == key:
+                    continue
+                logfile = self.logs / f"setup-{step.name}.log"
+                logfile.parent.mkdir(parents=True, exist_ok=True)
+                logfile.write_text("")
+                say(f"[{i}/{len(steps)}] {step.name} ... (log: {logfile})")
+                t0 = time.monotonic()
+                try:
+                    step.action(logfile)
+                except CommandFailed as e:
+                    raise SetupError(f"step '{step.name}' failed: {e}") from e
+                stamp.parent.mkdir(parents=True, exist_ok=True)
+                stamp.write_text(step.key())
+                say(f"[{i}/{len(steps)}] {step.name} done in {time.monotonic() - t0:.0f} s")
+
+    # ---- steps ------------------------------------------------------------------
+
+    def check_prerequisites(self) -> None:
+        free = shutil.disk_usage(self.paths.cache).free
+        if free < MIN_FREE_BYTES:
+            raise SetupError(f"only {free >> 20} MiB free under {self.paths.cache}; "
+                             f"hmmgpu needs {MIN_FREE_BYTES >> 30} GiB: free space or set "
+                             "HMMGPU_CACHE to a larger disk")
+        if os.geteuid() != 0 and not _userns_works():
+            raise SetupError("provisioning needs root or unprivileged user namespaces "
+                             "(sysctl kernel.unprivileged_userns_clone=1): run as root")
+
+    def host_packages(self, logfile: Path) -> None:
+        self.check_prerequisites()
+        missing = [p for p in HOST_PACKAGES if not _dpkg_installed(p)]
+        if not missing:
+            return
+        if os.geteuid() != 0:
+            raise SetupError("missing host packages; as root run: apt-get install "
+                             + " ".join(missing))
+        say(f"installing host packages: {' '.join(missing)}")
+        try:
+            run(["apt-get", "update"], logfile, timeout=600)
+            run(["apt-get", "install", "-y", "--no-install-recommends", *missing], logfile,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=1200)
+        except CommandFailed as e:
+            raise SetupError("could not install host packages from the Debian archive "
+                             "(is the package registry reachable?)", logfile) from e
+
+    def toolbox(self, logfile: Path) -> None:
+        mirror = debian_mirror()
+        root = self.paths.toolbox
+        tmp = root.with_name("toolbox.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        mode = "root" if os.geteuid() == 0 else "unshare"
+        try:
+            run(["mmdebstrap", "--variant=apt", f"--mode={mode}",
+                 "--aptopt=Apt::Install-Recommends \"false\"",
+                 "--include=" + ",".join(TOOLBOX_PACKAGES), "trixie", tmp,
+                 f"deb {mirror} trixie main", f"deb {mirror} trixie-backports main"],
+                logfile, timeout=1800)
+        except CommandFailed as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SetupError("mmdebstrap could not build the trixie toolbox (is the Debian "
+                             "archive reachable? is there disk space?)", logfile) from e
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+        say(f"toolbox ready: Linux {self.tb.kernel_version}")
+
+    def sources(self, logfile: Path) -> None:
+        """Fetch Debian's qemu source package (for libvfio-user and qemu-plugin.h)
+        and linux-source (test_hmm.c, hmm-tests), keeping only what we use."""
+        mirror = debian_mirror()
+        kver = self.tb.kernel_version
+        majmin = ".".join(kver.split(".")[:2])
+        dl = self.paths.toolbox / "build" / "dl"
+        shutil.rmtree(dl, ignore_errors=True)
+        dl.mkdir(parents=True)
+        # sid's Release file can be past its Valid-Until on a snapshot mirror;
+        # the source packages themselves are still verified by hash.
+        script = f"""
+echo 'deb-src [check-valid-until=no] {mirror} sid main' > /etc/apt/sources.list.d/hmmgpu-src.list
+apt-get update
+cd /build/dl
+ok=
+for v in $(apt-cache showsrc qemu | sed -n 's/^Version: //p' | sort -urV); do
+    if apt-get source --download-only "qemu=$v"; then ok=$v; break; fi
+    rm -f qemu_*
+done
+test -n "$ok" || {{ echo 'no qemu source package could be downloaded'; exit 1; }}
+apt-get download linux-source-{majmin}/trixie-backports
+"""
+        self.tb.chroot(script, logfile, timeout=1800)
+        srcs = self.paths.sources
+        shutil.rmtree(srcs, ignore_errors=True)
+        srcs.mkdir(parents=True)
+        orig = sorted(dl.glob("qemu_*.orig.tar.xz"))[-1]
+        top = orig.name.removeprefix("qemu_").split("+")[0].removesuffix(".orig.tar.xz")
+        run(["tar", "-xJf", orig, "-C", srcs, "--wildcards",
+             f"qemu-{top}/subprojects/libvfio-user/*", f"qemu-{top}/include/qemu/qemu-plugin.h",
+             f"qemu-{top}/VERSION"], logfile)
+        (srcs / f"qemu-{top}").rename(self.paths.qemu_src)
+        (self.paths.qemu_src / "subprojects" / "libvfio-user").rename(self.paths.libvfio_user_src)
+        deb = sorted(dl.glob("linux-source-*.deb"))[-1]
+        tarball = f"./usr/src/linux-source-{majmin}.tar.xz"
+        extract = (f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO '{tarball}' | "
+                   f"tar -xJ -C '{srcs}' --wildcards "
+                   + " ".join(f"'linux-source-{majmin}/{f}'" for f in SELFTEST_FILES))
+        run(["sh", "-c", extract], logfile, timeout=900)
+        (srcs / f"linux-source-{majmin}").rename(self.paths.linux_src)
+        shutil.rmtree(dl)
+
+    def libvfio_user(self, logfile: Path) -> None:
+        build = self.paths.libvfio_user_build
+        shutil.rmtree(build, ignore_errors=True)
+        run(["meson", "setup", build, self.paths.libvfio_user_src, "-Dwerror=false"], logfile)
+        run(["ninja", "-C", build], logfile, timeout=900)
+        if not self.paths.libvfio_user.exists() or not self.paths.gpio_sample.exists():
+            raise SetupError("libvfio-user built but library or sample is missing", logfile)
+
+    def guest_build(self, logfile: Path) -> None:
+        """Build in the toolbox: our guest modules, the reference test_hmm.ko and
+        the static hmm-tests binary."""
+        work = self.paths.toolbox / "build" / "hmmgpu"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(REPO / "guest", work / "guest",
+                        ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*.cmd"))
+        ref = work / "test_hmm"
+        ref.mkdir()
+        for f in ["test_hmm.c", "test_hmm_uapi.h"]:
+            shutil.copy(self.paths.linux_src / "lib" / f, ref / f)
+        (ref / "Kbuild").write_text("obj-m := test_hmm.o\n")
+        shutil.copytree(self.paths.linux_src, work / "linux")
+        kdir = self.tb.headers
+        script = f"""
+make -C {kdir} M=/build/hmmgpu/guest/driver modules W=1
+make -C {kdir} M=/build/hmmgpu/guest/testmod modules W=1
+make -C {kdir} M=/build/hmmgpu/test_hmm modules
+mkdir -p /build/hmmgpu/out
+cd /build/hmmgpu/linux/tools/testing/selftests/mm
+gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selftests \
+    -U_FORTIFY_SOURCE -no-pie hmm-tests.c vm_util.c hugepage_settings.c \
+    -lrt -lpthread -lm -o /build/hmmgpu/out/hmm-tests
+"""
+        self.tb.chroot(script, logfile, timeout=1800)
+        out = self.paths.artifacts
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for ko in [*work.glob("guest/*/*.ko"), ref / "test_hmm.ko"]:
+            shutil.copy(ko, out / ko.name)
+        shutil.copy(work / "out" / "hmm-tests", out / "hmm-tests")
+        say("built: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+    def guest_image(self, logfile: Path) -> None:
+        from .image import build_base_image
+        build_base_image(self.tb, REPO / "guest" / "image", self.paths.image, logfile)
+
+
+def tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if p.suffix in (".o", ".ko", ".cmd") or p.name.startswith("."):
+            continue
+        h.update(str(p.relative_to(path.parent)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _dpkg_installed(pkg: str) -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True,
+                       text=True)
+    return r.returncode == 0 and "install ok installed" in r.stdout
+
+
+def _userns_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-r", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

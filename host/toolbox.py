@@ -1,0 +1,91 @@
+"""The trixie toolbox: a Debian root with QEMU 11.1, the Linux 7.3 cloud
+kernel and headers, and gcc, made by mmdebstrap (see provision.py).
+
+This module knows how to use it: the guest kernel's version and files, how to
+run a build inside it (chroot in a private mount namespace, so nothing stays
+mounted on the host), and how to start its QEMU without chroot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import SetupError
+from .shell import run
+
+QEMU_MIN_VERSION = (10, 1)
+
+
+class Toolbox:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def kernel_version(self) -> str:
+        found = sorted((self.root / "boot").glob("vmlinuz-*-cloud-amd64"))
+        if not found:
+            raise SetupError(f"no cloud kernel in {self.root}/boot: run 'hmmgpu setup'")
+        return found[-1].name.removeprefix("vmlinuz-")
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.kernel_version}"
+
+    @property
+    def headers(self) -> str:
+        """The headers' path inside the toolbox."""
+        return f"/usr/src/linux-headers-{self.kernel_version}"
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.root / "lib" / "modules" / self.kernel_version
+
+    def chroot(self, script: str, logfile: Path, timeout: float = 1800) -> None:
+        """Run a shell script inside the toolbox with /proc, /sys and /dev."""
+        r = str(self.root)
+        mount = (f"mount -t proc proc {r}/proc && mount -t sysfs sys {r}/sys && "
+                 f"mount --rbind /dev {r}/dev && exec chroot {r} /bin/sh -ec \"$1\"")
+        unshare = ["unshare", "-m", "--propagation", "private"]
+        if os.geteuid() != 0:
+            unshare = ["unshare", "-r", "-m", "--propagation", "private", "--pid", "--fork"]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
+        run([*unshare, "sh", "-c", mount, "sh", script], logfile, env=env, timeout=timeout)
+
+    # ---- QEMU -------------------------------------------------------------------
+
+    def qemu_command(self) -> list[str]:
+        """The command prefix that starts a QEMU >= 10.1 with vfio-user-pci:
+        the host's own when it qualifies, else the toolbox's."""
+        host = shutil.which("qemu-system-x86_64")
+        if host and qemu_qualifies([host]):
+            return [host]
+        r = self.root
+        qemu = [str(r / "lib64/ld-linux-x86-64.so.2"), "--library-path",
+                str(r / "usr/lib/x86_64-linux-gnu"), str(r / "usr/bin/qemu-system-x86_64"),
+                "-L", str(r / "usr/share/qemu"), "-L", str(r / "usr/share/seabios")]
+        return qemu
+
+    def qemu_env(self) -> dict[str, str]:
+        return {"QEMU_MODULE_DIR": str(self.root / "usr/lib/x86_64-linux-gnu/qemu")}
+
+
+def qemu_version(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, int]:
+    out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, **(env or {})}).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def qemu_qualifies(cmd: list[str]) -> bool:
+    try:
+        if qemu_version(cmd) < QEMU_MIN_VERSION:
+            return False
+        out = subprocess.run([*cmd, "-device", "help"], capture_output=True, text=True,
+                             timeout=30).stdout
+        return "vfio-user-pci" in out
+    except (OSError, subprocess.SubprocessError):
+        return False
