@@ -194,7 +194,7 @@ static struct pci_driver hmmgpu_driver = {
 	.id_table = hmmgpu_ids,
 	.probe = hmmgpu_probe,
 	.remove = hmmgpu_remove,
-	.driver.dev_groups = hmmgpu_groups,
+	.dev_groups = hmmgpu_groups,
 };
 module_pci_driver(hmmgpu_driver);
 

@@ -1,0 +1,296 @@
+"""The lab: device servers + one QEMU VM, controlled over QMP and SSH.
+
+    with Lab(LabConfig(gpus=2)) as lab:
+        lab.boot()
+        lab.ssh("cat /proc/interrupts")
+        lab.unplug_gpu(0); lab.plug_gpu(0)
+
+Each lab gets a run directory ($CACHE/runs/<time>-<pid>) with the console log,
+QEMU's stderr, every device server's log and the lab's SSH key. A watchdog
+thread kills QEMU when it reports a KVM error (QEMU then pauses instead of
+exiting) or outlives its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .accel import kvm_works
+from .console import Console
+from .errors import GuestKernelError, VmError
+from .image import GUEST_BIN_DIR, write_initrd
+from .paths import Paths
+from .qmp import Qmp
+from .ssh import Guest, Result, free_port, make_key
+from .toolbox import Toolbox
+
+log = logging.getLogger("hmmgpu")
+
+BOOT_TIMEOUT_TCG = 180
+BOOT_TIMEOUT_KVM = 60
+
+
+@dataclass
+class LabConfig:
+    gpus: int = 1
+    memory_mb: int = 2048
+    cpus: int = 2
+    accel: str = "auto"  # auto | kvm | tcg
+    kernel_args: str = ""
+    verbose: bool = False
+    max_lifetime_s: float = 4 * 3600
+    extra_qemu_args: list[str] = field(default_factory=list)
+
+
+class GpuProcess:
+    """One device server child process."""
+
+    def __init__(self, index: int, run_dir: Path) -> None:
+        self.index = index
+        self.id = f"gpu{index}"
+        self.socket = run_dir / f"{self.id}.sock"
+        self.log = run_dir / f"{self.id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
+               "--log-file", str(self.log)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise VmError(f"device server {self.id} did not start", self.log)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def qmp_device(self) -> dict[str, Any]:
+        return {"driver": "vfio-user-pci", "id": self.id, "bus": f"rp{self.index}",
+                "socket": {"path": str(self.socket), "type": "unix"}}
+
+
+class Lab:
+    def __init__(self, config: LabConfig | None = None, paths: Paths | None = None) -> None:
+        self.config = config or LabConfig()
+        self.paths = paths or Paths.default()
+        self.tb = Toolbox(self.paths.toolbox)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = self.paths.runs / f"{stamp}-{os.getpid()}-{id(self) % 10000}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.console = Console(self.run_dir / "console.log")
+        self.qemu_log = self.run_dir / "qemu.log"
+        self.gpus = [GpuProcess(i, self.run_dir) for i in range(self.config.gpus)]
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.qmp: Qmp | None = None
+        self.guest: Guest | None = None
+        self.accel = ""
+        self.boot_seconds = 0.0
+        self._watchdog_stop = threading.Event()
+        self.killed_by_watchdog = ""
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def say(self, msg: str) -> None:
+        print(f"[hmmgpu] {msg}", file=sys.stderr, flush=True)
+
+    def choose_accel(self) -> str:
+        want = self.config.accel
+        if want == "tcg":
+            return "tcg"
+        ok = kvm_works(self.tb.qemu_command(), self.tb.qemu_env(), self.tb.vmlinuz,
+                       self.paths.cache)
+        if want == "kvm" and not ok:
+            raise VmError("KVM was asked for but does not run a guest on this host "
+                          "(see the KVM probe in the log); use --accel tcg")
+        return "kvm" if ok else "tcg"
+
+    def qemu_args(self, port: int, initrd: Path) -> list[str]:
+        c = self.config
+        accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else \
+            ["-accel", "tcg", "-cpu", "max"]
+        mem = f"{c.memory_mb}M"
+        args = [
+            *self.tb.qemu_command(), *accel, "-smp", str(c.cpus), "-m", mem,
+            "-nographic", "-nodefaults", "-no-reboot",
+            "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+            "-machine", "q35,memory-backend=mem",
+            "-chardev", f"file,id=con,path={self.console.path}", "-serial", "chardev:con",
+            "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device", "virtio-net-pci,netdev=n0",
+            "-kernel", str(self.tb.vmlinuz), "-initrd", str(initrd),
+            "-append", f"console=ttyS0 panic=-1 {c.kernel_args}".strip(),
+        ]
+        for g in self.gpus:
+            args += ["-device", f"pcie-root-port,id=rp{g.index},chassis={g.index + 1},"
+                                f"slot={g.index + 1}"]
+            args += ["-device", json.dumps(g.qmp_device())]
+        return args + c.extra_qemu_args
+
+    def boot(self) -> None:
+        """Start device servers and QEMU, then wait until SSH answers."""
+        from .provision import Provisioner
+        Provisioner(self.paths).ensure()
+        t0 = time.monotonic()
+        self.accel = self.choose_accel()
+        self.say(f"accelerator: {self.accel}" + ("" if self.accel == "kvm" else
+                 " (KVM does not run guests here)" if self.config.accel == "auto" else ""))
+        key_file = self.run_dir / "id_ed25519"
+        pub = make_key(key_file)
+        initrd = write_initrd(self.paths.image / "base.cpio", self.run_dir / "initrd.cpio", pub,
+                              self.paths.artifacts)
+        for g in self.gpus:
+            g.start()
+        port = free_port()
+        args = self.qemu_args(port, initrd)
+        (self.run_dir / "qemu.cmd").write_text(shlex.join(args) + "\n")
+        if self.config.verbose:
+            self.say("$ " + shlex.join(args))
+        self.say(f"booting ({len(self.gpus)} GPU(s)); logs in {self.run_dir}")
+        self.qemu = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=open(self.qemu_log, "ab"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.tb.qemu_env()})
+        threading.Thread(target=self._watchdog, name="qemu-watchdog", daemon=True).start()
+        try:
+            self.qmp = Qmp(self.run_dir / "qmp.sock", f"lab-{self.run_dir.name}")
+            self.guest = Guest(port, key_file, verbose=self.config.verbose)
+            timeout = BOOT_TIMEOUT_KVM if self.accel == "kvm" else BOOT_TIMEOUT_TCG
+            self.guest.wait(timeout, alive=self.qemu_alive)
+        except VmError as e:
+            self.check_console()
+            raise VmError(f"{e}\nconsole tail:\n{self.console.tail()}", self.qemu_log) from e
+        self.boot_seconds = time.monotonic() - t0
+        self.check_console()
+
+    def qemu_alive(self) -> bool:
+        return self.qemu is not None and self.qemu.poll() is None
+
+    def _watchdog(self) -> None:
+        deadline = time.monotonic() + self.config.max_lifetime_s
+        while not self._watchdog_stop.wait(0.5):
+            if not self.qemu_alive():
+                return
+            reason = ""
+            if time.monotonic() > deadline:
+                reason = f"ran longer than {self.config.max_lifetime_s:.0f} s"
+            elif b"KVM internal error" in self.qemu_log.read_bytes()[-4096:]:
+                reason = "KVM internal error (QEMU paused)"
+            if reason:
+                self.killed_by_watchdog = reason
+                log.error("watchdog: killing QEMU: %s", reason)
+                self.kill()
+                return
+
+    # ---- guest access ----------------------------------------------------------
+
+    def ssh(self, command: str, check: bool = True, timeout: float | None = 600) -> Result:
+        if self.guest is None:
+            raise VmError("the lab is not booted")
+        try:
+            return self.guest.run(command, check=check, timeout=timeout)
+        finally:
+            self.check_console()
+
+    def check_console(self, since: int = 0) -> None:
+        """Raise GuestKernelError if the console shows an Oops/BUG/WARNING/panic."""
+        failures = self.console.failures(since)
+        if failures:
+            raise GuestKernelError(f"guest kernel: {failures[0].line}", failures[0].excerpt,
+                                   self.console.path)
+
+    def guest_pci_devices(self) -> list[dict[str, str]]:
+        out = self.guest.run(
+            "for d in /sys/bus/pci/devices/*; do "
+            "drv=$(basename $(readlink $d/driver) 2>/dev/null); "
+            "echo $(basename $d) $(cat $d/vendor) $(cat $d/device) $(cat $d/class) ${drv:--};"
+            " done").stdout
+        devs = []
+        for line in out.splitlines():
+            slot, vendor, device, cls, drv = line.split()
+            devs.append({"slot": slot, "vendor": vendor[2:], "device": device[2:],
+                         "class": cls, "driver": "" if drv == "-" else drv})
+        return devs
+
+    def guest_bin(self, name: str) -> str:
+        return f"{GUEST_BIN_DIR}/{name}"
+
+    # ---- QMP operations -----------------------------------------------------------
+
+    def unplug_gpu(self, index: int, timeout: float = 60) -> None:
+        g = self.gpus[index]
+        since = len(self.qmp.events)
+        self.qmp.cmd("device_del", id=g.id)
+        self.qmp.wait_event("DEVICE_DELETED", timeout,
+                            match=lambda e: e.get("data", {}).get("device") == g.id, since=since)
+
+    def plug_gpu(self, index: int) -> None:
+        g = self.gpus[index]
+        if not g.alive:
+            g.start()
+        self.qmp.cmd("device_add", **g.qmp_device())
+
+    def reset(self) -> None:
+        """A system reset; -no-reboot makes QEMU exit, as a real reboot would end the lab."""
+        self.qmp.cmd("system_reset")
+
+    def pci_info(self) -> list[dict[str, Any]]:
+        return self.qmp.cmd("query-pci")
+
+    def shutdown(self, timeout: float = 20) -> None:
+        """Power off cleanly if possible, then stop everything."""
+        if self.qemu_alive():
+            try:
+                if self.guest is not None:
+                    self.guest.run("poweroff -f", check=False, timeout=5)
+            except Exception:  # noqa: BLE001 - the connection dies with the guest
+                pass
+            try:
+                self.qemu.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._stop_all()
+
+    def kill(self) -> None:
+        if self.qemu is not None and self.qemu.poll() is None:
+            self.qemu.kill()
+            self.qemu.wait()
+
+    def _stop_all(self) -> None:
+        self._watchdog_stop.set()
+        if self.guest is not None:
+            self.guest.close()
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        self.kill()
+        for g in self.gpus:
+            g.stop()
