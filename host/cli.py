@@ -70,7 +70,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     from .selftest import run_selftest
     result = run_selftest(reference=args.reference, accel=args.accel, verbose=args.verbose,
-                          filters=args.filter)
+                          hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"])
     print(result.summary())
     print(f"hmmgpu: results in {result.json_path}; logs in {result.run_dir}")
     return 0 if result.ok else 1
@@ -105,8 +105,8 @@ def build_parser() -> ArgumentParser:
     s = sub.add_parser("selftest", help="run the kernel's hmm-tests in the lab VM")
     s.add_argument("--reference", action="store_true",
                    help="against the kernel's own test_hmm.ko (the baseline)")
-    s.add_argument("--filter", action="append", default=[],
-                   help="run only matching FIXTURE.TEST names (hmm-tests -r/-t syntax)")
+    s.add_argument("hmm_tests_args", nargs=argparse.REMAINDER,
+                   help="arguments passed to hmm-tests after '--', e.g. -- -t open_close")
     s.add_argument("--accel", **accel)
     s.set_defaults(fn=cmd_selftest)
 

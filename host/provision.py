@@ -106,9 +106,19 @@ class Provisioner:
         except SetupError:
             return "?"
 
+    def keys(self, steps: list[Step]) -> list[str]:
+        """Each step's key covers its own inputs and every earlier step's, so a
+        redone step redoes all that follow it."""
+        out, acc = [], ""
+        for s in steps:
+            acc = hashlib.sha256((acc + "\0" + s.key()).encode()).hexdigest()[:16]
+            out.append(acc)
+        return out
+
     def is_current(self) -> bool:
-        return all(self._stamp(s).exists() and self._stamp(s).read_text() == s.key()
-                   for s in self.steps())
+        steps = self.steps()
+        return all(self._stamp(s).exists() and self._stamp(s).read_text() == k
+                   for s, k in zip(steps, self.keys(steps), strict=True))
 
     def _stamp(self, step: Step) -> Path:
         return self.paths.stamps / step.name
@@ -125,7 +135,7 @@ class Provisioner:
             steps = self.steps()
             for i, step in enumerate(steps, 1):
                 stamp = self._stamp(step)
-                key = step.key()
+                key = self.keys(steps)[i - 1]
                 if stamp.exists() and stamp.read_text() == key:
                     continue
                 logfile = self.logs / f"setup-{step.name}.log"
@@ -138,7 +148,7 @@ class Provisioner:
                 except CommandFailed as e:
                     raise SetupError(f"step '{step.name}' failed: {e}") from e
                 stamp.parent.mkdir(parents=True, exist_ok=True)
-                stamp.write_text(step.key())
+                stamp.write_text(self.keys(steps)[i - 1])
                 say(f"[{i}/{len(steps)}] {step.name} done in {time.monotonic() - t0:.0f} s")
 
     # ---- steps ------------------------------------------------------------------

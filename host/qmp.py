@@ -8,6 +8,7 @@ arrive and can be awaited by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -34,6 +35,8 @@ class Qmp:
         self._cond = threading.Condition()
         self.client = QMPClient(name)
         deadline = time.monotonic() + connect_timeout
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         while True:
             try:
                 self._run(self.client.connect(str(socket)), timeout=5)
@@ -45,7 +48,15 @@ class Qmp:
                 time.sleep(0.1)
         self._listener = EventListener()
         self.client.register_listener(self._listener)
-        self._collector = asyncio.run_coroutine_threadsafe(self._collect(), self.loop)
+        self._collector = self._run(self._start_collector())
+
+    async def _start_collector(self) -> asyncio.Task[None]:
+        return asyncio.ensure_future(self._collect())
+
+    async def _stop_collector(self) -> None:
+        self._collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._collector
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -84,7 +95,7 @@ class Qmp:
             except Exception:  # noqa: BLE001 - QEMU may already be gone
                 pass
             if hasattr(self, "_collector"):
-                self._collector.cancel()
+                self._run(self._stop_collector(), timeout=5)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
             self.loop.close()

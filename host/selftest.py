@@ -1,0 +1,94 @@
+"""`hmmgpu selftest`: the kernel's hmm-tests in the lab VM.
+
+hmm-tests runs directly (test_hmm.sh always exits 0), its TAP is parsed, and
+the result is saved as JSON next to the run's logs. A guest kernel WARNING,
+Oops or panic during the run fails it whatever the TAP says.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GuestKernelError, HmmgpuError
+from .lab import Lab, LabConfig
+from .tap import TapReport, parse
+
+SELFTEST_MEMORY_MB = 4096
+SELFTEST_TIMEOUT_S = 1800
+
+
+@dataclass
+class SelftestResult:
+    mode: str
+    report: TapReport
+    wall_s: float
+    run_dir: Path
+    json_path: Path
+    exit_code: int
+    kernel_failure: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (not self.report.failed and self.report.complete and not self.kernel_failure)
+
+    def summary(self) -> str:
+        c = self.report.count()
+        lines = [f"hmm-tests ({self.mode}): {len(self.report.cases)}/{self.report.planned} cases,"
+                 f" pass {c['pass']}, fail {c['fail']}, skip {c['skip']}"
+                 f" in {self.wall_s:.0f} s"]
+        for case in self.report.failed:
+            lines.append(f"  FAIL {case.name}")
+        if not self.report.complete:
+            lines.append(f"  INCOMPLETE: hmm-tests exited {self.exit_code} after "
+                         f"{len(self.report.cases)} of {self.report.planned} cases")
+        if self.kernel_failure:
+            lines.append(f"  GUEST KERNEL: {self.kernel_failure}")
+        return "\n".join(lines)
+
+
+def _require_supported(mode: str) -> None:
+    if mode != "reference":
+        raise HmmgpuError("the hmmgpu driver does not provide the dmirror ABI yet; "
+                          "run 'hmmgpu selftest --reference' for the baseline")
+
+
+def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
+    """Run hmm-tests in a booted lab, against test_hmm.ko (reference) or hmmgpu."""
+    _require_supported(mode)
+    lab.ssh(f"insmod {lab.guest_bin('test_hmm.ko')}")
+    since = lab.console.size()
+    t0 = time.monotonic()
+    cmd = f"cd /tmp && {lab.guest_bin('hmm-tests')} {hmm_tests_args}".strip()
+    r = lab.guest.run(cmd, check=False, timeout=SELFTEST_TIMEOUT_S)
+    wall = time.monotonic() - t0
+    (lab.run_dir / f"hmm-tests-{mode}.tap").write_text(r.stdout + r.stderr)
+    kernel_failure = ""
+    try:
+        lab.check_console(since)
+    except GuestKernelError as e:
+        kernel_failure = f"{e.args[0]}\n{e.excerpt}"
+    report = parse(r.stdout)
+    json_path = lab.run_dir / f"selftest-{mode}.json"
+    result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
+                            kernel_failure)
+    json_path.write_text(json.dumps({
+        "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),
+        "command": cmd, "exit_code": r.exit_code, "ok": result.ok,
+        "kernel_failure": kernel_failure, **report.to_dict()}, indent=2))
+    return result
+
+
+def run_selftest(reference: bool, accel: str = "auto", verbose: bool = False,
+                 hmm_tests_args: list[str] | None = None) -> SelftestResult:
+    mode = "reference" if reference else "hmmgpu"
+    _require_supported(mode)
+    cfg = LabConfig(gpus=0 if reference else 2, memory_mb=SELFTEST_MEMORY_MB, accel=accel,
+                    verbose=verbose)
+    with Lab(cfg) as lab:
+        lab.boot()
+        args = " ".join(shlex.quote(a) for a in hmm_tests_args or [])
+        return run_in_lab(lab, mode, args)

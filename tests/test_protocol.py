@@ -1,0 +1,140 @@
+"""The real device server process, driven over its vfio-user socket by a
+Python client (no QEMU): negotiation, device/region/IRQ info, MMIO, MSI-X."""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from pathlib import Path
+
+import pytest
+
+from hmmgpu.device import hwdef as hw
+from hmmgpu.host import vfio_client as vu
+from hmmgpu.host.vfio_client import VfioUserClient
+
+BAR0 = 0
+REGION_FLAG_READ, REGION_FLAG_WRITE = 1, 2
+
+
+@pytest.fixture
+def client(server_socket: Path):
+    with VfioUserClient(str(server_socket)) as c:
+        c.negotiate()
+        yield c
+
+
+def eventfd_fired(fd: int, timeout: float = 2.0) -> int:
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return struct.unpack("<Q", os.read(fd, 8))[0] if ready else 0
+
+
+def test_version_negotiation_returns_server_capabilities(server_socket: Path) -> None:
+    with VfioUserClient(str(server_socket)) as c:
+        info = c.negotiate()
+        major, minor, _ = c.server_version
+        assert (major, minor) == (0, 1)
+        assert "capabilities" in info
+
+
+def test_device_info_lists_pci_regions_and_irqs(client: VfioUserClient) -> None:
+    _flags, regions, irqs = client.device_info()
+    assert regions >= 9  # six BARs, ROM, config, VGA
+    assert irqs >= 5  # INTx, MSI, MSI-X, ERR, REQ
+
+
+def test_bar0_is_a_memory_bar_of_the_documented_size(client: VfioUserClient) -> None:
+    info = client.region_info(BAR0)
+    assert info.size == hw.BAR0_SIZE
+    assert info.flags & REGION_FLAG_READ and info.flags & REGION_FLAG_WRITE
+
+
+def test_config_space_carries_the_pci_identity(client: VfioUserClient) -> None:
+    cfg = client.read(vu.CFG_REGION_INDEX, 0, 64)
+    vendor, device = struct.unpack_from("<HH", cfg, 0)
+    assert (vendor, device) == (hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID)
+    assert cfg[0x0B] == hw.PCI_CLASS_BASE and cfg[0x0A] == hw.PCI_CLASS_SUB
+
+
+def test_config_space_has_pcie_and_msix_capabilities(client: VfioUserClient) -> None:
+    cfg = client.read(vu.CFG_REGION_INDEX, 0, 256)
+    caps = {}
+    pos = cfg[0x34]
+    while pos:
+        caps[cfg[pos]] = pos
+        pos = cfg[pos + 1]
+    assert 0x10 in caps and 0x11 in caps
+    msix = caps[0x11]
+    table_size = (struct.unpack_from("<H", cfg, msix + 2)[0] & 0x7FF) + 1
+    table, pba = struct.unpack_from("<II", cfg, msix + 4)
+    assert table_size == hw.IRQ_VECTORS
+    assert (table & ~7, table & 7) == (hw.MSIX_TABLE_OFFSET, 0)
+    assert (pba & ~7, pba & 7) == (hw.MSIX_PBA_OFFSET, 0)
+
+
+def test_bar0_reads_id_and_version(client: VfioUserClient) -> None:
+    assert client.read32(BAR0, hw.Reg.ID) == hw.ID_MAGIC
+    assert client.read32(BAR0, hw.Reg.VERSION) >> 16 == hw.VERSION_MAJOR
+
+
+def test_scratch_round_trips_over_the_socket(client: VfioUserClient) -> None:
+    client.write32(BAR0, hw.Reg.SCRATCH, 0xA5A55A5A)
+    assert client.read32(BAR0, hw.Reg.SCRATCH) == 0xA5A55A5A
+
+
+def test_msix_has_the_documented_vector_count(client: VfioUserClient) -> None:
+    _flags, count = client.irq_info(vu.MSIX_IRQ_INDEX)
+    assert count == hw.IRQ_VECTORS
+
+
+def test_doorbell_signals_the_msix_eventfd(client: VfioUserClient) -> None:
+    fds = [os.eventfd(0) for _ in range(hw.IRQ_VECTORS)]
+    try:
+        client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, fds)
+        client.write32(BAR0, hw.Reg.TEST_DOORBELL, hw.IrqVector.TEST)
+        assert eventfd_fired(fds[hw.IrqVector.TEST]) == 1
+        assert eventfd_fired(fds[hw.IrqVector.COMPLETION], timeout=0.1) == 0
+        assert client.read32(BAR0, hw.Reg.IRQ_COUNT) == 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_bad_doorbell_value_reports_error_and_error_interrupt(client: VfioUserClient) -> None:
+    fds = [os.eventfd(0) for _ in range(hw.IRQ_VECTORS)]
+    try:
+        client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, fds)
+        client.write32(BAR0, hw.Reg.TEST_DOORBELL, 0xFFFF)
+        assert eventfd_fired(fds[hw.IrqVector.ERROR]) == 1
+        assert client.read32(BAR0, hw.Reg.ERROR) == hw.ErrorCode.BAD_VECTOR
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_narrow_access_is_an_error_and_the_server_keeps_serving(
+        client: VfioUserClient) -> None:
+    client.write(BAR0, hw.Reg.SCRATCH, b"\x01")
+    assert client.read32(BAR0, hw.Reg.ERROR) == hw.ErrorCode.BAD_REGISTER
+    assert client.read32(BAR0, hw.Reg.ID) == hw.ID_MAGIC
+
+
+def test_access_past_the_end_of_bar0_is_refused(client: VfioUserClient) -> None:
+    with pytest.raises(vu.VfioUserError):
+        client.read(BAR0, hw.BAR0_SIZE, 4)
+    assert client.read32(BAR0, hw.Reg.ID) == hw.ID_MAGIC
+
+
+def test_device_reset_returns_registers_to_reset_values(client: VfioUserClient) -> None:
+    client.write32(BAR0, hw.Reg.SCRATCH, 0x1234)
+    client.reset()
+    assert client.read32(BAR0, hw.Reg.SCRATCH) == 0
+
+
+def test_server_accepts_a_new_client_after_the_first_leaves(server_socket: Path) -> None:
+    for value in (1, 2):
+        with VfioUserClient(str(server_socket)) as c:
+            c.negotiate()
+            assert c.read32(BAR0, hw.Reg.SCRATCH) == 0, "state must reset on disconnect"
+            c.write32(BAR0, hw.Reg.SCRATCH, value)
