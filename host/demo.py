@@ -37,7 +37,7 @@ def exercise_gpu(lab: Lab) -> list[str]:
         after = int(lab.ssh(f"cat {d}/irq_counts").stdout.split()[hw.IrqVector.TEST])
     checks = [
         (ident == hw.ID_MAGIC, f"ID register 0x{ident:08x}"),
-        (True, f"interface version {version}"),
+        (version == f"{hw.VERSION_MAJOR}.{hw.VERSION_MINOR}", f"interface version {version}"),
         (scratch == 0xC0FFEE42, f"scratch round trip 0x{scratch:08x}"),
         (after == before + 1, f"test doorbell -> MSI-X vector {int(hw.IrqVector.TEST)} "
                               f"interrupts {before} -> {after}"),

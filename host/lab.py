@@ -213,12 +213,15 @@ class Lab:
     # ---- guest access ----------------------------------------------------------
 
     def ssh(self, command: str, check: bool = True, timeout: float | None = 600) -> Result:
+        """Run a guest command; raise GuestKernelError when the kernel printed an
+        Oops/BUG/WARNING/panic while it ran."""
         if self.guest is None:
             raise VmError("the lab is not booted")
+        since = self.console.size()
         try:
             return self.guest.run(command, check=check, timeout=timeout)
         finally:
-            self.check_console()
+            self.check_console(since)
 
     def check_console(self, since: int = 0) -> None:
         """Raise GuestKernelError if the console shows an Oops/BUG/WARNING/panic."""

@@ -274,6 +274,7 @@ cd /build/hmmgpu/linux/tools/testing/selftests/mm
 gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selftests \
     -U_FORTIFY_SOURCE -no-pie hmm-tests.c vm_util.c hugepage_settings.c \
     -lrt -lpthread -lm -o /build/hmmgpu/out/hmm-tests
+gcc -static -O2 -Wall -Werror -o /build/hmmgpu/out/mmio_bench /build/hmmgpu/guest/tools/mmio_bench.c
 """
         self.tb.chroot(script, logfile, timeout=1800)
         out = self.paths.artifacts
@@ -281,7 +282,8 @@ gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selfte
         out.mkdir(parents=True)
         for ko in [*work.glob("guest/*/*.ko"), ref / "test_hmm.ko"]:
             shutil.copy(ko, out / ko.name)
-        shutil.copy(work / "out" / "hmm-tests", out / "hmm-tests")
+        for tool in (work / "out").iterdir():
+            shutil.copy(tool, out / tool.name)
         say("built: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
     def guest_image(self, logfile: Path) -> None:
