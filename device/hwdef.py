@@ -24,10 +24,15 @@ PCI_CLASS_BASE = 0x03  # display controller
 PCI_CLASS_SUB = 0x02  # 3D controller
 PCI_REVISION = 0x01
 
-# ---- BAR0: registers and the MSI-X structures --------------------------------
+# ---- BARs ---------------------------------------------------------------------
+# BAR0 holds the registers; the MSI-X table and PBA live alone in their own BAR
+# (QEMU emulates them, and removes a device cleanly only when they do not share
+# a BAR with registers).
 BAR0_SIZE = 0x4000
-MSIX_TABLE_OFFSET = 0x2000
-MSIX_PBA_OFFSET = 0x3000
+MSIX_BAR = 2
+MSIX_BAR_SIZE = 0x1000
+MSIX_TABLE_OFFSET = 0x000
+MSIX_PBA_OFFSET = 0x800
 
 ID_MAGIC = 0x4D4D4748  # bytes "HGMM" in little-endian order
 VERSION_MAJOR = 0
@@ -87,7 +92,8 @@ def _defines() -> list[tuple[str, int]]:
     out = [
         ("PCI_VENDOR_ID", PCI_VENDOR_ID), ("PCI_DEVICE_ID", PCI_DEVICE_ID),
         ("PCI_CLASS_BASE", PCI_CLASS_BASE), ("PCI_CLASS_SUB", PCI_CLASS_SUB),
-        ("BAR0_SIZE", BAR0_SIZE), ("MSIX_TABLE_OFFSET", MSIX_TABLE_OFFSET),
+        ("BAR0_SIZE", BAR0_SIZE), ("MSIX_BAR", MSIX_BAR), ("MSIX_BAR_SIZE", MSIX_BAR_SIZE),
+        ("MSIX_TABLE_OFFSET", MSIX_TABLE_OFFSET),
         ("MSIX_PBA_OFFSET", MSIX_PBA_OFFSET), ("ID_MAGIC", ID_MAGIC),
         ("VERSION_MAJOR", VERSION_MAJOR), ("VERSION_MINOR", VERSION_MINOR),
     ]

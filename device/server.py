@@ -41,7 +41,7 @@ def msix_capability(vectors: int, bar: int, table: int, pba: int) -> bytes:
 
 
 class GpuServer:
-    def __init__(self, socket_path: str, library: str | None = None) -> None:
+    def __init__(self, socket_path: str, library: str | None = None, msix: bool = True) -> None:
         self.socket_path = socket_path
         self.ctx = pyvfio.Context(socket_path, library=library)
         self.gpu = Gpu(raise_irq=self._trigger)
@@ -53,11 +53,16 @@ class GpuServer:
         ctx.set_id(hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID, hw.PCI_SUBSYS_VENDOR_ID, hw.PCI_SUBSYS_ID)
         ctx.set_class(hw.PCI_CLASS_BASE, hw.PCI_CLASS_SUB)
         ctx.add_capability(pcie_capability())
-        ctx.add_capability(msix_capability(hw.IRQ_VECTORS, 0, hw.MSIX_TABLE_OFFSET,
-                                           hw.MSIX_PBA_OFFSET))
         ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX, hw.BAR0_SIZE, self._bar0_access,
                          pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
-        ctx.setup_irqs(pyvfio.VFU_DEV_MSIX_IRQ, hw.IRQ_VECTORS)
+        if msix:
+            ctx.add_capability(msix_capability(hw.IRQ_VECTORS, hw.MSIX_BAR,
+                                               hw.MSIX_TABLE_OFFSET, hw.MSIX_PBA_OFFSET))
+            # QEMU emulates the MSI-X table and PBA; the device never sees those accesses.
+            ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX + hw.MSIX_BAR,
+                             hw.MSIX_BAR_SIZE, self._msix_bar_access,
+                             pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
+            ctx.setup_irqs(pyvfio.VFU_DEV_MSIX_IRQ, hw.IRQ_VECTORS)
         ctx.setup_dma()
         ctx.setup_reset(self._on_reset)
         ctx.realize()
@@ -79,6 +84,9 @@ class GpuServer:
         else:
             self.gpu.mmio_write(offset, count, int.from_bytes(data, "little"))
         return None
+
+    def _msix_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
+        return bytes(count) if data is None else None
 
     def _on_reset(self, kind: int) -> None:
         log.info("reset (%s)", {pyvfio.VFU_RESET_DEVICE: "device",
@@ -127,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Serve one emulated hmmgpu over vfio-user.")
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
     p.add_argument("--library", help="path of libvfio-user.so (default: provisioned one)")
+    p.add_argument("--no-msix", action="store_true",
+                   help="no MSI-X capability (interrupts are counted, not delivered); QEMU "
+                        "11.1 aborts on device_del of a vfio-user device with MSI-X")
     p.add_argument("--log-file", help="log here instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         candidate = Paths.default().libvfio_user
         library = str(candidate) if candidate.exists() else None
     try:
-        server = GpuServer(args.socket, library)
+        server = GpuServer(args.socket, library, msix=not args.no_msix)
     except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1

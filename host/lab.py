@@ -49,14 +49,18 @@ class LabConfig:
     kernel_args: str = ""
     verbose: bool = False
     max_lifetime_s: float = 4 * 3600
+    # MSI-X on the GPUs. QEMU 11.1 aborts when a vfio-user-pci device with
+    # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
+    msix: bool = True
     extra_qemu_args: list[str] = field(default_factory=list)
 
 
 class GpuProcess:
     """One device server child process."""
 
-    def __init__(self, index: int, run_dir: Path) -> None:
+    def __init__(self, index: int, run_dir: Path, msix: bool = True) -> None:
         self.index = index
+        self.msix = msix
         self.id = f"gpu{index}"
         self.socket = run_dir / f"{self.id}.sock"
         self.log = run_dir / f"{self.id}.log"
@@ -65,7 +69,7 @@ class GpuProcess:
     def start(self) -> None:
         self.socket.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
-               "--log-file", str(self.log)]
+               "--log-file", str(self.log)] + ([] if self.msix else ["--no-msix"])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -102,7 +106,8 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
-        self.gpus = [GpuProcess(i, self.run_dir) for i in range(self.config.gpus)]
+        self.gpus = [GpuProcess(i, self.run_dir, self.config.msix)
+                     for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self.guest: Guest | None = None
@@ -248,8 +253,13 @@ class Lab:
 
     # ---- QMP operations -----------------------------------------------------------
 
-    def unplug_gpu(self, index: int, timeout: float = 60) -> None:
+    def unplug_gpu(self, index: int, timeout: float = 60, force: bool = False) -> None:
+        """QMP device_del, then wait for DEVICE_DELETED."""
         g = self.gpus[index]
+        if g.msix and not force:
+            raise VmError("QEMU aborts on device_del of a vfio-user-pci device with MSI-X "
+                          "(vfio_user_pci_finalize tears down the MSI-X PBA region after its "
+                          "BAR is gone); boot the lab with LabConfig(msix=False) to hot-unplug")
         since = len(self.qmp.events)
         self.qmp.cmd("device_del", id=g.id)
         self.qmp.wait_event("DEVICE_DELETED", timeout,

@@ -15,11 +15,13 @@ def test_committed_c_header_matches_hwdef() -> None:
 def test_register_offsets_are_unique_aligned_and_inside_bar0() -> None:
     offsets = [int(r) for r in hw.Reg]
     assert len(set(offsets)) == len(offsets)
-    assert all(o % 4 == 0 and o < hw.MSIX_TABLE_OFFSET for o in offsets)
+    assert all(o % 4 == 0 and o < hw.BAR0_SIZE for o in offsets)
     assert {r.reg for r in hw.REGISTERS} == set(hw.Reg)
 
 
-def test_msix_structures_fit_in_bar0_and_bar0_is_a_power_of_two() -> None:
-    assert hw.BAR0_SIZE & (hw.BAR0_SIZE - 1) == 0
+def test_msix_structures_fit_their_bar_and_bars_are_powers_of_two() -> None:
+    for size in (hw.BAR0_SIZE, hw.MSIX_BAR_SIZE):
+        assert size & (size - 1) == 0
+    assert hw.MSIX_BAR != 0
     assert hw.MSIX_TABLE_OFFSET + 16 * hw.IRQ_VECTORS <= hw.MSIX_PBA_OFFSET
-    assert hw.MSIX_PBA_OFFSET + 8 <= hw.BAR0_SIZE
+    assert hw.MSIX_PBA_OFFSET + 8 <= hw.MSIX_BAR_SIZE

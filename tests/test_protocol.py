@@ -69,8 +69,9 @@ def test_config_space_has_pcie_and_msix_capabilities(client: VfioUserClient) -> 
     table_size = (struct.unpack_from("<H", cfg, msix + 2)[0] & 0x7FF) + 1
     table, pba = struct.unpack_from("<II", cfg, msix + 4)
     assert table_size == hw.IRQ_VECTORS
-    assert (table & ~7, table & 7) == (hw.MSIX_TABLE_OFFSET, 0)
-    assert (pba & ~7, pba & 7) == (hw.MSIX_PBA_OFFSET, 0)
+    assert (table & ~7, table & 7) == (hw.MSIX_TABLE_OFFSET, hw.MSIX_BAR)
+    assert (pba & ~7, pba & 7) == (hw.MSIX_PBA_OFFSET, hw.MSIX_BAR)
+    assert client.region_info(hw.MSIX_BAR).size == hw.MSIX_BAR_SIZE
 
 
 def test_bar0_reads_id_and_version(client: VfioUserClient) -> None:

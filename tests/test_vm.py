@@ -4,12 +4,13 @@ conftest fails any test after which the guest console shows an Oops/WARNING."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
 from hmmgpu.device import hwdef as hw
-from hmmgpu.host.errors import GuestKernelError
+from hmmgpu.host.errors import GuestKernelError, VmError
 from hmmgpu.host.lab import Lab, LabConfig
 
 pytestmark = pytest.mark.vm
@@ -82,7 +83,18 @@ def test_doorbell_raises_an_msix_interrupt_the_guest_counts(lab: Lab) -> None:
     assert int(msix_lines) == hw.IRQ_VECTORS
 
 
-def test_hot_unplug_removes_the_gpu_and_replug_brings_it_back(lab: Lab) -> None:
+@pytest.fixture(scope="module")
+def hotplug_lab(paths) -> Lab:
+    """GPUs without MSI-X: QEMU 11.1 aborts on device_del of a vfio-user-pci
+    device with MSI-X (see test_msix_gpu_survives_device_del)."""
+    with Lab(LabConfig(gpus=1, memory_mb=1024, msix=False), paths) as lab:
+        lab.boot()
+        yield lab
+
+
+def test_hot_unplug_removes_the_gpu_and_replug_brings_it_back(hotplug_lab: Lab) -> None:
+    lab = hotplug_lab
+    since = lab.console.size()
     load_driver(lab)
     lab.unplug_gpu(0)
     wait_for(lambda: not gpu_slots(lab), 60, "the guest to drop the GPU")
@@ -90,10 +102,27 @@ def test_hot_unplug_removes_the_gpu_and_replug_brings_it_back(lab: Lab) -> None:
     wait_for(lambda: len(gpu_slots(lab)) == 1, 60, "the guest to find the GPU again")
     d = load_driver(lab)  # the loaded module binds the new device by itself
     assert int(lab.ssh(f"cat {d}/id").stdout, 16) == hw.ID_MAGIC
-    before = irq_counts(lab, d)[hw.IrqVector.TEST]
-    lab.ssh(f"echo {int(hw.IrqVector.TEST)} > {d}/test_doorbell")
-    wait_for(lambda: irq_counts(lab, d)[hw.IrqVector.TEST] == before + 1, 10,
-             "an interrupt from the re-plugged GPU")
+    lab.ssh(f"echo 0x77 > {d}/scratch")
+    assert int(lab.ssh(f"cat {d}/scratch").stdout, 16) == 0x77
+    assert lab.qemu_alive()
+    lab.check_console(since)
+
+
+def test_unplug_of_an_msix_gpu_is_refused_with_the_reason(lab: Lab) -> None:
+    with pytest.raises(VmError, match="MSI-X"):
+        lab.unplug_gpu(0)
+    assert len(gpu_slots(lab)) == 1
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="QEMU 11.1 aborts in vfio_user_pci_finalize (MSI-X PBA teardown "
+                   "after the BAR is gone); XPASS means QEMU is fixed: drop msix=False")
+def test_msix_gpu_survives_device_del(paths) -> None:
+    with Lab(LabConfig(gpus=1, memory_mb=512), paths) as lab:
+        lab.boot()
+        with contextlib.suppress(VmError):  # no DEVICE_DELETED when QEMU died
+            lab.unplug_gpu(0, timeout=20, force=True)
+        assert lab.qemu_alive(), f"QEMU died on device_del: {lab.qemu_log.read_text()[-300:]}"
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ struct hmmgpu_vector {
 struct hmmgpu {
 	struct pci_dev *pdev;
 	void __iomem *bar0;
+	int nvec;		/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
 	struct hmmgpu_vector vec[HMMGPU_IRQ_VECTORS];
 };
 
@@ -148,11 +149,15 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	pci_set_master(pdev);
 
+	/* A device can be built without MSI-X (the lab does so for hot-unplug). */
 	nvec = pci_alloc_irq_vectors(pdev, HMMGPU_IRQ_VECTORS, HMMGPU_IRQ_VECTORS,
 				     PCI_IRQ_MSIX);
-	if (nvec < 0)
-		return nvec;
-	for (i = 0; i < HMMGPU_IRQ_VECTORS; i++) {
+	if (nvec < 0) {
+		dev_warn(&pdev->dev, "no MSI-X (%d): running without interrupts\n", nvec);
+		nvec = 0;
+	}
+	gpu->nvec = nvec;
+	for (i = 0; i < nvec; i++) {
 		gpu->vec[i].gpu = gpu;
 		ret = devm_request_irq(&pdev->dev, pci_irq_vector(pdev, i), hmmgpu_irq, 0,
 				       "hmmgpu", &gpu->vec[i]);
@@ -177,9 +182,10 @@ static void hmmgpu_remove(struct pci_dev *pdev)
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
 	int i;
 
-	for (i = 0; i < HMMGPU_IRQ_VECTORS; i++)
+	for (i = 0; i < gpu->nvec; i++)
 		devm_free_irq(&pdev->dev, pci_irq_vector(pdev, i), &gpu->vec[i]);
-	pci_free_irq_vectors(pdev);
+	if (gpu->nvec)
+		pci_free_irq_vectors(pdev);
 	pci_clear_master(pdev);
 }
 

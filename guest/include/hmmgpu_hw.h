@@ -11,8 +11,10 @@
 #define HMMGPU_PCI_CLASS_BASE           0x3
 #define HMMGPU_PCI_CLASS_SUB            0x2
 #define HMMGPU_BAR0_SIZE                0x4000
-#define HMMGPU_MSIX_TABLE_OFFSET        0x2000
-#define HMMGPU_MSIX_PBA_OFFSET          0x3000
+#define HMMGPU_MSIX_BAR                 0x2
+#define HMMGPU_MSIX_BAR_SIZE            0x1000
+#define HMMGPU_MSIX_TABLE_OFFSET        0x0
+#define HMMGPU_MSIX_PBA_OFFSET          0x800
 #define HMMGPU_ID_MAGIC                 0x4d4d4748
 #define HMMGPU_VERSION_MAJOR            0x0
 #define HMMGPU_VERSION_MINOR            0x1

@@ -1,0 +1,143 @@
+"""Lab benchmarks: boot time and MMIO round trips. Figures, not tests.
+
+    python bench/bench_lab.py boot [--runs 3]
+    python bench/bench_lab.py mmio [--count 2000]
+    python bench/bench_lab.py setup        # cold provisioning into a temp cache
+
+Every figure is printed next to an anchor measured in the same run, as a ratio:
+boot with one GPU vs the same VM without it; MMIO to the Python server vs
+libvfio-user's C sample server (gpio-pci-idio-16) in the same VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hmmgpu.device import hwdef as hw
+from hmmgpu.host.lab import Lab, LabConfig
+from hmmgpu.host.paths import Paths
+from hmmgpu.host.provision import Provisioner
+from hmmgpu.host.vfio_client import VfioUserClient
+
+GPIO_IDS = ("494f", "0dc8")  # libvfio-user's gpio-pci-idio-16 sample
+GPIO_BAR = 2
+
+
+def bench_boot(runs: int) -> None:
+    paths = Paths.default()
+    Provisioner(paths).ensure()
+    figures: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(runs):
+        for gpus in (1, 0):
+            with Lab(LabConfig(gpus=gpus, memory_mb=1024), paths) as lab:
+                lab.boot()
+                figures[gpus].append(lab.boot_seconds)
+    with_gpu, without = statistics.median(figures[1]), statistics.median(figures[0])
+    print(f"boot to SSH ready ({lab.accel}, median of {runs}): with 1 GPU {with_gpu:.2f} s, "
+          f"without {without:.2f} s, ratio {with_gpu / without:.2f} (goal: <= 8 s)")
+
+
+def guest_bench(lab: Lab, resource: str, offset: int, count: int, op: str) -> float:
+    out = lab.ssh(f"{lab.guest_bin('mmio_bench')} {resource} {offset} {count} {op}").stdout
+    return float(out.split()[0]) / 1000.0
+
+
+def host_bench(sock: Path, region: int, offset: int, count: int) -> float:
+    with VfioUserClient(str(sock)) as c:
+        c.negotiate()
+        t0 = time.perf_counter()
+        for _ in range(count):
+            c.read(region, offset, 4 if region == 0 else 1)
+        return (time.perf_counter() - t0) / count * 1e6
+
+
+def bench_mmio(count: int) -> None:
+    paths = Paths.default()
+    Provisioner(paths).ensure()
+    with tempfile.TemporaryDirectory() as tmp:
+        gpio_sock = Path(tmp) / "gpio.sock"
+        gpio_log = open(Path(tmp) / "gpio.log", "wb")
+        gpio = subprocess.Popen([str(paths.gpio_sample), str(gpio_sock)], stdout=gpio_log,
+                                stderr=subprocess.STDOUT)
+        while not gpio_sock.exists():
+            time.sleep(0.02)
+        dev = {"driver": "vfio-user-pci", "id": "gpio", "bus": "pcie.0",
+               "socket": {"path": str(gpio_sock), "type": "unix"}}
+        cfg = LabConfig(gpus=1, memory_mb=1024, extra_qemu_args=["-device", json.dumps(dev)])
+        try:
+            with Lab(cfg, paths) as lab:
+                lab.boot()
+                slots = {(d["vendor"], d["device"]): d["slot"] for d in lab.guest_pci_devices()}
+                gpu_ids = (f"{hw.PCI_VENDOR_ID:04x}", f"{hw.PCI_DEVICE_ID:04x}")
+                ours = f"/sys/bus/pci/devices/{slots[gpu_ids]}"
+                theirs = f"/sys/bus/pci/devices/{slots[GPIO_IDS]}"
+                for d in (ours, theirs):  # enable memory + I/O decoding
+                    lab.ssh(f"printf '\\003\\000' | dd of={d}/config bs=2 seek=2 count=1 "
+                            "conv=notrunc 2>/dev/null")
+                print(f"guest register round trip ({lab.accel}, {count} accesses each):")
+                for op in ("read", "write"):
+                    py = guest_bench(lab, f"{ours}/resource0", hw.Reg.SCRATCH, count, op)
+                    c = guest_bench(lab, f"{theirs}/resource{GPIO_BAR}", 0, count, op)
+                    print(f"  {op:5}: Python server {py:7.1f} us, C sample {c:7.1f} us, "
+                          f"ratio {py / c:.2f} (goal <= 1.5)")
+        finally:
+            gpio.kill()
+            gpio.wait()
+    # The same region read, from a host-side client, no VM: servers compared alone.
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_sock, gpio_sock = Path(tmp) / "gpu.sock", Path(tmp) / "gpio.sock"
+        procs = [subprocess.Popen([sys.executable, "-m", "hmmgpu.device.server", "--socket",
+                                   str(ours_sock)]),
+                 subprocess.Popen([str(paths.gpio_sample), str(gpio_sock)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        try:
+            for s in (ours_sock, gpio_sock):
+                while not s.exists():
+                    time.sleep(0.02)
+            n = count * 5
+            py = host_bench(ours_sock, 0, hw.Reg.SCRATCH, n)
+            c = host_bench(gpio_sock, GPIO_BAR, 0, n)
+            print(f"host client region read ({n}x): Python server {py:.1f} us, "
+                  f"C sample {c:.1f} us, ratio {py / c:.2f}")
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait()
+
+
+def bench_setup() -> None:
+    with tempfile.TemporaryDirectory(prefix="hmmgpu-cold-") as tmp:
+        env = {**os.environ, "HMMGPU_CACHE": tmp}
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", "setup"], env=env, check=True)
+        print(f"cold setup (empty cache): {time.monotonic() - t0:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("boot")
+    b.add_argument("--runs", type=int, default=3)
+    m = sub.add_parser("mmio")
+    m.add_argument("--count", type=int, default=2000)
+    sub.add_parser("setup")
+    args = p.parse_args()
+    if args.what == "boot":
+        bench_boot(args.runs)
+    elif args.what == "mmio":
+        bench_mmio(args.count)
+    else:
+        bench_setup()
+
+
+if __name__ == "__main__":
+    main()
