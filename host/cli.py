@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except HmmgpuError as e:
         print(f"hmmgpu: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. an unwritable cache directory
+        print(f"hmmgpu: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hmmgpu: interrupted", file=sys.stderr)
         return 130

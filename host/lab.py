@@ -271,9 +271,20 @@ class Lab:
             g.start()
         self.qmp.cmd("device_add", **g.qmp_device())
 
-    def reset(self) -> None:
-        """A system reset; -no-reboot makes QEMU exit, as a real reboot would end the lab."""
-        self.qmp.cmd("system_reset")
+    def reset(self, timeout: float | None = None) -> None:
+        """System reset (like pressing the reset button), then wait for SSH again.
+
+        QEMU runs with -no-reboot so that a guest reboot or panic ends the lab;
+        for this one reset the reboot action is switched to "reset"."""
+        self.qmp.cmd("set-action", reboot="reset")
+        try:
+            self.guest.close()
+            self.qmp.cmd("system_reset")
+            self.guest.wait(timeout or (BOOT_TIMEOUT_KVM if self.accel == "kvm"
+                                        else BOOT_TIMEOUT_TCG), alive=self.qemu_alive)
+        finally:
+            if self.qemu_alive():
+                self.qmp.cmd("set-action", reboot="shutdown")
 
     def pci_info(self) -> list[dict[str, Any]]:
         return self.qmp.cmd("query-pci")

@@ -125,6 +125,18 @@ def test_msix_gpu_survives_device_del(paths) -> None:
         assert lab.qemu_alive(), f"QEMU died on device_del: {lab.qemu_log.read_text()[-300:]}"
 
 
+def test_system_reset_reboots_the_guest_and_resets_the_gpu(hotplug_lab: Lab) -> None:
+    lab = hotplug_lab
+    d = load_driver(lab)
+    lab.ssh(f"echo 0x1234 > {d}/scratch")
+    lab.reset()
+    uptime = float(lab.ssh("cut -d' ' -f1 /proc/uptime").stdout)
+    assert uptime < 60
+    assert lab.ssh("test -d /sys/module/hmmgpu", check=False).exit_code != 0, "fresh boot"
+    d = load_driver(lab)
+    assert int(lab.ssh(f"cat {d}/scratch").stdout, 16) == 0, "SCRATCH back to its reset value"
+
+
 @pytest.fixture(scope="module")
 def crash_lab(paths) -> Lab:
     """A separate VM for deliberate kernel failures."""

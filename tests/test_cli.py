@@ -1,0 +1,55 @@
+"""The CLI answers mistakes with one plain line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hmmgpu.host import provision
+from hmmgpu.host.errors import SetupError
+from hmmgpu.host.paths import Paths
+
+
+def hmmgpu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["boot", "--gpus", "two"],
+                                  ["selftest", "--accel", "xen"], []])
+def test_wrong_arguments_get_one_line_and_exit_2(args: list[str]) -> None:
+    r = hmmgpu(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hmmgpu"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unusable_cache_directory_is_one_line_not_a_traceback(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = hmmgpu("setup", env={"HMMGPU_CACHE": str(blocker / "cache")})
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_full_disk_is_reported_with_what_to_do(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(provision.shutil, "disk_usage",
+                        lambda _p: type("U", (), {"free": 100 << 20})())
+    with pytest.raises(SetupError, match="HMMGPU_CACHE"):
+        provision.Provisioner(Paths(tmp_path)).check_prerequisites()
+
+
+def test_mirror_comes_from_the_hosts_apt_sources() -> None:
+    mirror = provision.debian_mirror()
+    assert mirror.startswith(("http://", "https://", "file:/"))
+    assert "security" not in mirror
+
+
+def test_hwdef_prints_the_c_header() -> None:
+    r = hmmgpu("hwdef")
+    assert r.returncode == 0 and "#define HMMGPU_REG_ID" in r.stdout
