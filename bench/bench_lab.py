@@ -97,7 +97,8 @@ def bench_mmio(count: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours_sock, gpio_sock = Path(tmp) / "gpu.sock", Path(tmp) / "gpio.sock"
         procs = [subprocess.Popen([sys.executable, "-m", "hmmgpu.device.server", "--socket",
-                                   str(ours_sock), "--log-file", str(Path(tmp) / "gpu.log")]),
+                                   str(ours_sock), "--log-file", str(Path(tmp) / "gpu.log"),
+                                   "--library", str(paths.libvfio_user)]),
                  subprocess.Popen([str(paths.gpio_sample), str(gpio_sock)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         try:

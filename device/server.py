@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hmmgpu device serve",
                                 description="Serve one emulated hmmgpu over vfio-user.")
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
-    p.add_argument("--library", help="path of libvfio-user.so (default: provisioned one)")
+    p.add_argument("--library", help="path of libvfio-user.so "
+                   "(default: $PYVFIO_LIBRARY, else the system's)")
     p.add_argument("--no-msix", action="store_true",
                    help="no MSI-X capability (interrupts are counted, not delivered); QEMU "
                         "11.1 aborts on device_del of a vfio-user device with MSI-X")
@@ -144,13 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         filename=args.log_file, level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    library = args.library
-    if library is None:
-        from ..host.paths import Paths
-        candidate = Paths.default().libvfio_user
-        library = str(candidate) if candidate.exists() else None
     try:
-        server = GpuServer(args.socket, library, msix=not args.no_msix)
+        server = GpuServer(args.socket, args.library, msix=not args.no_msix)
     except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1

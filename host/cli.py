@@ -31,7 +31,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_device_serve(args: argparse.Namespace) -> int:
     from ..device import server
-    argv = ["--socket", args.socket]
+    argv = ["--socket", args.socket, "--library", str(Paths.default().libvfio_user)]
+    if args.no_msix:
+        argv.append("--no-msix")
     if args.log_file:
         argv += ["--log-file", args.log_file]
     if args.verbose:
@@ -119,6 +121,7 @@ def build_parser() -> ArgumentParser:
     d = dsub.add_parser("serve", help="serve one emulated GPU on a vfio-user socket")
     d.add_argument("--socket", required=True)
     d.add_argument("--log-file")
+    d.add_argument("--no-msix", action="store_true", help="no MSI-X (allows device_del)")
     d.set_defaults(fn=cmd_device_serve)
 
     s = sub.add_parser("hwdef", help="print (or --write) the generated C header")

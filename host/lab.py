@@ -58,8 +58,9 @@ class LabConfig:
 class GpuProcess:
     """One device server child process."""
 
-    def __init__(self, index: int, run_dir: Path, msix: bool = True) -> None:
+    def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True) -> None:
         self.index = index
+        self.library = library
         self.msix = msix
         self.id = f"gpu{index}"
         self.socket = run_dir / f"{self.id}.sock"
@@ -69,9 +70,12 @@ class GpuProcess:
     def start(self) -> None:
         self.socket.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
-               "--log-file", str(self.log)] + ([] if self.msix else ["--no-msix"])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+               "--log-file", str(self.log), "--library", str(self.library)]
+        if not self.msix:
+            cmd.append("--no-msix")
+        with open(self.log, "ab") as out:  # for anything printed outside logging
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self.socket.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -106,7 +110,7 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
-        self.gpus = [GpuProcess(i, self.run_dir, self.config.msix)
+        self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix)
                      for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
@@ -181,9 +185,10 @@ class Lab:
         if self.config.verbose:
             self.say("$ " + shlex.join(args))
         self.say(f"booting ({len(self.gpus)} GPU(s)); logs in {self.run_dir}")
-        self.qemu = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=open(self.qemu_log, "ab"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.tb.qemu_env()})
+        with open(self.qemu_log, "ab") as out:
+            self.qemu = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self.tb.qemu_env()})
         threading.Thread(target=self._watchdog, name="qemu-watchdog", daemon=True).start()
         try:
             self.qmp = Qmp(self.run_dir / "qmp.sock", f"lab-{self.run_dir.name}")
