@@ -169,8 +169,8 @@ class Lab:
         """Start device servers and QEMU, then wait until SSH answers."""
         from .provision import Provisioner
         Provisioner(self.paths).ensure()
-        t0 = time.monotonic()
         self.accel = self.choose_accel()
+        t0 = time.monotonic()
         self.say(f"accelerator: {self.accel}" + ("" if self.accel == "kvm" else
                  " (KVM does not run guests here)" if self.config.accel == "auto" else ""))
         key_file = self.run_dir / "id_ed25519"

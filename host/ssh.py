@@ -73,6 +73,17 @@ class Guest:
     def wait(self, timeout: float, alive=lambda: True) -> float:
         """Retry until SSH answers; returns seconds waited."""
         t0 = time.monotonic()
+        # While the guest boots, QEMU's port forward accepts and resets
+        # connections; paramiko logs each as an error with a traceback.
+        quiet = logging.getLogger("paramiko.transport")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            return self._wait(t0, timeout, alive)
+        finally:
+            quiet.setLevel(level)
+
+    def _wait(self, t0: float, timeout: float, alive) -> float:
         last: Exception | None = None
         while time.monotonic() - t0 < timeout:
             if not alive():
