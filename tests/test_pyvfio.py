@@ -15,22 +15,31 @@ import pytest
 from hmmgpu.device import pyvfio
 from hmmgpu.host.vfio_client import GuestRam, VfioUserClient, VfioUserError
 
+REGION_INFO_FLAG_MMAP = 1 << 2  # linux/vfio.h VFIO_REGION_INFO_FLAG_MMAP
+
 
 class Harness:
     """Serves a pyvfio Context from a thread until stopped."""
 
     def __init__(self, sock: Path, library: str,
-                 access: Callable[[int, bytes | None, int], bytes | None]) -> None:
+                 access: Callable[[int, bytes | None, int], bytes | None],
+                 **region: object) -> None:
         self.ctx = pyvfio.Context(str(sock), library=library)
         self.ctx.pci_init()
         self.ctx.set_id(0x1234, 0xABCD)
-        self.ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX, 4096, access)
+        self.ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX, 4096, access, **region)
         self.registered: list[pyvfio.DmaRegion] = []
+        self.quiesced = 0
         self.ctx.setup_dma(on_register=self.registered.append)
+        self.ctx.setup_quiesce(self.on_quiesce)
         self.ctx.realize()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
+
+    def on_quiesce(self) -> bool:
+        self.quiesced += 1
+        return True
 
     def loop(self) -> None:
         attached = False
@@ -56,8 +65,9 @@ class Harness:
 def make_harness(libvfio_user: str, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
-    def make(access: Callable[[int, bytes | None, int], bytes | None]) -> Harness:
-        h = Harness(tmp_path / "dev.sock", libvfio_user, access)
+    def make(access: Callable[[int, bytes | None, int], bytes | None],
+             **region: object) -> Harness:
+        h = Harness(tmp_path / "dev.sock", libvfio_user, access, **region)
         made.append(h)
         return h
 
@@ -132,3 +142,28 @@ def test_dma_view_is_zero_copy_on_the_clients_memfd(make_harness, tmp_path: Path
                     pass
     finally:
         ram.close()
+
+
+def test_dma_map_quiesces_the_device_first(make_harness, tmp_path: Path) -> None:
+    h = make_harness(lambda o, d, n: b"\0" * n if d is None else None)
+    ram = GuestRam(1 << 16)
+    try:
+        with VfioUserClient(str(tmp_path / "dev.sock")) as c:
+            c.negotiate()
+            c.dma_map(0, ram.size, ram.fd)
+            assert h.quiesced >= 1
+    finally:
+        ram.close()
+
+
+def test_region_with_mmap_area_is_announced_as_mappable(make_harness, tmp_path: Path) -> None:
+    backing = GuestRam(4096)  # any memfd can back a mappable region
+    try:
+        make_harness(lambda o, d, n: b"\0" * n if d is None else None,
+                     fd=backing.fd, mmap_areas=[(0, 4096)])
+        with VfioUserClient(str(tmp_path / "dev.sock")) as c:
+            c.negotiate()
+            info = c.region_info(0)
+            assert info.flags & REGION_INFO_FLAG_MMAP
+    finally:
+        backing.close()
