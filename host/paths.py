@@ -56,6 +56,10 @@ class Paths:
         return self.sources / "linux"
 
     @property
+    def checkpatch(self) -> Path:
+        return self.linux_src / "scripts" / "checkpatch.pl"
+
+    @property
     def qemu_src(self) -> Path:
         return self.sources / "qemu"
 

@@ -45,6 +45,7 @@ MIN_FREE_BYTES = 3 << 30
 SELFTEST_FILES = [
     "lib/test_hmm.c", "lib/test_hmm_uapi.h", "mm/gup_test.h",
     "tools/testing/selftests/mm/*", "tools/testing/selftests/kselftest*",
+    "scripts/checkpatch.pl", "scripts/spelling.txt", "scripts/const_structs.checkpatch",
 ]
 
 
@@ -92,7 +93,7 @@ class Provisioner:
         return [
             Step("host-packages", lambda: "1", self.host_packages),
             Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES), self.toolbox),
-            Step("sources", lambda: "3", self.sources),
+            Step("sources", lambda: "4", self.sources),
             Step("libvfio-user", lambda: "1", self.libvfio_user),
             Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest"),
                  self.guest_build),

@@ -75,29 +75,29 @@ static ssize_t scratch_show(struct device *dev, struct device_attribute *attr, c
 			  hmmgpu_read(dev_get_drvdata(dev), HMMGPU_REG_SCRATCH));
 }
 
-static ssize_t scratch_store(struct device *dev, struct device_attribute *attr,
-			     const char *buf, size_t count)
+/* Parse a number written to a sysfs attribute and store it in register @reg. */
+static ssize_t hmmgpu_store_reg(struct device *dev, u32 reg, const char *buf, size_t count)
 {
 	u32 val;
 	int ret = kstrtou32(buf, 0, &val);
 
 	if (ret)
 		return ret;
-	hmmgpu_write(dev_get_drvdata(dev), HMMGPU_REG_SCRATCH, val);
+	hmmgpu_write(dev_get_drvdata(dev), reg, val);
 	return count;
+}
+
+static ssize_t scratch_store(struct device *dev, struct device_attribute *attr,
+			     const char *buf, size_t count)
+{
+	return hmmgpu_store_reg(dev, HMMGPU_REG_SCRATCH, buf, count);
 }
 static DEVICE_ATTR_RW(scratch);
 
 static ssize_t test_doorbell_store(struct device *dev, struct device_attribute *attr,
 				   const char *buf, size_t count)
 {
-	u32 vector;
-	int ret = kstrtou32(buf, 0, &vector);
-
-	if (ret)
-		return ret;
-	hmmgpu_write(dev_get_drvdata(dev), HMMGPU_REG_TEST_DOORBELL, vector);
-	return count;
+	return hmmgpu_store_reg(dev, HMMGPU_REG_TEST_DOORBELL, buf, count);
 }
 static DEVICE_ATTR_WO(test_doorbell);
 

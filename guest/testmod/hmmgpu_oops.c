@@ -9,8 +9,11 @@
 #include <linux/module.h>
 #include <linux/string.h>
 #include <linux/bug.h>
+#include <linux/compiler.h>
 
 static char *mode = "warn";
+/* Never assigned; not static, so the compiler cannot prove it is NULL. */
+int *hmmgpu_oops_target;
 module_param(mode, charp, 0444);
 MODULE_PARM_DESC(mode, "warn or oops");
 
@@ -19,10 +22,8 @@ static int __init hmmgpu_oops_init(void)
 	if (!strcmp(mode, "warn")) {
 		WARN(1, "hmmgpu_oops: deliberate warning\n");
 	} else if (!strcmp(mode, "oops")) {
-		int *volatile p = NULL;
-
 		pr_info("hmmgpu_oops: dereferencing NULL on purpose\n");
-		*p = 1;
+		WRITE_ONCE(*hmmgpu_oops_target, 1);
 	} else {
 		return -EINVAL;
 	}
