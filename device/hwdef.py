@@ -1,16 +1,18 @@
 """The hmmgpu hardware interface, defined once.
 
 Everything the driver and the device must agree on lives here: PCI identity,
-BAR layout, registers, interrupt vectors. The device imports these names; the
-guest driver includes guest/include/hmmgpu_hw.h, which `render_c_header()`
-generates from this file (`hmmgpu hwdef --write` refreshes it, and a test fails
-when the committed header differs). docs/hardware.md explains the semantics.
+BAR layout, registers, command, PTE and fault-record formats, interrupt
+vectors, error codes. The device imports these names; the guest driver
+includes guest/include/hmmgpu_hw.h, which `render_c_header()` generates from
+this file (`hmmgpu hwdef --write` refreshes it, and a test fails when the
+committed header differs). docs/hardware.md explains the semantics.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 # ---- PCI identity ---------------------------------------------------------
 # 0x1234 is the ad-hoc vendor ID QEMU's own test devices use; no driver of the
@@ -25,9 +27,8 @@ PCI_CLASS_SUB = 0x02  # 3D controller
 PCI_REVISION = 0x01
 
 # ---- BARs ---------------------------------------------------------------------
-# BAR0 holds the registers; the MSI-X table and PBA live alone in their own BAR
-# (QEMU emulates them, and removes a device cleanly only when they do not share
-# a BAR with registers).
+# BAR0 holds the registers; the MSI-X table and PBA have a BAR of their own, as
+# the PCI spec recommends.
 BAR0_SIZE = 0x4000
 MSIX_BAR = 2
 MSIX_BAR_SIZE = 0x1000
@@ -36,11 +37,26 @@ MSIX_PBA_OFFSET = 0x800
 
 ID_MAGIC = 0x4D4D4748  # bytes "HGMM" in little-endian order
 VERSION_MAJOR = 0
-VERSION_MINOR = 1
+VERSION_MINOR = 2
+
+# ---- device geometry -------------------------------------------------------------
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+LARGE_PAGE_SHIFT = 21
+LARGE_PAGE_SIZE = 1 << LARGE_PAGE_SHIFT
+NUM_CONTEXTS = 16
+KERNEL_QUEUE = NUM_CONTEXTS  # queues 0..15 belong to contexts 0..15; 16 is the kernel queue
+NUM_QUEUES = NUM_CONTEXTS + 1
+VA_BITS = 48
+PT_LEVELS = 4  # level 3 is the root; a level-1 entry may map a 2 MiB page
+PT_ENTRIES = 512
+DEFAULT_VRAM_SIZE = 512 << 20
+MAX_RING_ENTRIES = 1 << 16
+MAX_FAULT_ENTRIES = 1 << 16
 
 
 class Reg(IntEnum):
-    """BAR0 register offsets; all registers are 32 bits wide."""
+    """Global BAR0 registers; all are 32 bits wide."""
 
     ID = 0x000
     VERSION = 0x004
@@ -48,13 +64,72 @@ class Reg(IntEnum):
     TEST_DOORBELL = 0x00C
     IRQ_COUNT = 0x010
     ERROR = 0x014
+    ERROR_QUEUE = 0x018
+    ERROR_COUNT = 0x01C
+    ERROR_ADDR_LO = 0x020
+    ERROR_ADDR_HI = 0x024
+    VRAM_SIZE_LO = 0x028
+    VRAM_SIZE_HI = 0x02C
+    NUM_CONTEXTS = 0x030
+    INTR_STATUS = 0x034
+    DEVICE_RESET = 0x038
+    FAULT_BASE_LO = 0x040
+    FAULT_BASE_HI = 0x044
+    FAULT_SIZE = 0x048
+    FAULT_PUT = 0x04C
+    FAULT_GET = 0x050
+    FAULT_OVERFLOW = 0x054
+    TIMESTAMP_LO = 0x058
+    TIMESTAMP_HI = 0x05C
+
+
+# Per-queue registers: queue q's window starts at QUEUE_BASE + q * QUEUE_STRIDE.
+QUEUE_BASE = 0x1000
+QUEUE_STRIDE = 0x40
+
+
+class QReg(IntEnum):
+    """Per-queue registers, offsets inside a queue's window."""
+
+    RING_BASE_LO = 0x00
+    RING_BASE_HI = 0x04
+    RING_SIZE = 0x08
+    HEAD = 0x0C
+    TAIL = 0x10  # the doorbell: writing it starts the queue
+    STATUS = 0x14
+    ERROR = 0x18
+    CONTROL = 0x1C
+    PT_BASE_LO = 0x20  # context queues only: this context's root page table
+    PT_BASE_HI = 0x24
+    COMPLETED = 0x28  # commands completed since the queue was set up
+
+
+class QueueStatus(IntFlag):
+    IDLE = 0
+    RUNNING = 1 << 0
+    STALLED = 1 << 1  # waiting for REPLAY or CANCEL of a fault
+    HALTED = 1 << 2  # stopped by an error in the queue registers; reset it
+
+
+class QueueControl(IntEnum):
+    """Values written to a queue's CONTROL register."""
+
+    REPLAY = 1  # retry the faulted command
+    CANCEL = 2  # complete the faulted command with FAULT_CANCELLED
+    RESET = 3  # HEAD = TAIL = 0, clear STATUS and ERROR
+
+
+class IntrStatus(IntFlag):
+    COMPLETION = 1 << 0
+    FAULT = 1 << 1
+    ERROR = 1 << 2
 
 
 @dataclass(frozen=True)
 class Register:
     reg: Reg
-    access: str  # "RO", "RW", "WO"
-    reset: int
+    access: str  # "RO", "RW", "WO", "RW1C"
+    reset: int | None  # None: a running value (a clock) with no reset value
     doc: str
 
 
@@ -67,7 +142,45 @@ REGISTERS: tuple[Register, ...] = (
              "writing N raises MSI-X vector N (N < IRQ_VECTORS), else sets ERROR=BAD_VECTOR"),
     Register(Reg.IRQ_COUNT, "RO", 0, "interrupts raised since reset (mod 2^32)"),
     Register(Reg.ERROR, "RW", 0, "last error code; writing 0 clears it"),
+    Register(Reg.ERROR_QUEUE, "RO", 0xFFFFFFFF,
+             "queue of the last error; 0xFFFFFFFF for register and fault-buffer errors"),
+    Register(Reg.ERROR_COUNT, "RO", 0, "errors recorded since reset"),
+    Register(Reg.ERROR_ADDR_LO, "RO", 0, "address involved in the last error, bits 31:0"),
+    Register(Reg.ERROR_ADDR_HI, "RO", 0, "address involved in the last error, bits 63:32"),
+    Register(Reg.VRAM_SIZE_LO, "RO", DEFAULT_VRAM_SIZE & 0xFFFFFFFF, "VRAM bytes, bits 31:0"),
+    Register(Reg.VRAM_SIZE_HI, "RO", DEFAULT_VRAM_SIZE >> 32, "VRAM bytes, bits 63:32"),
+    Register(Reg.NUM_CONTEXTS, "RO", NUM_CONTEXTS, "address spaces (context queues)"),
+    Register(Reg.INTR_STATUS, "RW1C", 0, "interrupt causes seen (IntrStatus); write 1s to clear"),
+    Register(Reg.DEVICE_RESET, "WO", 0, "writing 1 resets the device (all registers)"),
+    Register(Reg.FAULT_BASE_LO, "RW", 0, "fault buffer bus address, bits 31:0 (4 KiB aligned)"),
+    Register(Reg.FAULT_BASE_HI, "RW", 0, "fault buffer bus address, bits 63:32"),
+    Register(Reg.FAULT_SIZE, "RW", 0,
+             "fault buffer entries (power of two <= 65536); 0 disables fault reporting"),
+    Register(Reg.FAULT_PUT, "RO", 0, "next entry the device writes"),
+    Register(Reg.FAULT_GET, "RW", 0, "next entry the driver reads; the driver advances it"),
+    Register(Reg.FAULT_OVERFLOW, "RO", 0, "fault records dropped because the buffer was full"),
+    Register(Reg.TIMESTAMP_LO, "RO", None,
+             "device clock in ns, bits 31:0 (reading LO latches HI)"),
+    Register(Reg.TIMESTAMP_HI, "RO", None, "device clock in ns, bits 63:32, latched"),
 )
+
+QUEUE_REGISTERS: tuple[tuple[QReg, str, str], ...] = (
+    (QReg.RING_BASE_LO, "RW", "command ring bus address, bits 31:0 (64-byte aligned)"),
+    (QReg.RING_BASE_HI, "RW", "command ring bus address, bits 63:32"),
+    (QReg.RING_SIZE, "RW", "ring entries (power of two, 2..65536)"),
+    (QReg.HEAD, "RO", "next command the device executes"),
+    (QReg.TAIL, "RW", "doorbell: one past the last valid command (< RING_SIZE)"),
+    (QReg.STATUS, "RO", "QueueStatus bits"),
+    (QReg.ERROR, "RO", "last error code of this queue"),
+    (QReg.CONTROL, "WO", "QueueControl: REPLAY, CANCEL or RESET"),
+    (QReg.PT_BASE_LO, "RW", "root page table bus address, bits 31:0 (4 KiB aligned)"),
+    (QReg.PT_BASE_HI, "RW", "root page table bus address, bits 63:32"),
+    (QReg.COMPLETED, "RO", "commands completed (mod 2^32)"),
+)
+
+
+def queue_reg(queue: int, reg: QReg) -> int:
+    return QUEUE_BASE + queue * QUEUE_STRIDE + reg
 
 
 class IrqVector(IntEnum):
@@ -83,10 +196,106 @@ IRQ_VECTORS = len(IrqVector)
 class ErrorCode(IntEnum):
     NONE = 0
     BAD_VECTOR = 1  # TEST_DOORBELL named a vector that does not exist
-    BAD_REGISTER = 2  # access to an undefined register offset or with a bad width
+    BAD_REGISTER = 2  # register access of the wrong width or alignment
+    BAD_OPCODE = 3  # unknown command opcode
+    BAD_COMMAND = 4  # reserved bits set, bad aperture, length 0 or misaligned
+    DMA_UNMAPPED = 5  # bus address not in guest memory (no DMA mapping)
+    VRAM_RANGE = 6  # VRAM offset past the end of VRAM
+    PTE_INVALID = 7  # malformed PTE: reserved bits, misaligned address, bad level
+    PT_LOOP = 8  # a page-table walk revisited a table
+    QUEUE_CONFIG = 9  # ring base, size or TAIL out of range
+    FAULT_CANCELLED = 10  # the driver cancelled this command's fault
+    BUS_MASTER_OFF = 11  # DMA attempted while Bus Master Enable is clear
+    FAULT_BUFFER = 12  # fault buffer misconfigured or unmapped
+    CONTEXT = 13  # command names a context that does not exist
 
 
-# ---- the C header ------------------------------------------------------------
+# ---- commands ----------------------------------------------------------------------
+COMMAND_SIZE = 64
+# opcode u32, flags u32, ctx u32, reserved u32, a0..a4 u64, status u64
+COMMAND = struct.Struct("<IIII5QQ")
+assert COMMAND.size == COMMAND_SIZE
+
+
+class Opcode(IntEnum):
+    NOP = 0
+    COPY = 1  # a0 src, a1 dst, a2 length; apertures in flags
+    FILL = 2  # a0 dst, a1 length, a2 32-bit pattern; dst aperture in flags
+    READ = 3  # a0 device VA, a1 bounce bus address, a2 length: VA -> system memory
+    WRITE = 4  # a0 device VA, a1 bounce bus address, a2 length: system memory -> VA
+    ATOMIC = 5  # a0 device VA (8-aligned), a1 operand, a2 bus address for the old value
+    TLB_INVALIDATE = 6  # ctx; a0 VA, a1 length (0: the whole context)
+    FENCE = 7  # a0 bus address, a1 64-bit value; flags.IRQ raises COMPLETION
+
+
+class Aperture(IntEnum):
+    SYS = 0  # system memory by bus address
+    VRAM = 1  # device memory by offset
+    VA = 2  # device virtual address through the context's page table
+
+
+class CmdFlags(IntFlag):
+    IRQ = 1 << 0  # raise the COMPLETION vector when this command completes
+    # bits 8-9: source aperture, bits 10-11: destination aperture
+
+
+SRC_APERTURE_SHIFT = 8
+DST_APERTURE_SHIFT = 10
+APERTURE_MASK = 0x3
+CMD_FLAGS_VALID = CmdFlags.IRQ | (APERTURE_MASK << SRC_APERTURE_SHIFT) | (
+    APERTURE_MASK << DST_APERTURE_SHIFT)
+
+
+class AtomicOp(IntEnum):
+    """ATOMIC's operation, in flags bits 16-19."""
+
+    FETCH_ADD = 0
+    SWAP = 1
+
+
+ATOMIC_OP_SHIFT = 16
+
+
+def cmd_flags(src: Aperture = Aperture.SYS, dst: Aperture = Aperture.SYS, irq: bool = False,
+              atomic: AtomicOp = AtomicOp.FETCH_ADD) -> int:
+    return (int(irq) | (src << SRC_APERTURE_SHIFT) | (dst << DST_APERTURE_SHIFT)
+            | (atomic << ATOMIC_OP_SHIFT))
+
+
+# ---- page tables ----------------------------------------------------------------------
+class Pte(IntFlag):
+    VALID = 1 << 0
+    READ = 1 << 1
+    WRITE = 1 << 2
+    ATOMIC = 1 << 3
+    VRAM = 1 << 4  # aperture: address is a VRAM offset, else a bus address
+    LARGE = 1 << 5  # level-1 entry maps a 2 MiB page
+
+
+PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+PTE_FLAGS_MASK = 0x3F
+PTE_RESERVED_MASK = ~(PTE_ADDR_MASK | PTE_FLAGS_MASK) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+class Access(IntFlag):
+    READ = 1 << 0
+    WRITE = 1 << 1
+    ATOMIC = 1 << 2
+
+
+# ---- fault records ------------------------------------------------------------------
+FAULT_RECORD_SIZE = 32
+# va u64, timestamp u64, ctx u32, access u32, queue u32, reason u32
+FAULT_RECORD = struct.Struct("<QQIIII")
+assert FAULT_RECORD.size == FAULT_RECORD_SIZE
+
+
+class FaultReason(IntEnum):
+    NOT_PRESENT = 1  # no valid PTE
+    PERMISSION = 2  # valid PTE without the needed READ/WRITE/ATOMIC bit
+
+
+# ---- the C header ---------------------------------------------------------------------
 
 def _defines() -> list[tuple[str, int]]:
     out = [
@@ -96,12 +305,56 @@ def _defines() -> list[tuple[str, int]]:
         ("MSIX_TABLE_OFFSET", MSIX_TABLE_OFFSET),
         ("MSIX_PBA_OFFSET", MSIX_PBA_OFFSET), ("ID_MAGIC", ID_MAGIC),
         ("VERSION_MAJOR", VERSION_MAJOR), ("VERSION_MINOR", VERSION_MINOR),
+        ("PAGE_SHIFT", PAGE_SHIFT), ("LARGE_PAGE_SHIFT", LARGE_PAGE_SHIFT),
+        ("NUM_CONTEXTS", NUM_CONTEXTS), ("KERNEL_QUEUE", KERNEL_QUEUE),
+        ("NUM_QUEUES", NUM_QUEUES), ("VA_BITS", VA_BITS), ("PT_LEVELS", PT_LEVELS),
+        ("PT_ENTRIES", PT_ENTRIES), ("MAX_RING_ENTRIES", MAX_RING_ENTRIES),
+        ("MAX_FAULT_ENTRIES", MAX_FAULT_ENTRIES),
+        ("QUEUE_BASE", QUEUE_BASE), ("QUEUE_STRIDE", QUEUE_STRIDE),
+        ("COMMAND_SIZE", COMMAND_SIZE), ("FAULT_RECORD_SIZE", FAULT_RECORD_SIZE),
+        ("SRC_APERTURE_SHIFT", SRC_APERTURE_SHIFT), ("DST_APERTURE_SHIFT", DST_APERTURE_SHIFT),
+        ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT),
+        ("PTE_ADDR_MASK", PTE_ADDR_MASK),
     ]
     out += [(f"REG_{r.name}", int(r)) for r in Reg]
+    out += [(f"QREG_{r.name}", int(r)) for r in QReg]
+    out += [(f"QSTATUS_{s.name}", int(s)) for s in QueueStatus if s]
+    out += [(f"QCTRL_{c.name}", int(c)) for c in QueueControl]
+    out += [(f"INTR_{s.name}", int(s)) for s in IntrStatus]
     out += [(f"IRQ_{v.name}", int(v)) for v in IrqVector]
     out.append(("IRQ_VECTORS", IRQ_VECTORS))
     out += [(f"ERR_{e.name}", int(e)) for e in ErrorCode]
+    out += [(f"OP_{o.name}", int(o)) for o in Opcode]
+    out += [(f"APERTURE_{a.name}", int(a)) for a in Aperture]
+    out += [("CMD_IRQ", int(CmdFlags.IRQ))]
+    out += [(f"ATOMIC_{a.name}", int(a)) for a in AtomicOp]
+    out += [(f"PTE_{p.name}", int(p)) for p in Pte]
+    out += [(f"ACCESS_{a.name}", int(a)) for a in Access]
+    out += [(f"FAULT_{r.name}", int(r)) for r in FaultReason]
     return out
+
+
+C_STRUCTS = """
+/* A command: 64 bytes, little-endian, in a queue's ring. */
+struct hmmgpu_command {
+	__le32 opcode;
+	__le32 flags;
+	__le32 ctx;
+	__le32 reserved;
+	__le64 args[5];
+	__le64 status;		/* bus address for the completion status, or 0 */
+};
+
+/* A fault record: 32 bytes, written by the device into the fault buffer. */
+struct hmmgpu_fault_record {
+	__le64 va;
+	__le64 timestamp;
+	__le32 ctx;
+	__le32 access;
+	__le32 queue;
+	__le32 reason;
+};
+"""
 
 
 def render_c_header() -> str:
@@ -114,8 +367,14 @@ def render_c_header() -> str:
         "#ifndef HMMGPU_HW_H",
         "#define HMMGPU_HW_H",
         "",
+        "#include <linux/types.h>",
+        "",
     ]
     for name, value in _defines():
-        lines.append(f"#define HMMGPU_{name:<24} 0x{value:x}")
+        suffix = "ULL" if value > 0xFFFFFFFF else ""
+        lines.append(f"#define HMMGPU_{name:<24} 0x{value:x}{suffix}")
+    lines.append("#define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + "
+                 "(q) * HMMGPU_QUEUE_STRIDE + (r))")
+    lines += C_STRUCTS.splitlines()
     lines += ["", "#endif /* HMMGPU_HW_H */", ""]
     return "\n".join(lines)

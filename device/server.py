@@ -20,6 +20,7 @@ import threading
 from . import hwdef as hw
 from . import pyvfio
 from .gpu import Gpu
+from .memory import GuestMemory
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -27,6 +28,8 @@ PCI_CAP_ID_EXP = 0x10
 PCI_CAP_ID_MSIX = 0x11
 PCI_EXP_CAP_SIZE = 0x3C
 PCI_EXP_FLAGS_V2_ENDPOINT = 0x0002  # version 2, device/port type 0 (endpoint)
+PCI_COMMAND = 0x04
+PCI_COMMAND_MASTER = 0x04
 
 
 def pcie_capability() -> bytes:
@@ -41,10 +44,13 @@ def msix_capability(vectors: int, bar: int, table: int, pba: int) -> bytes:
 
 
 class GpuServer:
-    def __init__(self, socket_path: str, library: str | None = None, msix: bool = True) -> None:
+    def __init__(self, socket_path: str, library: str | None = None, msix: bool = True,
+                 vram_size: int = hw.DEFAULT_VRAM_SIZE) -> None:
         self.socket_path = socket_path
         self.ctx = pyvfio.Context(socket_path, library=library)
-        self.gpu = Gpu(raise_irq=self._trigger)
+        self.mem = GuestMemory()
+        self.gpu = Gpu(raise_irq=self._trigger, mem=self.mem, vram_size=vram_size,
+                       bus_master=self._bus_master)
         self._stop_r, self._stop_w = os.pipe()
         self.connected = False
 
@@ -63,9 +69,11 @@ class GpuServer:
                              hw.MSIX_BAR_SIZE, self._msix_bar_access,
                              pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
             ctx.setup_irqs(pyvfio.VFU_DEV_MSIX_IRQ, hw.IRQ_VECTORS)
-        ctx.setup_dma()
+        ctx.setup_dma(on_register=self._dma_register, on_unregister=self._dma_unregister)
         ctx.setup_reset(self._on_reset)
+        ctx.setup_quiesce(self._on_quiesce)
         ctx.realize()
+        self.config = ctx.config_space()
 
     # ---- callbacks -----------------------------------------------------------
 
@@ -88,6 +96,26 @@ class GpuServer:
     def _msix_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
         return bytes(count) if data is None else None
 
+    def _dma_register(self, region: pyvfio.DmaRegion) -> None:
+        if region.vaddr is None:
+            log.warning("DMA region %#x+%#x has no fd: not accessible to the device",
+                        region.iova, region.length)
+            return
+        self.mem.add(region.iova, region.length, region.vaddr,
+                     writable=bool(region.prot & pyvfio.PROT_WRITE))
+
+    def _dma_unregister(self, region: pyvfio.DmaRegion) -> None:
+        self.mem.remove(region.iova)
+
+    def _on_quiesce(self) -> bool:
+        # libvfio-user is about to change DMA mappings or reset: park the
+        # engine between commands; serve() resumes it after the message.
+        self.gpu.engine.pause()
+        return True
+
+    def _bus_master(self) -> bool:
+        return bool(self.config[PCI_COMMAND] & PCI_COMMAND_MASTER)
+
     def _on_reset(self, kind: int) -> None:
         log.info("reset (%s)", {pyvfio.VFU_RESET_DEVICE: "device",
                                 pyvfio.VFU_RESET_LOST_CONN: "client gone",
@@ -108,6 +136,7 @@ class GpuServer:
         os.write(self._stop_w, b"x")
 
     def serve(self) -> None:
+        self.gpu.engine.start()
         log.info("serving hmmgpu %04x:%04x on %s", hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID,
                  self.socket_path)
         try:
@@ -123,11 +152,25 @@ class GpuServer:
                     continue
                 try:
                     self.ctx.run()
+                    self.gpu.engine.resume()
                 except pyvfio.VfuError as e:
                     log.info("client detached (%s); waiting for the next one", e.strerror)
                     self.connected = False
+                    self.mem.clear()
+                    self.gpu.engine.resume()
         finally:
+            self.gpu.engine.stop()
             self.ctx.destroy()
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text[-1:].upper() in units:
+            return int(text[:-1]) * units[text[-1].upper()]
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="no MSI-X capability (interrupts are counted, not delivered); QEMU "
                         "11.1 aborts on device_del of a vfio-user device with MSI-X")
     p.add_argument("--log-file", help="log here instead of stderr")
+    p.add_argument("--vram", type=_size, default=hw.DEFAULT_VRAM_SIZE,
+                   help="VRAM size, e.g. 512M or 1G (default 512M)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
         filename=args.log_file, level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        server = GpuServer(args.socket, args.library, msix=not args.no_msix)
+        server = GpuServer(args.socket, args.library, msix=not args.no_msix,
+                           vram_size=args.vram)
     except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1

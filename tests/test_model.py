@@ -23,7 +23,7 @@ def test_every_register_reads_its_reset_value_after_reset() -> None:
     gpu.mmio_write(hw.Reg.TEST_DOORBELL, 4, 99)  # sets ERROR, counts an interrupt
     gpu.reset()
     for r in hw.REGISTERS:
-        if r.access != "WO":
+        if r.access != "WO" and r.reset is not None:
             assert gpu.mmio_read(r.reg, 4) == r.reset, r.reg.name
 
 

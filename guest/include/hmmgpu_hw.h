@@ -6,6 +6,8 @@
 #ifndef HMMGPU_HW_H
 #define HMMGPU_HW_H
 
+#include <linux/types.h>
+
 #define HMMGPU_PCI_VENDOR_ID            0x1234
 #define HMMGPU_PCI_DEVICE_ID            0x4847
 #define HMMGPU_PCI_CLASS_BASE           0x3
@@ -17,13 +19,68 @@
 #define HMMGPU_MSIX_PBA_OFFSET          0x800
 #define HMMGPU_ID_MAGIC                 0x4d4d4748
 #define HMMGPU_VERSION_MAJOR            0x0
-#define HMMGPU_VERSION_MINOR            0x1
+#define HMMGPU_VERSION_MINOR            0x2
+#define HMMGPU_PAGE_SHIFT               0xc
+#define HMMGPU_LARGE_PAGE_SHIFT         0x15
+#define HMMGPU_NUM_CONTEXTS             0x10
+#define HMMGPU_KERNEL_QUEUE             0x10
+#define HMMGPU_NUM_QUEUES               0x11
+#define HMMGPU_VA_BITS                  0x30
+#define HMMGPU_PT_LEVELS                0x4
+#define HMMGPU_PT_ENTRIES               0x200
+#define HMMGPU_MAX_RING_ENTRIES         0x10000
+#define HMMGPU_MAX_FAULT_ENTRIES        0x10000
+#define HMMGPU_QUEUE_BASE               0x1000
+#define HMMGPU_QUEUE_STRIDE             0x40
+#define HMMGPU_COMMAND_SIZE             0x40
+#define HMMGPU_FAULT_RECORD_SIZE        0x20
+#define HMMGPU_SRC_APERTURE_SHIFT       0x8
+#define HMMGPU_DST_APERTURE_SHIFT       0xa
+#define HMMGPU_ATOMIC_OP_SHIFT          0x10
+#define HMMGPU_PTE_ADDR_MASK            0xffffffffff000ULL
 #define HMMGPU_REG_ID                   0x0
 #define HMMGPU_REG_VERSION              0x4
 #define HMMGPU_REG_SCRATCH              0x8
 #define HMMGPU_REG_TEST_DOORBELL        0xc
 #define HMMGPU_REG_IRQ_COUNT            0x10
 #define HMMGPU_REG_ERROR                0x14
+#define HMMGPU_REG_ERROR_QUEUE          0x18
+#define HMMGPU_REG_ERROR_COUNT          0x1c
+#define HMMGPU_REG_ERROR_ADDR_LO        0x20
+#define HMMGPU_REG_ERROR_ADDR_HI        0x24
+#define HMMGPU_REG_VRAM_SIZE_LO         0x28
+#define HMMGPU_REG_VRAM_SIZE_HI         0x2c
+#define HMMGPU_REG_NUM_CONTEXTS         0x30
+#define HMMGPU_REG_INTR_STATUS          0x34
+#define HMMGPU_REG_DEVICE_RESET         0x38
+#define HMMGPU_REG_FAULT_BASE_LO        0x40
+#define HMMGPU_REG_FAULT_BASE_HI        0x44
+#define HMMGPU_REG_FAULT_SIZE           0x48
+#define HMMGPU_REG_FAULT_PUT            0x4c
+#define HMMGPU_REG_FAULT_GET            0x50
+#define HMMGPU_REG_FAULT_OVERFLOW       0x54
+#define HMMGPU_REG_TIMESTAMP_LO         0x58
+#define HMMGPU_REG_TIMESTAMP_HI         0x5c
+#define HMMGPU_QREG_RING_BASE_LO        0x0
+#define HMMGPU_QREG_RING_BASE_HI        0x4
+#define HMMGPU_QREG_RING_SIZE           0x8
+#define HMMGPU_QREG_HEAD                0xc
+#define HMMGPU_QREG_TAIL                0x10
+#define HMMGPU_QREG_STATUS              0x14
+#define HMMGPU_QREG_ERROR               0x18
+#define HMMGPU_QREG_CONTROL             0x1c
+#define HMMGPU_QREG_PT_BASE_LO          0x20
+#define HMMGPU_QREG_PT_BASE_HI          0x24
+#define HMMGPU_QREG_COMPLETED           0x28
+#define HMMGPU_QSTATUS_RUNNING          0x1
+#define HMMGPU_QSTATUS_STALLED          0x2
+#define HMMGPU_QSTATUS_HALTED           0x4
+#define HMMGPU_QCTRL_REPLAY             0x1
+#define HMMGPU_QCTRL_CANCEL             0x2
+#define HMMGPU_QCTRL_RESET              0x3
+#define HMMGPU_INTR_COMPLETION          0x1
+#define HMMGPU_INTR_FAULT               0x2
+#define HMMGPU_INTR_ERROR               0x4
 #define HMMGPU_IRQ_COMPLETION           0x0
 #define HMMGPU_IRQ_FAULT                0x1
 #define HMMGPU_IRQ_ERROR                0x2
@@ -32,5 +89,62 @@
 #define HMMGPU_ERR_NONE                 0x0
 #define HMMGPU_ERR_BAD_VECTOR           0x1
 #define HMMGPU_ERR_BAD_REGISTER         0x2
+#define HMMGPU_ERR_BAD_OPCODE           0x3
+#define HMMGPU_ERR_BAD_COMMAND          0x4
+#define HMMGPU_ERR_DMA_UNMAPPED         0x5
+#define HMMGPU_ERR_VRAM_RANGE           0x6
+#define HMMGPU_ERR_PTE_INVALID          0x7
+#define HMMGPU_ERR_PT_LOOP              0x8
+#define HMMGPU_ERR_QUEUE_CONFIG         0x9
+#define HMMGPU_ERR_FAULT_CANCELLED      0xa
+#define HMMGPU_ERR_BUS_MASTER_OFF       0xb
+#define HMMGPU_ERR_FAULT_BUFFER         0xc
+#define HMMGPU_ERR_CONTEXT              0xd
+#define HMMGPU_OP_NOP                   0x0
+#define HMMGPU_OP_COPY                  0x1
+#define HMMGPU_OP_FILL                  0x2
+#define HMMGPU_OP_READ                  0x3
+#define HMMGPU_OP_WRITE                 0x4
+#define HMMGPU_OP_ATOMIC                0x5
+#define HMMGPU_OP_TLB_INVALIDATE        0x6
+#define HMMGPU_OP_FENCE                 0x7
+#define HMMGPU_APERTURE_SYS             0x0
+#define HMMGPU_APERTURE_VRAM            0x1
+#define HMMGPU_APERTURE_VA              0x2
+#define HMMGPU_CMD_IRQ                  0x1
+#define HMMGPU_ATOMIC_FETCH_ADD         0x0
+#define HMMGPU_ATOMIC_SWAP              0x1
+#define HMMGPU_PTE_VALID                0x1
+#define HMMGPU_PTE_READ                 0x2
+#define HMMGPU_PTE_WRITE                0x4
+#define HMMGPU_PTE_ATOMIC               0x8
+#define HMMGPU_PTE_VRAM                 0x10
+#define HMMGPU_PTE_LARGE                0x20
+#define HMMGPU_ACCESS_READ              0x1
+#define HMMGPU_ACCESS_WRITE             0x2
+#define HMMGPU_ACCESS_ATOMIC            0x4
+#define HMMGPU_FAULT_NOT_PRESENT        0x1
+#define HMMGPU_FAULT_PERMISSION         0x2
+#define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + (q) * HMMGPU_QUEUE_STRIDE + (r))
+
+/* A command: 64 bytes, little-endian, in a queue's ring. */
+struct hmmgpu_command {
+	__le32 opcode;
+	__le32 flags;
+	__le32 ctx;
+	__le32 reserved;
+	__le64 args[5];
+	__le64 status;		/* bus address for the completion status, or 0 */
+};
+
+/* A fault record: 32 bytes, written by the device into the fault buffer. */
+struct hmmgpu_fault_record {
+	__le64 va;
+	__le64 timestamp;
+	__le32 ctx;
+	__le32 access;
+	__le32 queue;
+	__le32 reason;
+};
 
 #endif /* HMMGPU_HW_H */

@@ -1,0 +1,462 @@
+"""The GPU engine: command queues, the copy engine, replayable faults.
+
+DOC: threads and locking
+MMIO handlers (vfio-user thread) only update registers under `lock` and wake
+the worker; all command execution happens on the worker thread, so MMIO stays
+responsive while a long copy runs. `lock` protects queue registers, the fault
+buffer registers and error registers; the worker drops it while it moves data.
+`pause()`/`resume()` park the worker between commands (libvfio-user quiesces
+the device before it changes DMA mappings).
+
+DOC: execution
+Queues are served round-robin, one command at a time. A command that touches
+device-virtual memory first translates its whole range; every page that has no
+valid or permitted PTE becomes a fault record (all of them, as one batch), the
+FAULT vector fires and the queue stalls with HEAD on that command. REPLAY runs
+the command again from its start; CANCEL completes it with FAULT_CANCELLED.
+A malformed command completes with an error code; a malformed queue halts.
+Errors are recorded in the global and per-queue ERROR registers and raise the
+ERROR vector; the other queues keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import hwdef as hw
+from .hwdef import Access, Aperture, ErrorCode, Opcode, QueueStatus
+from .memory import DeviceError, GuestMemory, Vram
+from .mmu import Fault, Mmu
+
+log = logging.getLogger("hmmgpu.device")
+
+MAX_FAULTS_PER_COMMAND = 64
+
+
+@dataclass
+class Queue:
+    index: int
+    ring_base: int = 0
+    ring_size: int = 0
+    head: int = 0
+    tail: int = 0
+    status: QueueStatus = QueueStatus.IDLE
+    error: ErrorCode = ErrorCode.NONE
+    pt_base: int = 0
+    completed: int = 0
+
+    @property
+    def runnable(self) -> bool:
+        return (self.head != self.tail and not
+                self.status & (QueueStatus.STALLED | QueueStatus.HALTED))
+
+
+@dataclass
+class Command:
+    opcode: int
+    flags: int
+    ctx: int
+    reserved: int
+    args: tuple[int, int, int, int, int]
+    status: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Command:
+        op, flags, ctx, res, a0, a1, a2, a3, a4, status = hw.COMMAND.unpack(raw)
+        return cls(op, flags, ctx, res, (a0, a1, a2, a3, a4), status)
+
+    def aperture(self, shift: int) -> int:
+        return (self.flags >> shift) & hw.APERTURE_MASK
+
+
+@dataclass
+class Stats:
+    commands: int = 0
+    bytes_copied: int = 0
+    faults: int = 0
+    errors: int = 0
+    per_opcode: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, mem: GuestMemory, vram: Vram, raise_irq: Callable[[int], None],
+                 bus_master: Callable[[], bool] = lambda: True) -> None:
+        self.mem = mem
+        self.vram = vram
+        self.mmu = Mmu(mem, vram.size)
+        self._raise_irq = raise_irq
+        self._bus_master = bus_master
+        self.lock = threading.RLock()
+        self._wake = threading.Condition(self.lock)
+        self._paused = False
+        self._busy = False
+        self._stop = False
+        self._t0 = time.monotonic_ns()
+        self.stats = Stats()
+        self.reset()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hmmgpu-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stop = True
+            self._wake.notify_all()
+        if self._thread:
+            self._thread.join(10)
+
+    def reset(self) -> None:
+        """Every register back to its reset value; TLB flushed."""
+        with self.lock:
+            self.queues = [Queue(i) for i in range(hw.NUM_QUEUES)]
+            self.fault_base = 0
+            self.fault_size = 0
+            self.fault_put = 0
+            self.fault_get = 0
+            self.fault_overflow = 0
+            self.error = ErrorCode.NONE
+            self.error_queue = 0xFFFFFFFF
+            self.error_addr = 0
+            self.error_count = 0
+            self.intr_status = hw.IntrStatus(0)
+            self.mmu.flush()
+
+    def pause(self) -> None:
+        """Park the worker between commands (no DMA until resume())."""
+        with self.lock:
+            self._paused = True
+            while self._busy:
+                self._wake.wait()
+
+    def resume(self) -> None:
+        with self.lock:
+            if self._paused:
+                self._paused = False
+                self._wake.notify_all()
+
+    def now(self) -> int:
+        return time.monotonic_ns() - self._t0
+
+    # ---- register side (called from MMIO) ------------------------------------------
+
+    def kick(self) -> None:
+        with self.lock:
+            self._wake.notify_all()
+
+    def write_tail(self, q: int, tail: int) -> None:
+        with self.lock:
+            queue = self.queues[q]
+            if not queue.ring_size or tail >= queue.ring_size:
+                self._halt(queue, ErrorCode.QUEUE_CONFIG, tail,
+                           f"TAIL {tail} with RING_SIZE {queue.ring_size}")
+                return
+            queue.tail = tail
+            self._wake.notify_all()
+
+    def control(self, q: int, value: int) -> None:
+        with self.lock:
+            queue = self.queues[q]
+            if value == hw.QueueControl.REPLAY:
+                queue.status &= ~QueueStatus.STALLED
+            elif value == hw.QueueControl.CANCEL:
+                if queue.status & QueueStatus.STALLED:
+                    queue.status &= ~QueueStatus.STALLED
+                    self._complete_cancelled(queue)
+            elif value == hw.QueueControl.RESET:
+                queue.head = queue.tail = 0
+                queue.status = QueueStatus.IDLE
+                queue.error = ErrorCode.NONE
+            self._wake.notify_all()
+
+    def set_ring(self, q: int, base: int | None = None, size: int | None = None) -> None:
+        with self.lock:
+            queue = self.queues[q]
+            if base is not None:
+                queue.ring_base = base
+            if size is not None:
+                queue.ring_size = size
+
+    # ---- errors and interrupts ---------------------------------------------------------
+
+    def record_error(self, code: ErrorCode, queue: int | None, addr: int, detail: str) -> None:
+        with self.lock:
+            self.error = code
+            self.error_queue = 0xFFFFFFFF if queue is None else queue
+            self.error_addr = addr
+            self.error_count += 1
+            self.stats.errors += 1
+            if queue is not None:
+                self.queues[queue].error = code
+            self.intr_status |= hw.IntrStatus.ERROR
+        log.warning("device error %s (queue %s, addr %#x): %s", code.name, queue, addr, detail)
+        self._raise_irq(hw.IrqVector.ERROR)
+
+    def _halt(self, queue: Queue, code: ErrorCode, addr: int, detail: str) -> None:
+        queue.status = (queue.status | QueueStatus.HALTED) & ~QueueStatus.RUNNING
+        self.record_error(code, queue.index, addr, detail)
+
+    # ---- the worker --------------------------------------------------------------------
+
+    def _next_queue(self, start: int) -> Queue | None:
+        for i in range(hw.NUM_QUEUES):
+            q = self.queues[(start + i) % hw.NUM_QUEUES]
+            if q.runnable:
+                return q
+        return None
+
+    def _run(self) -> None:
+        rr = 0
+        while True:
+            with self.lock:
+                while not self._stop and (self._paused or self._next_queue(rr) is None):
+                    self._wake.wait()
+                if self._stop:
+                    return
+                queue = self._next_queue(rr)
+                assert queue is not None
+                rr = queue.index + 1
+                self._busy = True
+                queue.status |= QueueStatus.RUNNING
+            try:
+                self.step(queue)
+            except Exception:  # noqa: BLE001 - a device bug must not kill the device
+                log.exception("engine failure on queue %d", queue.index)
+                with self.lock:
+                    self._halt(queue, ErrorCode.BAD_COMMAND, queue.head, "internal error")
+            finally:
+                with self.lock:
+                    self._busy = False
+                    if not queue.runnable:
+                        queue.status &= ~QueueStatus.RUNNING
+                    self._wake.notify_all()
+
+    def run_until_idle(self, limit: int = 100000) -> None:
+        """Execute synchronously until no queue is runnable (tests, no thread)."""
+        rr = 0
+        for _ in range(limit):
+            queue = self._next_queue(rr)
+            if queue is None:
+                return
+            rr = queue.index + 1
+            self.step(queue)
+        raise RuntimeError("queues still runnable")
+
+    def step(self, queue: Queue) -> None:
+        """Fetch and execute the command at the queue's HEAD."""
+        if not self._bus_master():
+            with self.lock:
+                self._halt(queue, ErrorCode.BUS_MASTER_OFF, queue.ring_base,
+                           "Bus Master Enable is clear")
+            return
+        if (queue.ring_size < 2 or queue.ring_size > hw.MAX_RING_ENTRIES
+                or queue.ring_size & (queue.ring_size - 1) or queue.ring_base % 64):
+            with self.lock:
+                self._halt(queue, ErrorCode.QUEUE_CONFIG, queue.ring_base,
+                           f"ring base {queue.ring_base:#x} size {queue.ring_size}")
+            return
+        slot = queue.ring_base + queue.head * hw.COMMAND_SIZE
+        try:
+            raw = self.mem.view(slot, hw.COMMAND_SIZE).tobytes()
+        except DeviceError as e:
+            with self.lock:
+                self._halt(queue, e.code, e.addr, "command ring not in guest memory")
+            return
+        cmd = Command.unpack(raw)
+        try:
+            self.execute(queue, cmd)
+        except Fault:
+            return  # stalled; HEAD stays on this command
+        except DeviceError as e:
+            self.record_error(e.code, queue.index, e.addr, f"{_opname(cmd.opcode)}: {e}")
+            self._complete(queue, cmd, e.code)
+            return
+        self._complete(queue, cmd, ErrorCode.NONE)
+
+    def _complete(self, queue: Queue, cmd: Command, code: ErrorCode) -> None:
+        if cmd.status:
+            try:
+                self.mem.write_u64(cmd.status, int(code))
+            except DeviceError as e:
+                self.record_error(e.code, queue.index, e.addr, "status address")
+        with self.lock:
+            queue.head = (queue.head + 1) % queue.ring_size
+            queue.completed = (queue.completed + 1) & 0xFFFFFFFF
+            self.stats.commands += 1
+            name = _opname(cmd.opcode)
+            self.stats.per_opcode[name] = self.stats.per_opcode.get(name, 0) + 1
+            if cmd.flags & hw.CmdFlags.IRQ:
+                self.intr_status |= hw.IntrStatus.COMPLETION
+        if cmd.flags & hw.CmdFlags.IRQ:
+            self._raise_irq(hw.IrqVector.COMPLETION)
+
+    def _complete_cancelled(self, queue: Queue) -> None:
+        slot = queue.ring_base + queue.head * hw.COMMAND_SIZE
+        try:
+            cmd = Command.unpack(self.mem.view(slot, hw.COMMAND_SIZE).tobytes())
+        except DeviceError as e:
+            self._halt(queue, e.code, e.addr, "command ring not in guest memory")
+            return
+        queue.error = ErrorCode.FAULT_CANCELLED
+        self._complete(queue, cmd, ErrorCode.FAULT_CANCELLED)
+
+    # ---- commands ----------------------------------------------------------------------
+
+    def _ctx_of(self, queue: Queue, cmd: Command) -> int:
+        if queue.index != hw.KERNEL_QUEUE:
+            return queue.index  # a context queue only reaches its own address space
+        if cmd.ctx >= hw.NUM_CONTEXTS:
+            raise DeviceError(ErrorCode.CONTEXT, cmd.ctx, "no such context")
+        return cmd.ctx
+
+    def execute(self, queue: Queue, cmd: Command) -> None:
+        a = cmd.args
+        if cmd.reserved:
+            raise DeviceError(ErrorCode.BAD_COMMAND, cmd.reserved, "reserved field set")
+        match cmd.opcode:
+            case Opcode.NOP:
+                pass
+            case Opcode.COPY:
+                self._copy(queue, cmd, cmd.aperture(hw.SRC_APERTURE_SHIFT), a[0],
+                           cmd.aperture(hw.DST_APERTURE_SHIFT), a[1], a[2])
+            case Opcode.READ:
+                self._copy(queue, cmd, Aperture.VA, a[0], Aperture.SYS, a[1], a[2])
+            case Opcode.WRITE:
+                self._copy(queue, cmd, Aperture.SYS, a[1], Aperture.VA, a[0], a[2])
+            case Opcode.FILL:
+                self._fill(queue, cmd, cmd.aperture(hw.DST_APERTURE_SHIFT), a[0], a[1], a[2])
+            case Opcode.ATOMIC:
+                self._atomic(queue, cmd)
+            case Opcode.TLB_INVALIDATE:
+                self.mmu.invalidate(self._ctx_of(queue, cmd), a[0], a[1])
+            case Opcode.FENCE:
+                if a[0] % 8:
+                    raise DeviceError(ErrorCode.BAD_COMMAND, a[0], "fence address not 8-aligned")
+                self.mem.write_u64(a[0], a[1])
+            case _:
+                raise DeviceError(ErrorCode.BAD_OPCODE, cmd.opcode, "unknown opcode")
+
+    def _segments(self, queue: Queue, cmd: Command, aperture: int, addr: int, length: int,
+                  access: Access) -> list[np.ndarray]:
+        """Views covering [addr, addr+length) in `aperture`; faults for all
+        missing pages of a VA range are reported together."""
+        if length <= 0:
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "length 0")
+        write = bool(access & Access.WRITE)
+        if aperture == Aperture.SYS:
+            return [self.mem.view(addr, length, write)]
+        if aperture == Aperture.VRAM:
+            return [self.vram.view(addr, length)]
+        if aperture != Aperture.VA:
+            raise DeviceError(ErrorCode.BAD_COMMAND, aperture, "bad aperture")
+        ctx = self._ctx_of(queue, cmd)
+        root = self.queues[ctx].pt_base
+        views: list[np.ndarray] = []
+        faults: list[Fault] = []
+        va, end = addr, addr + length
+        while va < end:
+            try:
+                t = self.mmu.translate(ctx, root, va, access)
+            except Fault as f:
+                faults.append(f)
+                if len(faults) >= MAX_FAULTS_PER_COMMAND:
+                    break
+                va = (va & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
+                continue
+            n = min(end, t.va + t.size) - va
+            if not faults:
+                target = t.target(va)
+                views.append(self.vram.view(target, n) if t.vram else
+                             self.mem.view(target, n, write))
+            va += n
+        if faults:
+            self._report_faults(queue, ctx, faults, access)
+            raise faults[0]
+        return views
+
+    def _copy(self, queue: Queue, cmd: Command, src_ap: int, src: int, dst_ap: int, dst: int,
+              length: int) -> None:
+        src_views = self._segments(queue, cmd, src_ap, src, length, Access.READ)
+        dst_views = self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE)
+        si = di = so = do = 0
+        while si < len(src_views):
+            s, d = src_views[si], dst_views[di]
+            n = min(len(s) - so, len(d) - do)
+            np.copyto(d[do:do + n], s[so:so + n])
+            so += n
+            do += n
+            if so == len(s):
+                si, so = si + 1, 0
+            if do == len(d):
+                di, do = di + 1, 0
+        self.stats.bytes_copied += length
+
+    def _fill(self, queue: Queue, cmd: Command, dst_ap: int, dst: int, length: int,
+              pattern: int) -> None:
+        if length % 4 or dst % 4:
+            raise DeviceError(ErrorCode.BAD_COMMAND, dst, "FILL needs 4-byte alignment")
+        for v in self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE):
+            v.view(np.uint32)[:] = pattern & 0xFFFFFFFF
+        self.stats.bytes_copied += length
+
+    def _atomic(self, queue: Queue, cmd: Command) -> None:
+        va, operand, result = cmd.args[0], cmd.args[1], cmd.args[2]
+        if va % 8:
+            raise DeviceError(ErrorCode.BAD_COMMAND, va, "ATOMIC needs 8-byte alignment")
+        (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
+        word = view.view(np.uint64)
+        old = int(word[0])
+        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & 0xF
+        if op == hw.AtomicOp.FETCH_ADD:
+            word[0] = (old + operand) & 0xFFFF_FFFF_FFFF_FFFF
+        elif op == hw.AtomicOp.SWAP:
+            word[0] = operand
+        else:
+            raise DeviceError(ErrorCode.BAD_COMMAND, op, "unknown atomic op")
+        if result:
+            self.mem.write_u64(result, old)
+
+    # ---- faults ------------------------------------------------------------------------
+
+    def _report_faults(self, queue: Queue, ctx: int, faults: list[Fault],
+                       access: Access) -> None:
+        with self.lock:
+            size, base = self.fault_size, self.fault_base
+            if not size or size & (size - 1) or size > hw.MAX_FAULT_ENTRIES or base % 4096:
+                # Nobody to tell: the command fails instead of stalling forever.
+                raise DeviceError(ErrorCode.FAULT_BUFFER, base,
+                                  f"fault at {faults[0].va:#x} with no valid fault buffer")
+            for f in faults:
+                if (self.fault_put + 1) % size == self.fault_get % size:
+                    self.fault_overflow += 1
+                    continue
+                rec = hw.FAULT_RECORD.pack(f.va, self.now(), ctx, int(access), queue.index,
+                                           int(f.reason))
+                slot = base + (self.fault_put % size) * hw.FAULT_RECORD_SIZE
+                try:
+                    self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)[:] = \
+                        np.frombuffer(rec, dtype=np.uint8)
+                except DeviceError as e:
+                    raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
+                                      "fault buffer not in guest memory") from e
+                self.fault_put = (self.fault_put + 1) % size
+            queue.status |= QueueStatus.STALLED
+            self.stats.faults += len(faults)
+            self.intr_status |= hw.IntrStatus.FAULT
+        self._raise_irq(hw.IrqVector.FAULT)
+
+
+def _opname(op: int) -> str:
+    try:
+        return Opcode(op).name
+    except ValueError:
+        return f"op{op}"

@@ -1,0 +1,109 @@
+"""What the device can address: guest system memory by bus address, and VRAM.
+
+Every device access goes through `view()` of one of these two classes, and
+both check the whole range first (overflow-safe), so no command, PTE or ring
+pointer from the guest can reach memory outside guest RAM or VRAM.
+
+Guest RAM arrives as DMA regions that QEMU registers with the device (shared
+memfd, mapped by libvfio-user into this process); a view is a zero-copy numpy
+array over that mapping.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .hwdef import ErrorCode
+
+
+class DeviceError(Exception):
+    """A device-detected error: the code goes to the ERROR registers."""
+
+    def __init__(self, code: ErrorCode, addr: int = 0, detail: str = "") -> None:
+        super().__init__(f"{code.name} at {addr:#x}{': ' + detail if detail else ''}")
+        self.code = code
+        self.addr = addr
+
+
+def in_range(addr: int, length: int, base: int, size: int) -> bool:
+    """[addr, addr+length) lies inside [base, base+size), without overflow."""
+    return length >= 0 and addr >= base and length <= size and addr - base <= size - length
+
+
+@dataclass(frozen=True)
+class Region:
+    iova: int
+    length: int
+    array: np.ndarray  # uint8 view of the whole region
+    writable: bool
+
+
+class GuestMemory:
+    """Guest system memory as the device sees it: a set of DMA regions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._regions: list[Region] = []
+
+    def add(self, iova: int, length: int, vaddr: int, writable: bool = True) -> None:
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * length).from_address(vaddr))
+        self.add_array(iova, array, writable)
+
+    def add_array(self, iova: int, array: np.ndarray, writable: bool = True) -> None:
+        with self._lock:
+            i = bisect.bisect(self._starts, iova)
+            self._starts.insert(i, iova)
+            self._regions.insert(i, Region(iova, array.nbytes, array.reshape(-1).view(np.uint8),
+                                           writable))
+
+    def remove(self, iova: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, iova)
+            if i < len(self._starts) and self._starts[i] == iova:
+                del self._starts[i]
+                del self._regions[i]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._starts.clear()
+            self._regions.clear()
+
+    def view(self, addr: int, length: int, write: bool = False) -> np.ndarray:
+        """uint8 view of [addr, addr+length); DeviceError(DMA_UNMAPPED) if any
+        byte lies outside a single mapped region."""
+        with self._lock:
+            i = bisect.bisect(self._starts, addr) - 1
+            if i >= 0:
+                r = self._regions[i]
+                if in_range(addr, length, r.iova, r.length) and (r.writable or not write):
+                    off = addr - r.iova
+                    return r.array[off:off + length]
+        raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
+
+    def read_u64(self, addr: int) -> int:
+        return int(self.view(addr, 8).view(np.uint64)[0]) if addr % 8 == 0 else \
+            int.from_bytes(self.view(addr, 8).tobytes(), "little")
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.view(addr, 8, write=True)[:] = np.frombuffer(
+            (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), dtype=np.uint8)
+
+
+class Vram:
+    """Device-local memory, not addressable by the CPU. Pages are committed
+    lazily by the host kernel (np.zeros maps zero pages on demand)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.array = np.zeros(size, dtype=np.uint8)
+
+    def view(self, offset: int, length: int) -> np.ndarray:
+        if not in_range(offset, length, 0, self.size):
+            raise DeviceError(ErrorCode.VRAM_RANGE, offset, f"{length} bytes")
+        return self.array[offset:offset + length]
