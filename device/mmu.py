@@ -72,7 +72,7 @@ class Mmu:
         """Translate `va` through the table at `root`; None when not present.
         Raises DeviceError for malformed tables."""
         self.walks += 1
-        if not 0 <= va < VA_LIMIT:
+        if not 0 <= va < VA_LIMIT or root == 0:  # PT_BASE 0: the context has no mappings
             return None
         table = root
         visited: set[int] = set()

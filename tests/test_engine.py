@@ -1,0 +1,411 @@
+"""The GPU engine in-process: page-table walks, TLB, every command, faults with
+REPLAY and CANCEL, and every error path. The engine runs synchronously
+(run_until_idle) on guest RAM that is a numpy array at a 64-bit bus address."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hmmgpu.device import hwdef as hw
+from hmmgpu.device.gpu import Gpu
+from hmmgpu.device.hwdef import Access, Aperture, ErrorCode, Opcode, Pte, QReg, Reg
+from hmmgpu.device.memory import DeviceError, GuestMemory
+from hmmgpu.device.mmu import Fault
+from hmmgpu.host.userdrv import ModelMmio, UserDriver
+
+BUS = 0x1_0000_0000
+RW = Pte.READ | Pte.WRITE
+K = hw.KERNEL_QUEUE
+
+
+class Rig:
+    def __init__(self, ram_size: int = 32 << 20, vram_size: int = 8 << 20) -> None:
+        self.irqs: list[int] = []
+        self.bus_master = True
+        self.ram = np.zeros(ram_size, dtype=np.uint8)
+        self.mem = GuestMemory()
+        self.mem.add_array(BUS, self.ram)
+        self.gpu = Gpu(raise_irq=lambda v: self.irqs.append(v) is None, mem=self.mem,
+                       vram_size=vram_size, bus_master=lambda: self.bus_master)
+        self.drv = UserDriver(ModelMmio(self.gpu), self.ram, BUS)
+        self.drv.enable_faults()
+
+    def run(self) -> None:
+        self.gpu.engine.run_until_idle()
+
+    def page(self, fill: int | None = None) -> int:
+        addr = self.drv.alloc(hw.PAGE_SIZE)
+        if fill is not None:
+            self.drv.view(addr, hw.PAGE_SIZE)[:] = fill
+        return addr
+
+    def status_word(self) -> int:
+        return self.drv.alloc(8, 8)
+
+    def reg(self, r: Reg) -> int:
+        return self.gpu.mmio_read(r, 4)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+# ---- page-table walks -------------------------------------------------------------
+
+def test_walk_translates_a_4k_page_with_its_permissions(rig: Rig) -> None:
+    page = rig.page()
+    rig.drv.map(1, 0x7F00_0000_1000, page, Pte.READ)
+    t = rig.gpu.engine.mmu.walk(rig.drv.roots[1], 0x7F00_0000_1234)
+    assert (t.va, t.size, t.addr, t.vram) == (0x7F00_0000_1000, hw.PAGE_SIZE, page, False)
+    assert t.target(0x7F00_0000_1234) == page + 0x234
+    assert t.flags == Pte.READ
+
+
+def test_walk_translates_a_2m_page_to_vram(rig: Rig) -> None:
+    rig.drv.map(2, 0x4000_0000, 0x20_0000, RW | Pte.VRAM, large=True)
+    t = rig.gpu.engine.mmu.walk(rig.drv.roots[2], 0x4012_3456)
+    assert (t.size, t.vram, t.target(0x4012_3456)) == (hw.LARGE_PAGE_SIZE, True, 0x32_3456)
+
+
+def test_walk_of_an_unmapped_va_is_not_present(rig: Rig) -> None:
+    rig.drv.map(1, 0x1000, rig.page(), RW)
+    mmu = rig.gpu.engine.mmu
+    assert mmu.walk(rig.drv.roots[1], 0x2000) is None
+    assert mmu.walk(rig.drv.roots[1], 1 << 48) is None
+
+
+@pytest.mark.parametrize("bad_pte, code", [
+    (lambda r: (r.page() + 0x1000) | Pte.VALID | Pte.LARGE | RW, ErrorCode.PTE_INVALID),
+    (lambda r: r.page() | Pte.VALID | RW | (1 << 60), ErrorCode.PTE_INVALID),
+    (lambda r: (8 << 20) | Pte.VALID | Pte.VRAM | Pte.LARGE | RW, ErrorCode.VRAM_RANGE),
+])
+def test_malformed_level1_entries_are_errors(rig: Rig, bad_pte, code) -> None:
+    rig.drv.map(1, 0x1000, rig.page(), RW)  # builds the tables
+    slot = rig.drv.pte_slot(1, 0x20_0000, 1)
+    rig.drv.set_u64(slot, bad_pte(rig))
+    with pytest.raises(DeviceError) as e:
+        rig.gpu.engine.mmu.walk(rig.drv.roots[1], 0x20_0000)
+    assert e.value.code == code
+
+
+def test_a_table_pointing_back_at_the_root_is_a_loop(rig: Rig) -> None:
+    root = rig.drv.context(1)
+    rig.drv.set_u64(root, root | Pte.VALID)  # level-3 entry 0 -> the root itself
+    with pytest.raises(DeviceError) as e:
+        rig.gpu.engine.mmu.walk(root, 0x1000)
+    assert e.value.code == ErrorCode.PT_LOOP
+
+
+def test_a_table_outside_guest_memory_is_a_dma_error(rig: Rig) -> None:
+    root = rig.drv.context(1)
+    rig.drv.set_u64(root, 0x7000_0000 | Pte.VALID)  # no guest RAM there
+    with pytest.raises(DeviceError) as e:
+        rig.gpu.engine.mmu.walk(root, 0x1000)
+    assert e.value.code == ErrorCode.DMA_UNMAPPED
+
+
+def test_permissions_are_checked_per_access(rig: Rig) -> None:
+    rig.drv.map(1, 0x1000, rig.page(), Pte.READ)
+    mmu = rig.gpu.engine.mmu
+    assert mmu.translate(1, rig.drv.roots[1], 0x1000, Access.READ)
+    for access in (Access.WRITE, Access.ATOMIC):
+        with pytest.raises(Fault) as f:
+            mmu.translate(1, rig.drv.roots[1], 0x1000, access)
+        assert f.value.reason == hw.FaultReason.PERMISSION
+
+
+# ---- TLB ---------------------------------------------------------------------------
+
+def test_tlb_keeps_a_stale_translation_until_invalidated(rig: Rig) -> None:
+    old, new = rig.page(0x11), rig.page(0x22)
+    out = rig.drv.alloc(16)
+    rig.drv.map(0, 0x1000, old, RW)
+    rig.drv.submit(0, Opcode.READ, (0x1000, out, 16))
+    rig.run()
+    rig.drv.map(0, 0x1000, new, RW)  # PTE changed, no invalidation
+    rig.drv.submit(0, Opcode.READ, (0x1000, out, 16))
+    rig.run()
+    assert rig.drv.read(out, 16) == b"\x11" * 16
+    rig.drv.submit(0, Opcode.TLB_INVALIDATE, (0x1000, hw.PAGE_SIZE))
+    rig.drv.submit(0, Opcode.READ, (0x1000, out, 16))
+    rig.run()
+    assert rig.drv.read(out, 16) == b"\x22" * 16
+
+
+def test_invalidation_by_range_drops_only_overlapping_entries(rig: Rig) -> None:
+    mmu = rig.gpu.engine.mmu
+    for va in (0x1000, 0x2000, 0x9000):
+        rig.drv.map(3, va, rig.page(), RW)
+        mmu.translate(3, rig.drv.roots[3], va, Access.READ)
+    rig.drv.map(4, 0x1000, rig.page(), RW)
+    mmu.translate(4, rig.drv.roots[4], 0x1000, Access.READ)
+    assert mmu.invalidate(3, 0x1800, 0x1000) == 2
+    assert set(mmu.tlb) == {(3, 0x9000), (4, 0x1000)}
+    assert mmu.invalidate(3) == 1 and set(mmu.tlb) == {(4, 0x1000)}
+
+
+# ---- commands ----------------------------------------------------------------------
+
+def test_copy_between_system_memory_and_vram_round_trips(rig: Rig) -> None:
+    src, back = rig.drv.alloc(3 * 4096), rig.drv.alloc(3 * 4096)
+    data = np.random.default_rng(1).integers(0, 256, 3 * 4096, dtype=np.uint8)
+    rig.drv.view(src, data.size)[:] = data
+    rig.drv.submit(K, Opcode.COPY, (src, 0x10000, data.size),
+                   flags=hw.cmd_flags(Aperture.SYS, Aperture.VRAM))
+    rig.drv.submit(K, Opcode.COPY, (0x10000, back, data.size),
+                   flags=hw.cmd_flags(Aperture.VRAM, Aperture.SYS))
+    rig.run()
+    assert np.array_equal(rig.gpu.vram.array[0x10000:0x10000 + data.size], data)
+    assert np.array_equal(rig.drv.view(back, data.size), data)
+
+
+def test_copy_between_device_virtual_ranges_spans_pages_and_apertures(rig: Rig) -> None:
+    a, b = rig.page(), rig.page()
+    rig.drv.view(a, 4096)[:] = np.arange(4096) % 251
+    rig.drv.view(b, 4096)[:] = np.arange(4096) % 241
+    rig.drv.map(5, 0x10000, a, RW)
+    rig.drv.map(5, 0x11000, b, RW)
+    rig.drv.map(5, 0x80000, 0x3000, RW | Pte.VRAM)
+    rig.drv.map(5, 0x81000, 0x7000, RW | Pte.VRAM)
+    rig.drv.submit(5, Opcode.COPY, (0x10800, 0x80100, 4096),
+                   flags=hw.cmd_flags(Aperture.VA, Aperture.VA))
+    rig.run()
+    expect = np.concatenate([np.arange(2048, 4096) % 251, np.arange(2048) % 241])
+    vram = rig.gpu.vram.array
+    got = np.concatenate([vram[0x3100:0x4000], vram[0x7000:0x7100]])
+    assert np.array_equal(got, expect.astype(np.uint8))
+
+
+def test_fill_writes_a_32bit_pattern(rig: Rig) -> None:
+    dst = rig.drv.alloc(64)
+    rig.drv.submit(K, Opcode.FILL, (dst, 64, 0xA1B2C3D4))
+    rig.run()
+    assert rig.drv.read(dst, 64) == bytes.fromhex("d4c3b2a1") * 16
+
+
+def test_read_and_write_move_data_between_va_and_a_bounce_buffer(rig: Rig) -> None:
+    page, bounce = rig.page(), rig.drv.alloc(256)
+    rig.drv.map(7, 0x5000, page, RW)
+    rig.drv.write(bounce, bytes(range(256)))
+    rig.drv.submit(7, Opcode.WRITE, (0x5010, bounce, 256))
+    rig.run()
+    assert rig.drv.read(page + 0x10, 256) == bytes(range(256))
+    out = rig.drv.alloc(256)
+    rig.drv.submit(7, Opcode.READ, (0x5010, out, 256))
+    rig.run()
+    assert rig.drv.read(out, 256) == bytes(range(256))
+
+
+def test_atomic_fetch_add_and_swap_need_the_atomic_permission(rig: Rig) -> None:
+    page, old = rig.page(), rig.drv.alloc(8, 8)
+    rig.drv.set_u64(page + 8, 40)
+    rig.drv.map(2, 0x9000, page, RW | Pte.ATOMIC)
+    rig.drv.submit(2, Opcode.ATOMIC, (0x9008, 2, old))
+    rig.run()
+    assert (rig.drv.u64(page + 8), rig.drv.u64(old)) == (42, 40)
+    rig.drv.submit(2, Opcode.ATOMIC, (0x9008, 7, old), flags=hw.cmd_flags(
+        atomic=hw.AtomicOp.SWAP))
+    rig.run()
+    assert (rig.drv.u64(page + 8), rig.drv.u64(old)) == (7, 42)
+    rig.drv.map(2, 0x9000, page, RW)  # no ATOMIC bit
+    rig.drv.submit(2, Opcode.TLB_INVALIDATE, (0x9000, 4096))
+    rig.drv.submit(2, Opcode.ATOMIC, (0x9008, 1, old))
+    rig.run()
+    (f,) = rig.drv.faults()
+    assert (f.reason, f.access) == (hw.FaultReason.PERMISSION, Access.ATOMIC)
+
+
+def test_fence_writes_its_value_and_can_interrupt(rig: Rig) -> None:
+    addr, value = rig.drv.fence(K, irq=True)
+    rig.run()
+    assert rig.drv.u64(addr) == value
+    assert rig.irqs == [hw.IrqVector.COMPLETION]
+    assert rig.reg(Reg.INTR_STATUS) & hw.IntrStatus.COMPLETION
+    rig.gpu.mmio_write(Reg.INTR_STATUS, 4, hw.IntrStatus.COMPLETION)
+    assert rig.reg(Reg.INTR_STATUS) == 0
+
+
+def test_status_word_reports_success_and_nop_completes(rig: Rig) -> None:
+    status = rig.status_word()
+    rig.drv.set_u64(status, 0xFFFF)
+    rig.drv.submit(K, Opcode.NOP, status=status)
+    rig.run()
+    assert rig.drv.u64(status) == 0
+    assert rig.drv.qreg(K, QReg.COMPLETED) == 1
+    assert rig.drv.qreg(K, QReg.HEAD) == 1
+
+
+def test_a_context_queue_uses_its_own_page_table_whatever_cmd_ctx_says(rig: Rig) -> None:
+    mine, other = rig.page(0x01), rig.page(0x02)
+    rig.drv.map(1, 0x1000, mine, RW)
+    rig.drv.map(0, 0x1000, other, RW)
+    out = rig.drv.alloc(8)
+    rig.drv.submit(1, Opcode.READ, (0x1000, out, 8), ctx=0)
+    rig.run()
+    assert rig.drv.read(out, 8) == b"\x01" * 8
+
+
+# ---- faults ---------------------------------------------------------------------------
+
+def test_fault_stalls_the_queue_until_replay(rig: Rig) -> None:
+    out = rig.drv.alloc(8)
+    rig.drv.submit(3, Opcode.READ, (0x40_0000, out, 8))
+    rig.run()
+    (f,) = rig.drv.faults()
+    assert (f.va, f.ctx, f.queue, f.access, f.reason) == (
+        0x40_0000, 3, 3, Access.READ, hw.FaultReason.NOT_PRESENT)
+    assert rig.drv.qreg(3, QReg.STATUS) & hw.QueueStatus.STALLED
+    assert rig.irqs == [hw.IrqVector.FAULT]
+    rig.drv.map(3, 0x40_0000, rig.page(0x5A), RW)
+    rig.drv.replay(3)
+    rig.run()
+    assert rig.drv.read(out, 8) == b"\x5a" * 8
+    assert rig.drv.qreg(3, QReg.STATUS) == 0
+
+
+def test_cancel_completes_the_command_with_an_error_and_the_queue_goes_on(rig: Rig) -> None:
+    status, out = rig.status_word(), rig.drv.alloc(8)
+    rig.drv.submit(4, Opcode.READ, (0x1000, out, 8), status=status)
+    addr, value = rig.drv.fence(4)
+    rig.run()
+    assert rig.drv.u64(addr) != value, "the fence waits behind the stalled command"
+    rig.drv.faults()
+    rig.drv.cancel(4)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.FAULT_CANCELLED
+    assert rig.drv.qreg(4, QReg.ERROR) == ErrorCode.FAULT_CANCELLED
+    assert rig.drv.u64(addr) == value
+
+
+def test_all_missing_pages_of_a_command_fault_as_one_batch(rig: Rig) -> None:
+    out = rig.drv.alloc(4 * 4096)
+    rig.drv.map(6, 0x11000, rig.page(), RW)  # only the 2nd of four pages is mapped
+    rig.drv.submit(6, Opcode.READ, (0x10000, out, 4 * 4096))
+    rig.run()
+    faults = rig.drv.faults()
+    assert [f.va for f in faults] == [0x10000, 0x12000, 0x13000]
+    assert rig.irqs == [hw.IrqVector.FAULT]
+    assert faults[0].timestamp <= faults[-1].timestamp
+
+
+def test_faults_in_two_contexts_are_handled_independently(rig: Rig) -> None:
+    outs = {q: rig.drv.alloc(8) for q in (1, 2)}
+    for q in (1, 2):
+        rig.drv.submit(q, Opcode.READ, (0x7000, outs[q], 8))
+    rig.run()
+    assert {f.ctx for f in rig.drv.faults()} == {1, 2}
+    rig.drv.map(2, 0x7000, rig.page(0x77), RW)
+    rig.drv.replay(2)
+    rig.run()
+    assert rig.drv.read(outs[2], 8) == b"\x77" * 8
+    assert rig.drv.qreg(1, QReg.STATUS) & hw.QueueStatus.STALLED
+
+
+def test_full_fault_buffer_counts_overflow(rig: Rig) -> None:
+    rig.drv.enable_faults(entries=4)  # holds 3 records
+    out = rig.drv.alloc(8 * 4096)
+    rig.drv.submit(1, Opcode.READ, (0x100000, out, 8 * 4096))
+    rig.run()
+    assert len(rig.drv.faults()) == 3
+    assert rig.reg(Reg.FAULT_OVERFLOW) == 5
+
+
+# ---- errors ----------------------------------------------------------------------------
+
+def run_bad(rig: Rig, q: int, opcode: int, args: tuple[int, ...], flags: int = 0,
+            ctx: int = 0) -> int:
+    status = rig.status_word()
+    rig.drv.submit(q, opcode, args, flags=flags, ctx=ctx, status=status)
+    addr, value = rig.drv.fence(q)
+    rig.run()
+    assert rig.drv.u64(addr) == value, "the queue continues after a failed command"
+    assert hw.IrqVector.ERROR in rig.irqs
+    assert rig.reg(Reg.ERROR) == rig.drv.u64(status)
+    return rig.drv.u64(status)
+
+
+@pytest.mark.parametrize("opcode, args, flags, ctx, code", [
+    (99, (), 0, 0, ErrorCode.BAD_OPCODE),
+    (Opcode.COPY, (0x10, 0x20, 16), 0, 0, ErrorCode.DMA_UNMAPPED),
+    (Opcode.COPY, (BUS, 8 << 20, 16), hw.cmd_flags(Aperture.SYS, Aperture.VRAM), 0,
+     ErrorCode.VRAM_RANGE),
+    (Opcode.COPY, (BUS, BUS + 64, 0), 0, 0, ErrorCode.BAD_COMMAND),
+    (Opcode.COPY, (BUS, BUS + 64, 16), 3 << hw.DST_APERTURE_SHIFT, 0, ErrorCode.BAD_COMMAND),
+    (Opcode.FILL, (BUS + 2, 16, 0), 0, 0, ErrorCode.BAD_COMMAND),
+    (Opcode.FENCE, (BUS + 4, 1), 0, 0, ErrorCode.BAD_COMMAND),
+    (Opcode.READ, (0x1000, BUS, 8), 0, 16, ErrorCode.CONTEXT),
+    (Opcode.COPY, ((1 << 64) - 8, BUS, 16), 0, 0, ErrorCode.DMA_UNMAPPED),
+])
+def test_malformed_commands_fail_with_their_code(rig: Rig, opcode, args, flags, ctx,
+                                                 code) -> None:
+    assert run_bad(rig, K, opcode, args, flags, ctx) == code
+
+
+def test_reserved_field_is_rejected(rig: Rig) -> None:
+    ring = rig.drv.queue(K)
+    rig.drv.submit(K, Opcode.NOP, ring_doorbell=False)
+    rig.drv.view(ring, 16)[12:16] = 1  # reserved u32
+    rig.drv.doorbell(K)
+    rig.run()
+    assert rig.reg(Reg.ERROR) == ErrorCode.BAD_COMMAND
+
+
+def test_fault_without_a_fault_buffer_fails_the_command(rig: Rig) -> None:
+    rig.gpu.mmio_write(Reg.FAULT_SIZE, 4, 0)
+    assert run_bad(rig, 2, Opcode.READ, (0x1000, BUS, 8)) == ErrorCode.FAULT_BUFFER
+
+
+def test_tail_past_ring_size_halts_only_that_queue(rig: Rig) -> None:
+    rig.drv.queue(1)
+    rig.gpu.mmio_write(hw.queue_reg(1, QReg.TAIL), 4, rig.drv.RING_ENTRIES)
+    assert rig.drv.qreg(1, QReg.STATUS) & hw.QueueStatus.HALTED
+    assert rig.reg(Reg.ERROR) == ErrorCode.QUEUE_CONFIG
+    assert rig.reg(Reg.ERROR_QUEUE) == 1
+    addr, value = rig.drv.fence(2)
+    rig.run()
+    assert rig.drv.u64(addr) == value, "other queues keep running"
+
+
+def test_ring_size_not_a_power_of_two_halts_the_queue(rig: Rig) -> None:
+    rig.drv.queue(3)
+    rig.gpu.mmio_write(hw.queue_reg(3, QReg.RING_SIZE), 4, 100)
+    rig.gpu.mmio_write(hw.queue_reg(3, QReg.TAIL), 4, 1)
+    rig.run()
+    assert rig.drv.qreg(3, QReg.STATUS) & hw.QueueStatus.HALTED
+    assert rig.drv.qreg(3, QReg.ERROR) == ErrorCode.QUEUE_CONFIG
+    rig.gpu.mmio_write(hw.queue_reg(3, QReg.CONTROL), 4, hw.QueueControl.RESET)
+    assert rig.drv.qreg(3, QReg.STATUS) == 0
+
+
+def test_ring_outside_guest_memory_halts_the_queue(rig: Rig) -> None:
+    rig.gpu.mmio_write(hw.queue_reg(5, QReg.RING_BASE_LO), 4, 0x1000)
+    rig.gpu.mmio_write(hw.queue_reg(5, QReg.RING_SIZE), 4, 16)
+    rig.gpu.mmio_write(hw.queue_reg(5, QReg.TAIL), 4, 1)
+    rig.run()
+    assert rig.drv.qreg(5, QReg.ERROR) == ErrorCode.DMA_UNMAPPED
+    assert rig.drv.qreg(5, QReg.STATUS) & hw.QueueStatus.HALTED
+
+
+def test_no_dma_while_bus_master_is_off(rig: Rig) -> None:
+    dst = rig.drv.alloc(16)
+    rig.bus_master = False
+    rig.drv.submit(K, Opcode.FILL, (dst, 16, 0x01010101))
+    rig.run()
+    assert rig.drv.read(dst, 16) == bytes(16)
+    assert rig.drv.qreg(K, QReg.ERROR) == ErrorCode.BUS_MASTER_OFF
+
+
+def test_device_reset_returns_queues_and_fault_buffer_to_reset_state(rig: Rig) -> None:
+    rig.drv.submit(3, Opcode.READ, (0x1000, BUS, 8))
+    rig.run()
+    rig.gpu.mmio_write(Reg.DEVICE_RESET, 4, 1)
+    for q in (3, K):
+        for r in (QReg.RING_BASE_LO, QReg.RING_SIZE, QReg.HEAD, QReg.TAIL, QReg.STATUS,
+                  QReg.ERROR, QReg.PT_BASE_LO):
+            assert rig.drv.qreg(q, r) == 0, (q, r.name)
+    for r in hw.REGISTERS:
+        if r.access != "WO" and r.reset is not None and r.reg not in (
+                Reg.VRAM_SIZE_LO, Reg.VRAM_SIZE_HI, Reg.IRQ_COUNT):
+            assert rig.reg(r.reg) == r.reset, r.reg.name
