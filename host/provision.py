@@ -275,7 +275,10 @@ cd /build/hmmgpu/linux/tools/testing/selftests/mm
 gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selftests \
     -U_FORTIFY_SOURCE -no-pie hmm-tests.c vm_util.c hugepage_settings.c \
     -lrt -lpthread -lm -o /build/hmmgpu/out/hmm-tests
-gcc -static -O2 -Wall -Werror -o /build/hmmgpu/out/mmio_bench /build/hmmgpu/guest/tools/mmio_bench.c
+for tool in mmio_bench gpu_smoke; do
+    gcc -static -O2 -Wall -Werror -I/build/hmmgpu/guest/include \
+        -o /build/hmmgpu/out/$tool /build/hmmgpu/guest/tools/$tool.c
+done
 """
         self.tb.chroot(script, logfile, timeout=1800)
         out = self.paths.artifacts

@@ -157,3 +157,12 @@ def test_a_guest_oops_is_detected_and_reported(crash_lab: Lab) -> None:
     with pytest.raises(GuestKernelError) as e:
         crash_lab.ssh(f"insmod {crash_lab.guest_bin('hmmgpu_oops.ko')} mode=oops", check=False)
     assert "NULL pointer dereference" in e.value.excerpt
+
+
+def test_guest_program_copies_through_vram_and_fences(lab: Lab) -> None:
+    """A static guest program programs the kernel queue directly (no driver):
+    COPY system->VRAM, COPY VRAM->system, FENCE; it checks the data itself."""
+    lab.ssh("rmmod hmmgpu 2>/dev/null || true")  # raw access needs the BAR unclaimed
+    out = lab.ssh(f"{lab.guest_bin('gpu_smoke')} {sysfs(lab)}").stdout.split()
+    assert out[0] == "ok" and float(out[1]) > 0
+    assert lab.gpus[0].alive
