@@ -143,7 +143,7 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.IRQ_COUNT, "RO", 0, "interrupts raised since reset (mod 2^32)"),
     Register(Reg.ERROR, "RW", 0, "last error code; writing 0 clears it"),
     Register(Reg.ERROR_QUEUE, "RO", 0xFFFFFFFF,
-             "queue of the last error; 0xFFFFFFFF for register and fault-buffer errors"),
+             "queue of the last error; 0xFFFFFFFF for register errors"),
     Register(Reg.ERROR_COUNT, "RO", 0, "errors recorded since reset"),
     Register(Reg.ERROR_ADDR_LO, "RO", 0, "address involved in the last error, bits 31:0"),
     Register(Reg.ERROR_ADDR_HI, "RO", 0, "address involved in the last error, bits 63:32"),
