@@ -37,6 +37,11 @@ from .mmu import Fault, Mmu
 log = logging.getLogger("hmmgpu.device")
 
 MAX_FAULTS_PER_COMMAND = 64
+BATCH = 16  # commands run from one queue before the next queue's turn
+# plain ints for the hot path (IntFlag arithmetic is slow in CPython)
+_STALLED_OR_HALTED = int(QueueStatus.STALLED | QueueStatus.HALTED)
+_IRQ = int(hw.CmdFlags.IRQ)
+_OPNAMES = {int(o): o.name for o in Opcode}
 
 
 @dataclass
@@ -46,15 +51,14 @@ class Queue:
     ring_size: int = 0
     head: int = 0
     tail: int = 0
-    status: QueueStatus = QueueStatus.IDLE
+    status: int = QueueStatus.IDLE  # QueueStatus bits
     error: ErrorCode = ErrorCode.NONE
     pt_base: int = 0
     completed: int = 0
 
     @property
     def runnable(self) -> bool:
-        return (self.head != self.tail and not
-                self.status & (QueueStatus.STALLED | QueueStatus.HALTED))
+        return self.head != self.tail and not self.status & _STALLED_OR_HALTED
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Stats:
     bytes_copied: int = 0
     faults: int = 0
     errors: int = 0
+    internal_errors: int = 0  # device bugs caught by the worker; must stay 0
     per_opcode: dict[str, int] = field(default_factory=dict)
 
 
@@ -228,10 +233,14 @@ class Engine:
                 self._busy = True
                 queue.status |= QueueStatus.RUNNING
             try:
-                self.step(queue)
+                for _ in range(BATCH):
+                    self.step(queue)
+                    if self._paused or self._stop or not queue.runnable:
+                        break
             except Exception:  # noqa: BLE001 - a device bug must not kill the device
                 log.exception("engine failure on queue %d", queue.index)
                 with self.lock:
+                    self.stats.internal_errors += 1
                     self._halt(queue, ErrorCode.BAD_COMMAND, queue.head, "internal error")
             finally:
                 with self.lock:
@@ -294,9 +303,9 @@ class Engine:
             self.stats.commands += 1
             name = _opname(cmd.opcode)
             self.stats.per_opcode[name] = self.stats.per_opcode.get(name, 0) + 1
-            if cmd.flags & hw.CmdFlags.IRQ:
+            if cmd.flags & _IRQ:
                 self.intr_status |= hw.IntrStatus.COMPLETION
-        if cmd.flags & hw.CmdFlags.IRQ:
+        if cmd.flags & _IRQ:
             self._raise_irq(hw.IrqVector.COMPLETION)
 
     def _complete_cancelled(self, queue: Queue) -> None:
@@ -351,6 +360,8 @@ class Engine:
         missing pages of a VA range are reported together."""
         if length <= 0:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "length 0")
+        if addr + length > 1 << 64:
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
         write = bool(access & Access.WRITE)
         if aperture == Aperture.SYS:
             return [self.mem.view(addr, length, write)]
@@ -456,7 +467,4 @@ class Engine:
 
 
 def _opname(op: int) -> str:
-    try:
-        return Opcode(op).name
-    except ValueError:
-        return f"op{op}"
+    return _OPNAMES.get(op) or f"op{op}"

@@ -172,11 +172,15 @@ class UserDriver:
         return addr, value
 
     def wait(self, addr: int, value: int, timeout: float = 10.0) -> None:
+        """Poll a fence: yield the CPU at first (sleep(0) also lets an in-process
+        engine thread take the GIL), then back off."""
         deadline = time.monotonic() + timeout
+        spins = 0
         while self.u64(addr) != value:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fence at {addr:#x} did not reach {value:#x}")
-            time.sleep(0.0005)
+            spins += 1
+            time.sleep(0 if spins < 2000 else 0.0002)
 
     def idle(self, q: int, timeout: float = 10.0) -> None:
         """Wait until HEAD reaches TAIL or the queue stalls or halts."""
