@@ -31,7 +31,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_device_serve(args: argparse.Namespace) -> int:
     from ..device import server
-    argv = ["--socket", args.socket, "--library", str(Paths.default().libvfio_user)]
+    argv = ["--socket", args.socket, "--library", str(Paths.default().libvfio_user),
+            "--vram", f"{args.vram}M"]
     if args.no_msix:
         argv.append("--no-msix")
     if args.log_file:
@@ -56,7 +57,7 @@ def cmd_hwdef(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     from .lab import Lab, LabConfig
     cfg = LabConfig(gpus=args.gpus, memory_mb=args.memory, accel=args.accel,
-                    verbose=args.verbose)
+                    verbose=args.verbose, vram_mb=args.vram)
     with Lab(cfg) as lab:
         lab.boot()
         print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}); "
@@ -100,6 +101,7 @@ def build_parser() -> ArgumentParser:
     s = sub.add_parser("boot", help="boot the lab VM, print its PCI devices, run a command")
     s.add_argument("--gpus", type=int, default=1, help="emulated GPUs to attach")
     s.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
+    s.add_argument("--vram", type=int, default=512, help="VRAM per GPU in MiB")
     s.add_argument("--accel", **accel)
     s.add_argument("command", nargs="?", help="guest shell command to run over SSH")
     s.set_defaults(fn=cmd_boot)
@@ -122,6 +124,7 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--socket", required=True)
     d.add_argument("--log-file")
     d.add_argument("--no-msix", action="store_true", help="no MSI-X (allows device_del)")
+    d.add_argument("--vram", type=int, default=512, help="VRAM in MiB")
     d.set_defaults(fn=cmd_device_serve)
 
     s = sub.add_parser("hwdef", help="print (or --write) the generated C header")

@@ -52,15 +52,18 @@ class LabConfig:
     # MSI-X on the GPUs. QEMU 11.1 aborts when a vfio-user-pci device with
     # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
     msix: bool = True
+    vram_mb: int = 512  # per GPU
     extra_qemu_args: list[str] = field(default_factory=list)
 
 
 class GpuProcess:
     """One device server child process."""
 
-    def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True) -> None:
+    def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
+                 vram_mb: int = 512) -> None:
         self.index = index
         self.library = library
+        self.vram_mb = vram_mb
         self.msix = msix
         self.id = f"gpu{index}"
         self.socket = run_dir / f"{self.id}.sock"
@@ -70,7 +73,8 @@ class GpuProcess:
     def start(self) -> None:
         self.socket.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
-               "--log-file", str(self.log), "--library", str(self.library)]
+               "--log-file", str(self.log), "--library", str(self.library),
+               "--vram", f"{self.vram_mb}M"]
         if not self.msix:
             cmd.append("--no-msix")
         with open(self.log, "ab") as out:  # for anything printed outside logging
@@ -110,8 +114,8 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
-        self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix)
-                     for i in range(self.config.gpus)]
+        self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,
+                                self.config.vram_mb) for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self.guest: Guest | None = None

@@ -126,3 +126,9 @@ def test_registers_answer_while_a_long_copy_runs(gpu: Session) -> None:
         assert drv.mmio.read32(Reg.ID) == hw.ID_MAGIC
         answered += 1
     assert answered > 0
+
+
+def test_vram_size_register_matches_the_server_default(gpu: Session) -> None:
+    lo = gpu.drv.mmio.read32(Reg.VRAM_SIZE_LO)
+    hi = gpu.drv.mmio.read32(Reg.VRAM_SIZE_HI)
+    assert (hi << 32 | lo) == hw.DEFAULT_VRAM_SIZE >= 512 << 20

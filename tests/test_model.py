@@ -65,3 +65,15 @@ def test_undelivered_interrupts_are_counted_as_dropped() -> None:
     gpu = Gpu(raise_irq=lambda v: False)
     gpu.mmio_write(hw.Reg.TEST_DOORBELL, 4, 0)
     assert gpu.irq_dropped == 1
+
+
+def test_vram_size_and_contexts_are_reported() -> None:
+    gpu = Gpu(vram_size=96 << 20)
+    assert gpu.mmio_read(hw.Reg.VRAM_SIZE_LO, 4) == 96 << 20
+    assert gpu.mmio_read(hw.Reg.VRAM_SIZE_HI, 4) == 0
+    assert gpu.mmio_read(hw.Reg.NUM_CONTEXTS, 4) == hw.NUM_CONTEXTS
+
+
+def test_server_vram_option_parses_sizes() -> None:
+    from hmmgpu.device.server import _size
+    assert (_size("512M"), _size("1G"), _size("4096")) == (512 << 20, 1 << 30, 4096)
