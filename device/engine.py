@@ -384,6 +384,7 @@ class Engine:
                 va = (va & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
                 continue
             n = min(end, t.va + t.size) - va
+            assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
                 target = t.target(va)
                 views.append(self.vram.view(target, n) if t.vram else

@@ -47,22 +47,29 @@ class Fault(Exception):
         self.reason = reason
 
 
-def needed_flags(access: hw.Access) -> Pte:
-    need = Pte(0)
+def needed_flags(access: hw.Access) -> int:
+    need = 0
     if access & hw.Access.READ:
         need |= Pte.READ
     if access & hw.Access.WRITE:
         need |= Pte.WRITE
     if access & hw.Access.ATOMIC:
         need |= Pte.ATOMIC | Pte.WRITE
-    return need
+    return int(need)
+
+
+_NEEDED = {a: needed_flags(hw.Access(a)) for a in range(8)}
 
 
 class Mmu:
     def __init__(self, mem: GuestMemory, vram_size: int) -> None:
         self.mem = mem
         self.vram_size = vram_size
-        self.tlb: dict[tuple[int, int], Translation] = {}  # (ctx, page VA) -> translation
+        # (ctx, first VA of the page) -> translation; 4 KiB and 2 MiB pages
+        # live in separate maps so a 2 MiB-aligned 4 KiB page never answers
+        # for the rest of its 2 MiB.
+        self.tlb: dict[tuple[int, int], Translation] = {}
+        self.tlb_large: dict[tuple[int, int], Translation] = {}
         self.walks = 0
         self.hits = 0
 
@@ -111,29 +118,33 @@ class Mmu:
 
     def translate(self, ctx: int, root: int, va: int, access: hw.Access) -> Translation:
         """Translation of `va` allowing `access`, else Fault."""
-        t = self.tlb.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1))) or \
-            self.tlb.get((ctx, va & ~(hw.PAGE_SIZE - 1)))
+        t = self.tlb.get((ctx, va & ~(hw.PAGE_SIZE - 1))) or \
+            self.tlb_large.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1)))
         if t is not None:
             self.hits += 1
         else:
             t = self.walk(root, va)
             if t is None:
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
-        need = needed_flags(access)
-        if (t.flags & need) != need:
+        need = _NEEDED[int(access)]
+        if (int(t.flags) & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)
-        self.tlb[(ctx, t.va)] = t
+        (self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb)[(ctx, t.va)] = t
         return t
 
     def invalidate(self, ctx: int, va: int = 0, length: int = 0) -> int:
         """Drop ctx's cached translations overlapping [va, va+length); length 0
         drops all of ctx's. Returns how many were dropped."""
         end = va + length
-        doomed = [k for k, t in self.tlb.items()
-                  if k[0] == ctx and (length == 0 or (t.va < end and va < t.va + t.size))]
-        for k in doomed:
-            del self.tlb[k]
-        return len(doomed)
+        dropped = 0
+        for tlb in (self.tlb, self.tlb_large):
+            doomed = [k for k, t in tlb.items()
+                      if k[0] == ctx and (length == 0 or (t.va < end and va < t.va + t.size))]
+            for k in doomed:
+                del tlb[k]
+            dropped += len(doomed)
+        return dropped
 
     def flush(self) -> None:
         self.tlb.clear()
+        self.tlb_large.clear()

@@ -259,6 +259,9 @@ apt-get download linux-source-{majmin}/trixie-backports
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(REPO / "guest", work / "guest",
                         ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*.cmd"))
+        # the dmirror ABI comes from the kernel source itself, never from us
+        shutil.copy(self.paths.linux_src / "lib" / "test_hmm_uapi.h",
+                    work / "guest" / "driver" / "test_hmm_uapi.h")
         ref = work / "test_hmm"
         ref.mkdir()
         for f in ["test_hmm.c", "test_hmm_uapi.h"]:

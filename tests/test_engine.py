@@ -442,3 +442,16 @@ def test_random_commands_only_produce_documented_errors(rig: Rig) -> None:
     addr, value = rig.drv.fence(2)
     rig.run()
     assert rig.drv.u64(addr) == value
+
+
+def test_a_4k_page_at_a_2m_boundary_does_not_answer_for_its_neighbours(rig: Rig) -> None:
+    """Regression: the TLB once returned the 4 KiB page at 2 MiB for any VA of
+    that 2 MiB, and the engine looped forever."""
+    first, second = rig.page(0x01), rig.page(0x02)
+    rig.drv.map(1, 0x20_0000, first, RW)
+    rig.drv.map(1, 0x20_1000, second, RW)
+    out = rig.drv.alloc(8192)
+    rig.drv.submit(1, Opcode.READ, (0x20_0000, out, 4096))
+    rig.drv.submit(1, Opcode.READ, (0x20_0000, out, 8192))
+    rig.run()
+    assert rig.drv.read(out, 8192) == b"\x01" * 4096 + b"\x02" * 4096

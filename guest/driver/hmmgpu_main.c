@@ -3,55 +3,59 @@
  * hmmgpu: PCI driver for the emulated hmmgpu device.
  *
  * DOC: overview
- * Probe maps BAR0, checks the ID register, enables bus mastering and
- * allocates one MSI-X vector per interrupt cause (see hmmgpu_hw.h). The
- * device's basic registers are exposed as sysfs attributes of the PCI device
- * so the lab can exercise the device from the shell:
+ * Probe maps BAR0, checks the ID register, resets the device, enables bus
+ * mastering, allocates one MSI-X vector per interrupt cause (see
+ * hmmgpu_hw.h), sets up the kernel queue, the 16 context queues and the fault
+ * buffer, and creates /dev/hmm_dmirrorN (hmmgpu_mirror.c). The device's basic
+ * registers are exposed as sysfs attributes of the PCI device so the lab can
+ * exercise the device from the shell:
  *
  *   id, version      RO  the ID and VERSION registers
  *   scratch          RW  the SCRATCH register
  *   test_doorbell    WO  write N: the device raises MSI-X vector N
  *   irq_counts       RO  interrupts this driver received, per vector
  *
- * DOC: locking
- * The per-vector counters are atomics written from the IRQ handler; MMIO
- * accesses are single 32-bit reads and writes and need no lock.
+ * The interrupt handler counts per vector, wakes fence waiters on completion
+ * and error, and schedules the fault work. Locking: see hmmgpu.h.
  */
 #include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/interrupt.h>
 #include <linux/atomic.h>
+#include <linux/dma-mapping.h>
+#include <linux/idr.h>
 #include <linux/io.h>
 
-#include "hmmgpu_hw.h"
+#include "hmmgpu.h"
 
-struct hmmgpu_vector {
-	struct hmmgpu *gpu;
-	atomic64_t count;
-};
-
-struct hmmgpu {
-	struct pci_dev *pdev;
-	void __iomem *bar0;
-	int nvec;		/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
-	struct hmmgpu_vector vec[HMMGPU_IRQ_VECTORS];
-};
-
-static u32 hmmgpu_read(struct hmmgpu *gpu, u32 reg)
-{
-	return ioread32(gpu->bar0 + reg);
-}
-
-static void hmmgpu_write(struct hmmgpu *gpu, u32 reg, u32 val)
-{
-	iowrite32(val, gpu->bar0 + reg);
-}
+static dev_t hmmgpu_devt;
+static const struct class hmmgpu_class = { .name = "hmmgpu" };
+static DEFINE_IDA(hmmgpu_minors);
 
 static irqreturn_t hmmgpu_irq(int irq, void *data)
 {
 	struct hmmgpu_vector *v = data;
+	struct hmmgpu *gpu = v->gpu;
 
 	atomic64_inc(&v->count);
+	switch (v - gpu->vec) {
+	case HMMGPU_IRQ_COMPLETION:
+		wake_up_all(&gpu->fence_wq);
+		break;
+	case HMMGPU_IRQ_FAULT:
+		schedule_work(&gpu->fault_work);
+		break;
+	case HMMGPU_IRQ_ERROR:
+		dev_err_ratelimited(&gpu->pdev->dev,
+				    "device error %u (queue %d, address 0x%08x%08x)\n",
+				    hmmgpu_read(gpu, HMMGPU_REG_ERROR),
+				    (int)hmmgpu_read(gpu, HMMGPU_REG_ERROR_QUEUE),
+				    hmmgpu_read(gpu, HMMGPU_REG_ERROR_ADDR_HI),
+				    hmmgpu_read(gpu, HMMGPU_REG_ERROR_ADDR_LO));
+		/* waiters re-check their queue and return -EIO if it halted */
+		wake_up_all(&gpu->fence_wq);
+		break;
+	}
 	return IRQ_HANDLED;
 }
 
@@ -124,11 +128,127 @@ static struct attribute *hmmgpu_attrs[] = {
 };
 ATTRIBUTE_GROUPS(hmmgpu);
 
+static void hmmgpu_engine_fini(struct hmmgpu *gpu)
+{
+	unsigned int i;
+
+	hmmgpu_write(gpu, HMMGPU_REG_FAULT_SIZE, 0);
+	for (i = 0; i < HMMGPU_NUM_CONTEXTS; i++)
+		hmmgpu_queue_fini(&gpu->cq[i]);
+	hmmgpu_queue_fini(&gpu->kq);
+	if (gpu->faults)
+		dma_free_coherent(&gpu->pdev->dev,
+				  HMMGPU_FAULT_ENTRIES * sizeof(*gpu->faults), gpu->faults,
+				  gpu->faults_dma);
+	gpu->faults = NULL;
+}
+
+/* Queues and the fault buffer; the device must be idle (just reset). */
+static int hmmgpu_engine_init(struct hmmgpu *gpu)
+{
+	unsigned int i;
+	int ret;
+
+	init_waitqueue_head(&gpu->fence_wq);
+	INIT_WORK(&gpu->fault_work, hmmgpu_fault_work);
+	spin_lock_init(&gpu->ctx_lock);
+	gpu->faults = dma_alloc_coherent(&gpu->pdev->dev,
+					 HMMGPU_FAULT_ENTRIES * sizeof(*gpu->faults),
+					 &gpu->faults_dma, GFP_KERNEL);
+	if (!gpu->faults)
+		return -ENOMEM;
+	hmmgpu_write(gpu, HMMGPU_REG_FAULT_BASE_LO, lower_32_bits(gpu->faults_dma));
+	hmmgpu_write(gpu, HMMGPU_REG_FAULT_BASE_HI, upper_32_bits(gpu->faults_dma));
+	hmmgpu_write(gpu, HMMGPU_REG_FAULT_SIZE, HMMGPU_FAULT_ENTRIES);
+	gpu->fault_get = 0;
+
+	ret = hmmgpu_queue_init(gpu, &gpu->kq, HMMGPU_KERNEL_QUEUE);
+	for (i = 0; i < HMMGPU_NUM_CONTEXTS && !ret; i++)
+		ret = hmmgpu_queue_init(gpu, &gpu->cq[i], i);
+	if (ret)
+		hmmgpu_engine_fini(gpu);
+	return ret;
+}
+
+static void hmmgpu_free_vectors(struct hmmgpu *gpu)
+{
+	int i;
+
+	for (i = 0; i < gpu->nvec; i++)
+		devm_free_irq(&gpu->pdev->dev, pci_irq_vector(gpu->pdev, i), &gpu->vec[i]);
+	if (gpu->nvec)
+		pci_free_irq_vectors(gpu->pdev);
+	gpu->nvec = 0;
+}
+
+static int hmmgpu_setup_vectors(struct hmmgpu *gpu)
+{
+	struct pci_dev *pdev = gpu->pdev;
+	int i, nvec, ret;
+
+	/* A device can be built without MSI-X (the lab does so for hot-unplug). */
+	nvec = pci_alloc_irq_vectors(pdev, HMMGPU_IRQ_VECTORS, HMMGPU_IRQ_VECTORS,
+				     PCI_IRQ_MSIX);
+	if (nvec < 0) {
+		dev_warn(&pdev->dev, "no MSI-X (%d): polling instead of interrupts\n", nvec);
+		return 0;
+	}
+	for (i = 0; i < nvec; i++) {
+		gpu->vec[i].gpu = gpu;
+		ret = devm_request_irq(&pdev->dev, pci_irq_vector(pdev, i), hmmgpu_irq, 0,
+				       "hmmgpu", &gpu->vec[i]);
+		if (ret) {
+			gpu->nvec = i;
+			hmmgpu_free_vectors(gpu);
+			pci_free_irq_vectors(pdev);
+			return ret;
+		}
+	}
+	gpu->nvec = nvec;
+	return 0;
+}
+
+static int hmmgpu_chardev_add(struct hmmgpu *gpu)
+{
+	dev_t devt;
+	int ret;
+
+	gpu->minor = ida_alloc_max(&hmmgpu_minors, HMMGPU_MAX_DEVICES - 1, GFP_KERNEL);
+	if (gpu->minor < 0)
+		return gpu->minor;
+	devt = MKDEV(MAJOR(hmmgpu_devt), gpu->minor);
+	cdev_init(&gpu->cdev, &hmmgpu_mirror_fops);
+	gpu->cdev.owner = THIS_MODULE;
+	ret = cdev_add(&gpu->cdev, devt, 1);
+	if (ret)
+		goto free_minor;
+	/* the name the kernel's hmm-tests open */
+	gpu->chardev = device_create(&hmmgpu_class, &gpu->pdev->dev, devt, gpu,
+				     "hmm_dmirror%d", gpu->minor);
+	if (IS_ERR(gpu->chardev)) {
+		ret = PTR_ERR(gpu->chardev);
+		goto del;
+	}
+	return 0;
+del:
+	cdev_del(&gpu->cdev);
+free_minor:
+	ida_free(&hmmgpu_minors, gpu->minor);
+	return ret;
+}
+
+static void hmmgpu_chardev_del(struct hmmgpu *gpu)
+{
+	device_destroy(&hmmgpu_class, MKDEV(MAJOR(hmmgpu_devt), gpu->minor));
+	cdev_del(&gpu->cdev);
+	ida_free(&hmmgpu_minors, gpu->minor);
+}
+
 static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct hmmgpu *gpu;
 	u32 magic;
-	int i, nvec, ret;
+	int ret;
 
 	gpu = devm_kzalloc(&pdev->dev, sizeof(*gpu), GFP_KERNEL);
 	if (!gpu)
@@ -141,51 +261,54 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	gpu->bar0 = pcim_iomap_region(pdev, 0, "hmmgpu");
 	if (IS_ERR(gpu->bar0))
 		return PTR_ERR(gpu->bar0);
-
 	magic = hmmgpu_read(gpu, HMMGPU_REG_ID);
 	if (magic != HMMGPU_ID_MAGIC) {
 		dev_err(&pdev->dev, "bad ID register 0x%08x\n", magic);
 		return -ENODEV;
 	}
+	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(52));
+	if (ret)
+		return ret;
+	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
+	gpu->vram_size = (u64)hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_HI) << 32 |
+			 hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_LO);
 	pci_set_master(pdev);
 
-	/* A device can be built without MSI-X (the lab does so for hot-unplug). */
-	nvec = pci_alloc_irq_vectors(pdev, HMMGPU_IRQ_VECTORS, HMMGPU_IRQ_VECTORS,
-				     PCI_IRQ_MSIX);
-	if (nvec < 0) {
-		dev_warn(&pdev->dev, "no MSI-X (%d): running without interrupts\n", nvec);
-		nvec = 0;
-	}
-	gpu->nvec = nvec;
-	for (i = 0; i < nvec; i++) {
-		gpu->vec[i].gpu = gpu;
-		ret = devm_request_irq(&pdev->dev, pci_irq_vector(pdev, i), hmmgpu_irq, 0,
-				       "hmmgpu", &gpu->vec[i]);
-		if (ret)
-			goto err_vectors;
-	}
+	ret = hmmgpu_setup_vectors(gpu);
+	if (ret)
+		goto clear_master;
+	ret = hmmgpu_engine_init(gpu);
+	if (ret)
+		goto free_vectors;
 	pci_set_drvdata(pdev, gpu);
-	dev_info(&pdev->dev, "hmmgpu %u.%u, %d MSI-X vectors\n",
+	ret = hmmgpu_chardev_add(gpu);
+	if (ret)
+		goto engine_fini;
+	dev_info(&pdev->dev, "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, /dev/hmm_dmirror%d\n",
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) >> 16,
-		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) & 0xffff, nvec);
+		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) & 0xffff, gpu->vram_size >> 20,
+		 gpu->nvec, gpu->minor);
 	return 0;
 
-err_vectors:
-	while (--i >= 0)
-		devm_free_irq(&pdev->dev, pci_irq_vector(pdev, i), &gpu->vec[i]);
-	pci_free_irq_vectors(pdev);
+engine_fini:
+	hmmgpu_engine_fini(gpu);
+free_vectors:
+	hmmgpu_free_vectors(gpu);
+clear_master:
+	pci_clear_master(pdev);
 	return ret;
 }
 
 static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
-	int i;
 
-	for (i = 0; i < gpu->nvec; i++)
-		devm_free_irq(&pdev->dev, pci_irq_vector(pdev, i), &gpu->vec[i]);
-	if (gpu->nvec)
-		pci_free_irq_vectors(pdev);
+	hmmgpu_chardev_del(gpu);
+	/* no mirror is left: every file holds a module reference */
+	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
+	cancel_work_sync(&gpu->fault_work);
+	hmmgpu_free_vectors(gpu);
+	hmmgpu_engine_fini(gpu);
 	pci_clear_master(pdev);
 }
 
@@ -202,7 +325,37 @@ static struct pci_driver hmmgpu_driver = {
 	.remove = hmmgpu_remove,
 	.dev_groups = hmmgpu_groups,
 };
-module_pci_driver(hmmgpu_driver);
+static int __init hmmgpu_init(void)
+{
+	int ret;
+
+	ret = alloc_chrdev_region(&hmmgpu_devt, 0, HMMGPU_MAX_DEVICES, "hmm_dmirror");
+	if (ret)
+		return ret;
+	ret = class_register(&hmmgpu_class);
+	if (ret)
+		goto unregister_region;
+	ret = pci_register_driver(&hmmgpu_driver);
+	if (ret)
+		goto unregister_class;
+	return 0;
+
+unregister_class:
+	class_unregister(&hmmgpu_class);
+unregister_region:
+	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_DEVICES);
+	return ret;
+}
+
+static void __exit hmmgpu_exit(void)
+{
+	pci_unregister_driver(&hmmgpu_driver);
+	class_unregister(&hmmgpu_class);
+	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_DEVICES);
+}
+
+module_init(hmmgpu_init);
+module_exit(hmmgpu_exit);
 
 MODULE_DESCRIPTION("Driver for the hmmgpu emulated GPU");
 MODULE_LICENSE("GPL");

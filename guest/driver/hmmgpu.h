@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * hmmgpu: driver for the emulated hmmgpu device. Shared definitions.
+ *
+ * DOC: structure
+ * hmmgpu_main.c   PCI probe/remove, interrupts, sysfs, the dmirror char device
+ * hmmgpu_queue.c  command submission and fence waits (kernel and context queues)
+ * hmmgpu_pt.c     the device page tables of one mirror
+ * hmmgpu_fault.c  device page faults: drain the fault buffer, fault in, replay
+ * hmmgpu_mirror.c the dmirror ABI of lib/test_hmm.c on top of the device
+ *
+ * DOC: locking
+ * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
+ * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
+ * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
+ *                             path around mmu_interval_read_retry() and by the
+ *                             invalidate callback (trylock when non-blockable)
+ * Fence words and status words are written by the device and read with
+ * READ_ONCE(); the fence wait queue is woken by the completion and error
+ * interrupts.
+ */
+#ifndef HMMGPU_H
+#define HMMGPU_H
+
+#include <linux/pci.h>
+#include <linux/cdev.h>
+#include <linux/mutex.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/mmu_notifier.h>
+
+#include "hmmgpu_hw.h"
+
+#define HMMGPU_MAX_DEVICES	4
+#define HMMGPU_RING_ENTRIES	256
+#define HMMGPU_MAX_BATCH	16	/* commands per submission */
+#define HMMGPU_FAULT_ENTRIES	512
+#define HMMGPU_BOUNCE_SIZE	(256 * 1024)
+#define HMMGPU_FENCE_TIMEOUT_MS	30000
+
+struct hmmgpu;
+
+struct hmmgpu_queue {
+	struct hmmgpu *gpu;
+	unsigned int index;
+	struct mutex lock;		/* one submission at a time */
+	struct hmmgpu_command *ring;
+	dma_addr_t ring_dma;
+	u64 *words;			/* [0] fence, [1..] status per ring slot */
+	dma_addr_t words_dma;
+	u32 tail;
+	u64 seq;			/* last fence value submitted */
+};
+
+struct hmmgpu_vector {
+	struct hmmgpu *gpu;
+	atomic64_t count;
+};
+
+struct hmmgpu {
+	struct pci_dev *pdev;
+	void __iomem *bar0;
+	int nvec;			/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
+	struct hmmgpu_vector vec[HMMGPU_IRQ_VECTORS];
+	int minor;
+	u64 vram_size;
+
+	struct hmmgpu_queue kq;		/* the kernel queue */
+	struct hmmgpu_queue cq[HMMGPU_NUM_CONTEXTS];
+	wait_queue_head_t fence_wq;
+
+	struct hmmgpu_fault_record *faults;
+	dma_addr_t faults_dma;
+	u32 fault_get;
+	struct work_struct fault_work;
+
+	spinlock_t ctx_lock;
+	struct hmmgpu_mirror *ctx_mirror[HMMGPU_NUM_CONTEXTS];
+
+	struct cdev cdev;
+	struct device *chardev;
+};
+
+/* One open of /dev/hmm_dmirrorN: a process address space mirrored by the GPU. */
+struct hmmgpu_mirror {
+	struct hmmgpu *gpu;
+	unsigned int ctx;
+	struct mmu_interval_notifier notifier;
+	struct mutex mutex;		/* the device page table below */
+	struct hmmgpu_pt *root;
+	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
+	unsigned long req_end;
+	atomic_t faults;		/* fault batches handled */
+	int fault_err;			/* why the last fault was cancelled */
+	u64 flags;			/* HMM_DMIRROR_FLAGS */
+};
+
+static inline u32 hmmgpu_read(struct hmmgpu *gpu, u32 reg)
+{
+	return ioread32(gpu->bar0 + reg);
+}
+
+static inline void hmmgpu_write(struct hmmgpu *gpu, u32 reg, u32 val)
+{
+	iowrite32(val, gpu->bar0 + reg);
+}
+
+static inline void hmmgpu_qwrite(struct hmmgpu_queue *q, u32 reg, u32 val)
+{
+	hmmgpu_write(q->gpu, HMMGPU_QUEUE_REG(q->index, reg), val);
+}
+
+static inline u32 hmmgpu_qread(struct hmmgpu_queue *q, u32 reg)
+{
+	return hmmgpu_read(q->gpu, HMMGPU_QUEUE_REG(q->index, reg));
+}
+
+/* hmmgpu_queue.c */
+int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int index);
+void hmmgpu_queue_fini(struct hmmgpu_queue *q);
+int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
+		     u64 *status);
+void hmmgpu_cmd(struct hmmgpu_command *c, u32 opcode, u32 flags, u32 ctx,
+		u64 a0, u64 a1, u64 a2);
+int hmmgpu_tlb_invalidate(struct hmmgpu *gpu, unsigned int ctx, unsigned long start,
+			  unsigned long len);
+
+/* hmmgpu_pt.c */
+struct hmmgpu_pt;
+int hmmgpu_pt_create(struct hmmgpu_mirror *mirror);
+void hmmgpu_pt_destroy(struct hmmgpu_mirror *mirror);
+dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror);
+int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
+		  unsigned int order, bool *replaced);
+bool hmmgpu_pt_clear(struct hmmgpu_mirror *mirror, unsigned long start,
+		     unsigned long end);
+u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
+
+/* hmmgpu_fault.c */
+void hmmgpu_fault_work(struct work_struct *work);
+int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
+		    unsigned long end, bool write);
+
+/* hmmgpu_mirror.c */
+extern const struct file_operations hmmgpu_mirror_fops;
+
+#endif /* HMMGPU_H */

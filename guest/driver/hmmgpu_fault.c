@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hmmgpu: device page faults.
+ *
+ * DOC: fault path
+ * The fault interrupt schedules hmmgpu_fault_work(). It drains the fault
+ * buffer, keeping per context the lowest faulting address and whether any
+ * access wrote, then serves each context as one batch: hmm_range_fault() from
+ * that address to the end of the READ/WRITE in flight (or one page), inside
+ * mmu_interval_read_begin()/mmu_interval_read_retry() with the mirror mutex
+ * held while the PTEs are written (the Documentation/mm/hmm.rst pattern).
+ * Then the context's queue gets REPLAY, or CANCEL when the access is not
+ * allowed (-EFAULT for PROT_NONE, -EPERM for a write to read-only memory),
+ * the error being left in mirror->fault_err for the waiting ioctl.
+ */
+#include <linux/dma-mapping.h>
+#include <linux/hmm.h>
+#include <linux/memremap.h>
+#include <linux/mm.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+
+#include "hmmgpu.h"
+
+#define HMMGPU_MAX_FAULT_PAGES	(16UL << (20 - PAGE_SHIFT))	/* 16 MiB per batch */
+
+/* The device PTE for one hmm_range_fault() result; 0 if it cannot be mapped. */
+static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int order)
+{
+	struct page *page = hmm_pfn_to_page(hpfn);
+	u64 flags = HMMGPU_PTE_READ;
+	dma_addr_t dma;
+
+	if (hpfn & HMM_PFN_WRITE)
+		flags |= HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC;
+	dma = dma_map_page(&gpu->pdev->dev, page, 0, PAGE_SIZE << order, DMA_BIDIRECTIONAL);
+	if (dma_mapping_error(&gpu->pdev->dev, dma))
+		return 0;
+	return dma | flags;
+}
+
+/* Write the device PTEs for a faulted range. Called with mirror->mutex held. */
+static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *range,
+			    bool *replaced)
+{
+	unsigned long npages = (range->end - range->start) >> PAGE_SHIFT;
+	unsigned long i = 0;
+
+	while (i < npages) {
+		unsigned long va = range->start + (i << PAGE_SHIFT);
+		unsigned long hpfn = range->hmm_pfns[i];
+		unsigned int order = 0;
+		u64 pte;
+		int ret;
+
+		if (!(hpfn & HMM_PFN_VALID))
+			return -EFAULT;
+		if (hmm_pfn_to_map_order(hpfn) >= 9 && IS_ALIGNED(va, 1UL << 21) &&
+		    i + 512 <= npages)
+			order = 9;
+		pte = hmmgpu_pte_for(mirror->gpu, hpfn, order);
+		if (!pte)
+			return -ENOMEM;
+		ret = hmmgpu_pt_map(mirror, va, pte, order, replaced);
+		if (ret == -EEXIST) {
+			dma_unmap_page(&mirror->gpu->pdev->dev, pte & HMMGPU_PTE_ADDR_MASK,
+				       PAGE_SIZE << order, DMA_BIDIRECTIONAL);
+			pte = hmmgpu_pte_for(mirror->gpu, hpfn, 0);
+			order = 0;
+			ret = pte ? hmmgpu_pt_map(mirror, va, pte, 0, replaced) : -ENOMEM;
+		}
+		if (ret)
+			return ret;
+		i += 1UL << order;
+	}
+	return 0;
+}
+
+/* Fault [start, end) into the device page table of @mirror. */
+int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
+		    unsigned long end, bool write)
+{
+	struct mm_struct *mm = mirror->notifier.mm;
+	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	struct hmm_range range = {
+		.notifier = &mirror->notifier,
+		.start = start,
+		.end = end,
+		.default_flags = HMM_PFN_REQ_FAULT | (write ? HMM_PFN_REQ_WRITE : 0),
+		.dev_private_owner = mirror->gpu,
+	};
+	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
+	bool replaced = false;
+	int ret;
+
+	range.hmm_pfns = kvcalloc(npages, sizeof(*range.hmm_pfns), GFP_KERNEL);
+	if (!range.hmm_pfns)
+		return -ENOMEM;
+	if (!mmget_not_zero(mm)) {
+		ret = -EFAULT;
+		goto free;
+	}
+	for (;;) {
+		if (time_after(jiffies, timeout)) {
+			ret = -EBUSY;
+			goto put;
+		}
+		range.notifier_seq = mmu_interval_read_begin(range.notifier);
+		mmap_read_lock(mm);
+		ret = hmm_range_fault(&range);
+		mmap_read_unlock(mm);
+		if (ret == -EBUSY)
+			continue;
+		if (ret)
+			goto put;
+		mutex_lock(&mirror->mutex);
+		if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
+			break;
+		mutex_unlock(&mirror->mutex);
+	}
+	ret = hmmgpu_map_range(mirror, &range, &replaced);
+	mutex_unlock(&mirror->mutex);
+	/* a permission upgrade: the device may still cache the old entry */
+	if (!ret && replaced)
+		ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, end - start);
+put:
+	mmput(mm);
+free:
+	kvfree(range.hmm_pfns);
+	return ret;
+}
+
+/* Serve one context's batch of faults: fault in, then REPLAY or CANCEL. */
+static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, bool write)
+{
+	struct hmmgpu_queue *q = &mirror->gpu->cq[mirror->ctx];
+	unsigned long start = va & PAGE_MASK;
+	unsigned long end = start + PAGE_SIZE;
+	unsigned long req_end = READ_ONCE(mirror->req_end);
+	int ret;
+
+	/* fault in the rest of the request at once, as the dmirror ABI counts */
+	if (start >= READ_ONCE(mirror->req_start) && start < req_end)
+		end = min(req_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
+	ret = hmmgpu_fault_in(mirror, start, end, write);
+	atomic_inc(&mirror->faults);
+	if (ret) {
+		WRITE_ONCE(mirror->fault_err, ret);
+		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
+	} else {
+		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+	}
+}
+
+void hmmgpu_fault_work(struct work_struct *work)
+{
+	struct hmmgpu *gpu = container_of(work, struct hmmgpu, fault_work);
+	unsigned long first[HMMGPU_NUM_CONTEXTS];
+	unsigned long pending = 0;
+	bool write[HMMGPU_NUM_CONTEXTS] = {};
+	unsigned int ctx;
+	u32 put;
+
+	dma_rmb();
+	put = hmmgpu_read(gpu, HMMGPU_REG_FAULT_PUT);
+	while (gpu->fault_get != put) {
+		struct hmmgpu_fault_record *rec = &gpu->faults[gpu->fault_get];
+		unsigned long va = le64_to_cpu(rec->va);
+
+		ctx = le32_to_cpu(rec->ctx);
+		if (ctx < HMMGPU_NUM_CONTEXTS) {
+			if (!(pending & BIT(ctx)) || va < first[ctx])
+				first[ctx] = va;
+			pending |= BIT(ctx);
+			if (le32_to_cpu(rec->access) & (HMMGPU_ACCESS_WRITE | HMMGPU_ACCESS_ATOMIC))
+				write[ctx] = true;
+		}
+		gpu->fault_get = (gpu->fault_get + 1) % HMMGPU_FAULT_ENTRIES;
+	}
+	hmmgpu_write(gpu, HMMGPU_REG_FAULT_GET, gpu->fault_get);
+
+	for_each_set_bit(ctx, &pending, HMMGPU_NUM_CONTEXTS) {
+		struct hmmgpu_mirror *mirror;
+
+		spin_lock(&gpu->ctx_lock);
+		mirror = gpu->ctx_mirror[ctx];
+		spin_unlock(&gpu->ctx_lock);
+		if (mirror)
+			hmmgpu_serve_faults(mirror, first[ctx], write[ctx]);
+		else
+			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
+	}
+}

@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hmmgpu: the dmirror ABI of lib/test_hmm.c, executed by the device.
+ *
+ * DOC: mirrors
+ * Each open of /dev/hmm_dmirrorN takes one of the GPU's 16 contexts and
+ * mirrors the opening process: an mmu_interval_notifier over the whole
+ * address space keeps the context's device page table coherent with the CPU
+ * page tables. READ and WRITE are device commands on the context's queue that
+ * go through the device MMU; missing translations fault and are served by
+ * hmmgpu_fault.c. SNAPSHOT reports the CPU's view (hmm_range_fault without
+ * faulting), as the reference does.
+ */
+#include <linux/dma-mapping.h>
+#include <linux/fs.h>
+#include <linux/hmm.h>
+#include <linux/memremap.h>
+#include <linux/mm.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#include "hmmgpu.h"
+#include "test_hmm_uapi.h"
+
+static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
+			      const struct mmu_notifier_range *range, unsigned long cur_seq)
+{
+	struct hmmgpu_mirror *mirror = container_of(mni, struct hmmgpu_mirror, notifier);
+	bool cleared;
+
+	if (mmu_notifier_range_blockable(range))
+		mutex_lock(&mirror->mutex);
+	else if (!mutex_trylock(&mirror->mutex))
+		return false;
+	mmu_interval_set_seq(mni, cur_seq);
+	if (!mmu_notifier_range_blockable(range) &&
+	    hmmgpu_pt_lookup(mirror, range->start)) {
+		/* flushing the device TLB sleeps; let the caller retry blockable */
+		mutex_unlock(&mirror->mutex);
+		return false;
+	}
+	cleared = hmmgpu_pt_clear(mirror, range->start, range->end);
+	/* the PTEs are gone from memory; the device must forget them too */
+	if (cleared && hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, range->start,
+					     range->end - range->start))
+		dev_err(&mirror->gpu->pdev->dev, "ctx %u: TLB invalidation failed\n",
+			mirror->ctx);
+	mutex_unlock(&mirror->mutex);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops hmmgpu_mirror_ops = {
+	.invalidate = hmmgpu_invalidate,
+};
+
+static int hmmgpu_mirror_open(struct inode *inode, struct file *filp)
+{
+	struct hmmgpu *gpu = container_of(inode->i_cdev, struct hmmgpu, cdev);
+	struct hmmgpu_mirror *mirror;
+	unsigned int ctx;
+	int ret;
+
+	mirror = kzalloc(sizeof(*mirror), GFP_KERNEL);
+	if (!mirror)
+		return -ENOMEM;
+	mirror->gpu = gpu;
+	mutex_init(&mirror->mutex);
+	ret = hmmgpu_pt_create(mirror);
+	if (ret)
+		goto free;
+
+	spin_lock(&gpu->ctx_lock);
+	for (ctx = 0; ctx < HMMGPU_NUM_CONTEXTS && gpu->ctx_mirror[ctx]; ctx++)
+		;
+	if (ctx < HMMGPU_NUM_CONTEXTS)
+		gpu->ctx_mirror[ctx] = mirror;
+	spin_unlock(&gpu->ctx_lock);
+	if (ctx == HMMGPU_NUM_CONTEXTS) {
+		ret = -EBUSY;	/* every context is in use */
+		goto destroy;
+	}
+	mirror->ctx = ctx;
+	hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_PT_BASE_LO,
+		      lower_32_bits(hmmgpu_pt_root_dma(mirror)));
+	hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_PT_BASE_HI,
+		      upper_32_bits(hmmgpu_pt_root_dma(mirror)));
+
+	ret = mmu_interval_notifier_insert(&mirror->notifier, current->mm, 0,
+					   ULONG_MAX & PAGE_MASK, &hmmgpu_mirror_ops);
+	if (ret)
+		goto release_ctx;
+	filp->private_data = mirror;
+	return 0;
+
+release_ctx:
+	spin_lock(&gpu->ctx_lock);
+	gpu->ctx_mirror[ctx] = NULL;
+	spin_unlock(&gpu->ctx_lock);
+destroy:
+	hmmgpu_pt_destroy(mirror);
+free:
+	kfree(mirror);
+	return ret;
+}
+
+static int hmmgpu_mirror_release(struct inode *inode, struct file *filp)
+{
+	struct hmmgpu_mirror *mirror = filp->private_data;
+	struct hmmgpu *gpu = mirror->gpu;
+
+	mmu_interval_notifier_remove(&mirror->notifier);
+	spin_lock(&gpu->ctx_lock);
+	gpu->ctx_mirror[mirror->ctx] = NULL;
+	spin_unlock(&gpu->ctx_lock);
+	flush_work(&gpu->fault_work);
+	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_LO, 0);
+	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_HI, 0);
+	hmmgpu_tlb_invalidate(gpu, mirror->ctx, 0, 0);
+	hmmgpu_pt_destroy(mirror);
+	kfree(mirror);
+	return 0;
+}
+
+/*
+ * Move [start, start + size) between the process and @kbuf through the
+ * device: READ (device VA -> bounce) or WRITE (bounce -> device VA).
+ */
+static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned long start,
+			    unsigned long size, void *kbuf)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+	struct device *dev = &gpu->pdev->dev;
+	unsigned long done, chunk;
+	struct hmmgpu_command cmd;
+	dma_addr_t bounce_dma;
+	void *bounce;
+	u64 status;
+	int ret = 0;
+
+	bounce = dma_alloc_coherent(dev, HMMGPU_BOUNCE_SIZE, &bounce_dma, GFP_KERNEL);
+	if (!bounce)
+		return -ENOMEM;
+	WRITE_ONCE(mirror->req_start, start);
+	WRITE_ONCE(mirror->req_end, start + size);
+	for (done = 0; done < size; done += chunk) {
+		chunk = min_t(unsigned long, size - done, HMMGPU_BOUNCE_SIZE);
+		if (opcode == HMMGPU_OP_WRITE)
+			memcpy(bounce, kbuf + done, chunk);
+		WRITE_ONCE(mirror->fault_err, 0);
+		hmmgpu_cmd(&cmd, opcode, 0, mirror->ctx, start + done, bounce_dma, chunk);
+		ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &cmd, 1, &status);
+		if (ret)
+			break;
+		if (status == HMMGPU_ERR_FAULT_CANCELLED) {
+			ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
+			break;
+		}
+		if (status) {
+			dev_err_ratelimited(dev, "ctx %u: command failed with error %llu\n",
+					    mirror->ctx, status);
+			ret = -EIO;
+			break;
+		}
+		if (opcode == HMMGPU_OP_READ)
+			memcpy(kbuf + done, bounce, chunk);
+	}
+	WRITE_ONCE(mirror->req_end, 0);
+	dma_free_coherent(dev, HMMGPU_BOUNCE_SIZE, bounce, bounce_dma);
+	return ret;
+}
+
+static int hmmgpu_mirror_read(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+{
+	unsigned long size = cmd->npages << PAGE_SHIFT;
+	int faults = atomic_read(&mirror->faults);
+	void *kbuf;
+	int ret;
+
+	kbuf = kvmalloc(size, GFP_KERNEL);
+	if (!kbuf)
+		return -ENOMEM;
+	ret = hmmgpu_mirror_rw(mirror, HMMGPU_OP_READ, cmd->addr, size, kbuf);
+	if (!ret && copy_to_user(u64_to_user_ptr(cmd->ptr), kbuf, size))
+		ret = -EFAULT;
+	if (!ret)
+		cmd->cpages = cmd->npages;
+	cmd->faults = atomic_read(&mirror->faults) - faults;
+	kvfree(kbuf);
+	return ret;
+}
+
+static int hmmgpu_mirror_write(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+{
+	unsigned long size = cmd->npages << PAGE_SHIFT;
+	int faults = atomic_read(&mirror->faults);
+	void *kbuf;
+	int ret;
+
+	kbuf = kvmalloc(size, GFP_KERNEL);
+	if (!kbuf)
+		return -ENOMEM;
+	ret = copy_from_user(kbuf, u64_to_user_ptr(cmd->ptr), size) ? -EFAULT : 0;
+	if (!ret)
+		ret = hmmgpu_mirror_rw(mirror, HMMGPU_OP_WRITE, cmd->addr, size, kbuf);
+	if (!ret)
+		cmd->cpages = cmd->npages;
+	cmd->faults = atomic_read(&mirror->faults) - faults;
+	kvfree(kbuf);
+	return ret;
+}
+
+/* The reference's encoding of one hmm_range_fault() snapshot entry. */
+static unsigned char hmmgpu_snapshot_perm(struct hmmgpu_mirror *mirror, unsigned long hpfn)
+{
+	unsigned char perm;
+	struct page *page;
+
+	if (hpfn & HMM_PFN_ERROR)
+		return HMM_DMIRROR_PROT_ERROR;
+	if (!(hpfn & HMM_PFN_VALID))
+		return HMM_DMIRROR_PROT_NONE;
+	page = hmm_pfn_to_page(hpfn);
+	if (is_device_private_page(page))
+		perm = page_pgmap(page)->owner == mirror->gpu ?
+			HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
+	else if (is_zero_pfn(page_to_pfn(page)))
+		perm = HMM_DMIRROR_PROT_ZERO;
+	else
+		perm = HMM_DMIRROR_PROT_NONE;
+	perm |= (hpfn & HMM_PFN_WRITE) ? HMM_DMIRROR_PROT_WRITE : HMM_DMIRROR_PROT_READ;
+	if (hmm_pfn_to_map_order(hpfn) + PAGE_SHIFT == PMD_SHIFT)
+		perm |= HMM_DMIRROR_PROT_PMD;
+	else if (hmm_pfn_to_map_order(hpfn) + PAGE_SHIFT == PUD_SHIFT)
+		perm |= HMM_DMIRROR_PROT_PUD;
+	return perm;
+}
+
+static bool hmmgpu_snapshot_invalidate(struct mmu_interval_notifier *mni,
+				       const struct mmu_notifier_range *range,
+				       unsigned long cur_seq)
+{
+	mmu_interval_set_seq(mni, cur_seq);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops hmmgpu_snapshot_ops = {
+	.invalidate = hmmgpu_snapshot_invalidate,
+};
+
+#define SNAPSHOT_BATCH 64
+
+static int hmmgpu_mirror_snapshot(struct hmmgpu_mirror *mirror,
+				  struct hmm_dmirror_cmd *cmd)
+{
+	struct mm_struct *mm = mirror->notifier.mm;
+	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
+	char __user *uptr = u64_to_user_ptr(cmd->ptr);
+	unsigned long pfns[SNAPSHOT_BATCH];
+	unsigned char perm[SNAPSHOT_BATCH];
+	struct mmu_interval_notifier notifier;
+	unsigned long addr, i, n;
+	int ret = 0;
+
+	if (!mmget_not_zero(mm))
+		return -EINVAL;
+	for (addr = cmd->addr; addr < end && !ret; addr += n << PAGE_SHIFT) {
+		struct hmm_range range = {
+			.notifier = &notifier,
+			.hmm_pfns = pfns,
+			.start = addr,
+			.end = min(end, addr + (SNAPSHOT_BATCH << PAGE_SHIFT)),
+			.dev_private_owner = mirror->gpu,
+		};
+
+		n = (range.end - range.start) >> PAGE_SHIFT;
+		/* a private notifier: the mirror's own would clear device PTEs */
+		ret = mmu_interval_notifier_insert(&notifier, mm, range.start,
+						   range.end - range.start, &hmmgpu_snapshot_ops);
+		if (ret)
+			break;
+		do {
+			range.notifier_seq = mmu_interval_read_begin(&notifier);
+			mmap_read_lock(mm);
+			ret = hmm_range_fault(&range);
+			mmap_read_unlock(mm);
+		} while (ret == -EBUSY ||
+			 (!ret && mmu_interval_read_retry(&notifier, range.notifier_seq)));
+		mmu_interval_notifier_remove(&notifier);
+		if (ret)
+			break;
+		for (i = 0; i < n; i++)
+			perm[i] = hmmgpu_snapshot_perm(mirror, pfns[i]);
+		if (copy_to_user(uptr, perm, n)) {
+			ret = -EFAULT;
+			break;
+		}
+		uptr += n;
+		cmd->cpages += n;
+	}
+	mmput(mm);
+	return ret;
+}
+
+static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigned long arg)
+{
+	struct hmmgpu_mirror *mirror = filp->private_data;
+	void __user *uarg = (void __user *)arg;
+	struct hmm_dmirror_cmd cmd;
+	int ret;
+
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+	if (cmd.addr & ~PAGE_MASK)
+		return -EINVAL;
+	if (cmd.addr >= cmd.addr + (cmd.npages << PAGE_SHIFT))
+		return -EINVAL;
+	cmd.cpages = 0;
+	cmd.faults = 0;
+
+	switch (command) {
+	case HMM_DMIRROR_READ:
+		ret = hmmgpu_mirror_read(mirror, &cmd);
+		break;
+	case HMM_DMIRROR_WRITE:
+		ret = hmmgpu_mirror_write(mirror, &cmd);
+		break;
+	case HMM_DMIRROR_SNAPSHOT:
+		ret = hmmgpu_mirror_snapshot(mirror, &cmd);
+		break;
+	case HMM_DMIRROR_FLAGS:
+		mirror->flags = cmd.npages;
+		ret = 0;
+		break;
+	case HMM_DMIRROR_RELEASE:
+		ret = 0;	/* no device memory is in use yet */
+		break;
+	case HMM_DMIRROR_MIGRATE_TO_DEV:
+	case HMM_DMIRROR_MIGRATE_TO_SYS:
+	case HMM_DMIRROR_EXCLUSIVE:
+	case HMM_DMIRROR_CHECK_EXCLUSIVE:
+	case HMM_DMIRROR_READ_UNLOCKED:
+		ret = -EOPNOTSUPP;	/* not implemented yet */
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (ret)
+		return ret;
+	if (copy_to_user(uarg, &cmd, sizeof(cmd)))
+		return -EFAULT;
+	return 0;
+}
+
+/* The reference lets tests map zeroed pages from the device file. */
+static int hmmgpu_mirror_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	unsigned long addr;
+
+	for (addr = vma->vm_start; addr < vma->vm_end; addr += PAGE_SIZE) {
+		struct page *page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+		int ret;
+
+		if (!page)
+			return -ENOMEM;
+		ret = vm_insert_page(vma, addr, page);
+		put_page(page);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+const struct file_operations hmmgpu_mirror_fops = {
+	.owner = THIS_MODULE,
+	.open = hmmgpu_mirror_open,
+	.release = hmmgpu_mirror_release,
+	.unlocked_ioctl = hmmgpu_mirror_ioctl,
+	.mmap = hmmgpu_mirror_mmap,
+	.llseek = default_llseek,
+};

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hmmgpu: command submission.
+ *
+ * DOC: submission
+ * A submission is a batch of commands followed by a FENCE with the IRQ flag,
+ * written at the ring's tail and started by one TAIL write. The caller sleeps
+ * until the fence value lands (woken by the completion interrupt) and then
+ * reads each command's status word. A halted queue or a fence that does not
+ * arrive within HMMGPU_FENCE_TIMEOUT_MS ends the wait with -EIO or
+ * -ETIMEDOUT, and the queue is reset, so no caller ever hangs on the device.
+ */
+#include <linux/dma-mapping.h>
+#include <linux/jiffies.h>
+#include <linux/slab.h>
+
+#include "hmmgpu.h"
+
+#define WORDS_SIZE	((HMMGPU_RING_ENTRIES + 1) * sizeof(u64))
+#define STATUS_PENDING	(~0ULL)
+
+void hmmgpu_cmd(struct hmmgpu_command *c, u32 opcode, u32 flags, u32 ctx,
+		u64 a0, u64 a1, u64 a2)
+{
+	memset(c, 0, sizeof(*c));
+	c->opcode = cpu_to_le32(opcode);
+	c->flags = cpu_to_le32(flags);
+	c->ctx = cpu_to_le32(ctx);
+	c->args[0] = cpu_to_le64(a0);
+	c->args[1] = cpu_to_le64(a1);
+	c->args[2] = cpu_to_le64(a2);
+}
+
+static void hmmgpu_queue_program(struct hmmgpu_queue *q)
+{
+	hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_RESET);
+	hmmgpu_qwrite(q, HMMGPU_QREG_RING_BASE_LO, lower_32_bits(q->ring_dma));
+	hmmgpu_qwrite(q, HMMGPU_QREG_RING_BASE_HI, upper_32_bits(q->ring_dma));
+	hmmgpu_qwrite(q, HMMGPU_QREG_RING_SIZE, HMMGPU_RING_ENTRIES);
+	q->tail = 0;
+}
+
+int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int index)
+{
+	struct device *dev = &gpu->pdev->dev;
+
+	q->gpu = gpu;
+	q->index = index;
+	mutex_init(&q->lock);
+	q->ring = dma_alloc_coherent(dev, HMMGPU_RING_ENTRIES * HMMGPU_COMMAND_SIZE,
+				     &q->ring_dma, GFP_KERNEL);
+	q->words = dma_alloc_coherent(dev, WORDS_SIZE, &q->words_dma, GFP_KERNEL);
+	if (!q->ring || !q->words) {
+		hmmgpu_queue_fini(q);
+		return -ENOMEM;
+	}
+	q->seq = 0;
+	WRITE_ONCE(q->words[0], 0);
+	hmmgpu_queue_program(q);
+	return 0;
+}
+
+void hmmgpu_queue_fini(struct hmmgpu_queue *q)
+{
+	struct device *dev = &q->gpu->pdev->dev;
+
+	if (q->ring)
+		dma_free_coherent(dev, HMMGPU_RING_ENTRIES * HMMGPU_COMMAND_SIZE, q->ring,
+				  q->ring_dma);
+	if (q->words)
+		dma_free_coherent(dev, WORDS_SIZE, q->words, q->words_dma);
+	q->ring = NULL;
+	q->words = NULL;
+}
+
+static bool hmmgpu_fence_done(struct hmmgpu_queue *q, u64 seq)
+{
+	return (s64)(READ_ONCE(q->words[0]) - seq) >= 0;
+}
+
+/* Sleep until the fence @seq lands; -EIO if the queue halted, -ETIMEDOUT. */
+static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
+{
+	struct hmmgpu *gpu = q->gpu;
+	unsigned long deadline = jiffies + msecs_to_jiffies(HMMGPU_FENCE_TIMEOUT_MS);
+	/* without interrupts, poll every jiffy */
+	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
+	u32 status;
+
+	for (;;) {
+		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq), slice))
+			return 0;
+		status = hmmgpu_qread(q, HMMGPU_QREG_STATUS);
+		if (status & HMMGPU_QSTATUS_HALTED) {
+			dev_err(&gpu->pdev->dev, "queue %u halted: error %u\n", q->index,
+				hmmgpu_qread(q, HMMGPU_QREG_ERROR));
+			return -EIO;
+		}
+		if (time_after(jiffies, deadline)) {
+			dev_err(&gpu->pdev->dev, "queue %u: fence %llu timed out (status 0x%x)\n",
+				q->index, seq, status);
+			return -ETIMEDOUT;
+		}
+	}
+}
+
+/*
+ * Run @n commands on @q and wait for them. @status (optional) receives each
+ * command's completion status (0 or an HMMGPU_ERR_* code).
+ */
+int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
+		     u64 *status)
+{
+	u32 slots[HMMGPU_MAX_BATCH];
+	struct hmmgpu_command fence;
+	int i, ret;
+
+	if (n < 0 || n > HMMGPU_MAX_BATCH)
+		return -EINVAL;
+	mutex_lock(&q->lock);
+	for (i = 0; i < n; i++) {
+		slots[i] = q->tail;
+		WRITE_ONCE(q->words[1 + q->tail], STATUS_PENDING);
+		cmds[i].status = cpu_to_le64(q->words_dma + (1 + q->tail) * sizeof(u64));
+		q->ring[q->tail] = cmds[i];
+		q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
+	}
+	hmmgpu_cmd(&fence, HMMGPU_OP_FENCE, HMMGPU_CMD_IRQ, 0, q->words_dma, ++q->seq, 0);
+	q->ring[q->tail] = fence;
+	q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
+	/* the commands must be visible before the doorbell */
+	dma_wmb();
+	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
+
+	ret = hmmgpu_fence_wait(q, q->seq);
+	if (ret) {
+		/* Start over with an empty ring; the fence word keeps counting. */
+		hmmgpu_queue_program(q);
+		WRITE_ONCE(q->words[0], q->seq);
+	} else if (status) {
+		dma_rmb();
+		for (i = 0; i < n; i++)
+			status[i] = READ_ONCE(q->words[1 + slots[i]]);
+	}
+	mutex_unlock(&q->lock);
+	return ret;
+}
+
+int hmmgpu_tlb_invalidate(struct hmmgpu *gpu, unsigned int ctx, unsigned long start,
+			  unsigned long len)
+{
+	struct hmmgpu_command cmd;
+	u64 status;
+	int ret;
+
+	hmmgpu_cmd(&cmd, HMMGPU_OP_TLB_INVALIDATE, 0, ctx, start, len, 0);
+	ret = hmmgpu_queue_run(&gpu->kq, &cmd, 1, &status);
+	if (!ret && status)
+		ret = -EIO;
+	return ret;
+}
