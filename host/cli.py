@@ -71,12 +71,17 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from .selftest import run_selftest
-    result = run_selftest(reference=args.reference, accel=args.accel, verbose=args.verbose,
-                          hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"])
-    print(result.summary())
-    print(f"hmmgpu: results in {result.json_path}; logs in {result.run_dir}")
-    return 0 if result.ok else 1
+    from .selftest import compare, run_selftest
+    modes = ["reference"] if args.reference else ["hmmgpu", "reference"] if args.compare \
+        else ["hmmgpu"]
+    results = run_selftest(modes, accel=args.accel, verbose=args.verbose,
+                           hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"])
+    for r in results:
+        print(r.summary())
+    if len(results) > 1:
+        print(compare(results))
+    print(f"hmmgpu: results in {', '.join(str(r.json_path) for r in results)}")
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -107,8 +112,11 @@ def build_parser() -> ArgumentParser:
     s.set_defaults(fn=cmd_boot)
 
     s = sub.add_parser("selftest", help="run the kernel's hmm-tests in the lab VM")
-    s.add_argument("--reference", action="store_true",
-                   help="against the kernel's own test_hmm.ko (the baseline)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--reference", action="store_true",
+                      help="against the kernel's own test_hmm.ko (the baseline) only")
+    mode.add_argument("--compare", action="store_true",
+                      help="against the emulated GPUs, then test_hmm.ko, side by side")
     s.add_argument("hmm_tests_args", nargs=argparse.REMAINDER,
                    help="arguments passed to hmm-tests after '--', e.g. -- -t open_close")
     s.add_argument("--accel", **accel)

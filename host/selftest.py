@@ -50,16 +50,19 @@ class SelftestResult:
         return "\n".join(lines)
 
 
-def _require_supported(mode: str) -> None:
-    if mode != "reference":
-        raise HmmgpuError("the hmmgpu driver does not provide the dmirror ABI yet; "
-                          "run 'hmmgpu selftest --reference' for the baseline")
+MODULES = {"reference": "test_hmm.ko", "hmmgpu": "hmmgpu.ko"}
 
 
 def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
-    """Run hmm-tests in a booted lab, against test_hmm.ko (reference) or hmmgpu."""
-    _require_supported(mode)
-    lab.ssh(f"insmod {lab.guest_bin('test_hmm.ko')}")
+    """Run hmm-tests in a booted lab against test_hmm.ko ("reference") or the
+    emulated GPUs ("hmmgpu"); only one of the two modules is loaded at a time,
+    as both provide /dev/hmm_dmirror*."""
+    if mode not in MODULES:
+        raise HmmgpuError(f"unknown selftest mode {mode!r}")
+    for other in set(MODULES.values()) - {MODULES[mode]}:
+        lab.ssh(f"rmmod {other.removesuffix('.ko')} 2>/dev/null || true")
+    lab.ssh(f"test -d /sys/module/{MODULES[mode].removesuffix('.ko')} || "
+            f"insmod {lab.guest_bin(MODULES[mode])}")
     since = lab.console.size()
     t0 = time.monotonic()
     cmd = f"cd /tmp && {lab.guest_bin('hmm-tests')} {hmm_tests_args}".strip()
@@ -82,13 +85,26 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
     return result
 
 
-def run_selftest(reference: bool, accel: str = "auto", verbose: bool = False,
-                 hmm_tests_args: list[str] | None = None) -> SelftestResult:
-    mode = "reference" if reference else "hmmgpu"
-    _require_supported(mode)
-    cfg = LabConfig(gpus=0 if reference else 2, memory_mb=SELFTEST_MEMORY_MB, accel=accel,
-                    verbose=verbose)
+def run_selftest(modes: list[str], accel: str = "auto", verbose: bool = False,
+                 hmm_tests_args: list[str] | None = None) -> list[SelftestResult]:
+    """Boot one lab (two GPUs when the emulated GPU is tested) and run
+    hmm-tests once per mode, in order."""
+    gpus = 2 if "hmmgpu" in modes else 0
+    cfg = LabConfig(gpus=gpus, memory_mb=SELFTEST_MEMORY_MB, accel=accel, verbose=verbose)
     with Lab(cfg) as lab:
         lab.boot()
         args = " ".join(shlex.quote(a) for a in hmm_tests_args or [])
-        return run_in_lab(lab, mode, args)
+        return [run_in_lab(lab, mode, args) for mode in modes]
+
+
+def compare(results: list[SelftestResult]) -> str:
+    """Per-case status side by side, for cases whose status differs."""
+    by_mode = {r.mode: {c.name: c.status for c in r.report.cases} for r in results}
+    if len(by_mode) < 2:
+        return ""
+    modes = list(by_mode)
+    names = sorted(set().union(*by_mode.values()))
+    rows = [f"  {n:<60} " + " ".join(f"{by_mode[m].get(n, '-'):<9}" for m in modes)
+            for n in names if len({by_mode[m].get(n) for m in modes}) > 1]
+    head = f"  {'case (where the modes differ)':<60} " + " ".join(f"{m:<9}" for m in modes)
+    return "\n".join([head, *rows]) if rows else "  same result for every case"
