@@ -8,10 +8,12 @@
  * hmmgpu_pt.c     the device page tables of one mirror
  * hmmgpu_fault.c  device page faults: drain the fault buffer, fault in, replay
  * hmmgpu_mirror.c the dmirror ABI of lib/test_hmm.c on top of the device
+ * hmmgpu_devmem.c VRAM as DEVICE_PRIVATE memory; migration with the copy engine
  *
  * DOC: locking
  * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
  * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
+ * hmmgpu.devmem_lock (spin)   the free device-page stack
  * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
  *                             path around mmu_interval_read_retry() and by the
  *                             invalidate callback (trylock when non-blockable)
@@ -29,6 +31,7 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 #include <linux/mmu_notifier.h>
+#include <linux/memremap.h>
 
 #include "hmmgpu_hw.h"
 
@@ -77,6 +80,14 @@ struct hmmgpu {
 
 	spinlock_t ctx_lock;
 	struct hmmgpu_mirror *ctx_mirror[HMMGPU_NUM_CONTEXTS];
+
+	/* VRAM as DEVICE_PRIVATE memory (hmmgpu_devmem.c) */
+	struct dev_pagemap pgmap;
+	struct resource *devmem_res;
+	unsigned long devmem_pfn;	/* pfn of VRAM offset 0 */
+	spinlock_t devmem_lock;		/* the free stack below */
+	u32 *devmem_free;		/* indexes of free device pages */
+	unsigned long devmem_nfree;
 
 	struct cdev cdev;
 	struct device *chardev;
@@ -141,6 +152,15 @@ u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 void hmmgpu_fault_work(struct work_struct *work);
 int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		    unsigned long end, bool write);
+
+/* hmmgpu_devmem.c */
+struct hmm_dmirror_cmd;
+int hmmgpu_devmem_init(struct hmmgpu *gpu);
+void hmmgpu_devmem_fini(struct hmmgpu *gpu);
+void hmmgpu_devmem_evict(struct hmmgpu *gpu);
+bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page);
+u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page);
+int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bool to_vram);
 
 /* hmmgpu_mirror.c */
 extern const struct file_operations hmmgpu_mirror_fops;

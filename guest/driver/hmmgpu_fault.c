@@ -33,6 +33,9 @@ static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int o
 
 	if (hpfn & HMM_PFN_WRITE)
 		flags |= HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC;
+	/* migrated to this GPU: the device reads its own VRAM */
+	if (hmmgpu_page_is_vram(gpu, page))
+		return hmmgpu_vram_offset(gpu, page) | flags | HMMGPU_PTE_VRAM;
 	dma = dma_map_page(&gpu->pdev->dev, page, 0, PAGE_SIZE << order, DMA_BIDIRECTIONAL);
 	if (dma_mapping_error(&gpu->pdev->dev, dma))
 		return 0;
@@ -56,15 +59,16 @@ static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *rang
 		if (!(hpfn & HMM_PFN_VALID))
 			return -EFAULT;
 		if (hmm_pfn_to_map_order(hpfn) >= 9 && IS_ALIGNED(va, 1UL << 21) &&
-		    i + 512 <= npages)
+		    i + 512 <= npages && !is_device_private_page(hmm_pfn_to_page(hpfn)))
 			order = 9;
 		pte = hmmgpu_pte_for(mirror->gpu, hpfn, order);
 		if (!pte)
 			return -ENOMEM;
 		ret = hmmgpu_pt_map(mirror, va, pte, order, replaced);
 		if (ret == -EEXIST) {
-			dma_unmap_page(&mirror->gpu->pdev->dev, pte & HMMGPU_PTE_ADDR_MASK,
-				       PAGE_SIZE << order, DMA_BIDIRECTIONAL);
+			if (!(pte & HMMGPU_PTE_VRAM))
+				dma_unmap_page(&mirror->gpu->pdev->dev, pte & HMMGPU_PTE_ADDR_MASK,
+					       PAGE_SIZE << order, DMA_BIDIRECTIONAL);
 			pte = hmmgpu_pte_for(mirror->gpu, hpfn, 0);
 			order = 0;
 			ret = pte ? hmmgpu_pt_map(mirror, va, pte, 0, replaced) : -ENOMEM;

@@ -281,15 +281,20 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		goto free_vectors;
 	pci_set_drvdata(pdev, gpu);
-	ret = hmmgpu_chardev_add(gpu);
+	ret = hmmgpu_devmem_init(gpu);
 	if (ret)
 		goto engine_fini;
+	ret = hmmgpu_chardev_add(gpu);
+	if (ret)
+		goto devmem_fini;
 	dev_info(&pdev->dev, "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, /dev/hmm_dmirror%d\n",
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) >> 16,
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) & 0xffff, gpu->vram_size >> 20,
 		 gpu->nvec, gpu->minor);
 	return 0;
 
+devmem_fini:
+	hmmgpu_devmem_fini(gpu);
 engine_fini:
 	hmmgpu_engine_fini(gpu);
 free_vectors:
@@ -305,6 +310,7 @@ static void hmmgpu_remove(struct pci_dev *pdev)
 
 	hmmgpu_chardev_del(gpu);
 	/* no mirror is left: every file holds a module reference */
+	hmmgpu_devmem_fini(gpu);
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	cancel_work_sync(&gpu->fault_work);
 	hmmgpu_free_vectors(gpu);

@@ -333,10 +333,18 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 		ret = 0;
 		break;
 	case HMM_DMIRROR_RELEASE:
-		ret = 0;	/* no device memory is in use yet */
+		hmmgpu_devmem_evict(mirror->gpu);
+		ret = 0;
 		break;
 	case HMM_DMIRROR_MIGRATE_TO_DEV:
+		ret = hmmgpu_migrate(mirror, &cmd, true);
+		/* like the reference, hand back what the device now holds */
+		if (!ret)
+			ret = hmmgpu_mirror_read(mirror, &cmd);
+		break;
 	case HMM_DMIRROR_MIGRATE_TO_SYS:
+		ret = hmmgpu_migrate(mirror, &cmd, false);
+		break;
 	case HMM_DMIRROR_EXCLUSIVE:
 	case HMM_DMIRROR_CHECK_EXCLUSIVE:
 	case HMM_DMIRROR_READ_UNLOCKED:
