@@ -37,7 +37,7 @@
 
 #define HMMGPU_MAX_DEVICES	4
 #define HMMGPU_RING_ENTRIES	256
-#define HMMGPU_MAX_BATCH	16	/* commands per submission */
+#define HMMGPU_MAX_BATCH	128	/* commands per submission */
 #define HMMGPU_FAULT_ENTRIES	512
 #define HMMGPU_BOUNCE_SIZE	(256 * 1024)
 #define HMMGPU_FENCE_TIMEOUT_MS	30000

@@ -28,7 +28,7 @@
 #include "hmmgpu.h"
 #include "test_hmm_uapi.h"
 
-#define MIGRATE_CHUNK	HMMGPU_MAX_BATCH	/* pages per migrate_vma round */
+#define MIGRATE_CHUNK	512	/* pages per migrate_vma round: 2 MiB */
 
 static struct hmmgpu *page_gpu(struct page *page)
 {
@@ -75,12 +75,18 @@ static void hmmgpu_folio_free(struct folio *folio)
 static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 			     unsigned int src_ap, unsigned int dst_ap, int n)
 {
-	struct hmmgpu_command cmds[HMMGPU_MAX_BATCH];
-	u64 status[HMMGPU_MAX_BATCH];
 	u32 to = dst_ap << HMMGPU_DST_APERTURE_SHIFT;
 	u32 from = src_ap << HMMGPU_SRC_APERTURE_SHIFT;
-	int i, done, batch, ret;
+	struct hmmgpu_command *cmds;
+	int i, done, batch, ret = 0;
+	u64 *status;
 
+	cmds = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*cmds), GFP_KERNEL);
+	status = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*status), GFP_KERNEL);
+	if (!cmds || !status) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	for (done = 0; done < n; done += batch) {
 		batch = min(n - done, HMMGPU_MAX_BATCH);
 		for (i = 0; i < batch; i++) {
@@ -92,13 +98,16 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 				hmmgpu_cmd(&cmds[i], HMMGPU_OP_COPY, from | to, 0, s, d, PAGE_SIZE);
 		}
 		ret = hmmgpu_queue_run(&gpu->kq, cmds, batch, status);
-		if (ret)
-			return ret;
-		for (i = 0; i < batch; i++)
+		for (i = 0; i < batch && !ret; i++)
 			if (status[i])
-				return -EIO;
+				ret = -EIO;
+		if (ret)
+			break;
 	}
-	return 0;
+out:
+	kfree(cmds);
+	kfree(status);
+	return ret;
 }
 
 /* Map system pages for the device; U64_MAX for a missing page. */
@@ -136,12 +145,25 @@ static void hmmgpu_unmap_pages(struct hmmgpu *gpu, const u64 *dma, int n)
  * Fill dst[] for pages leaving VRAM: allocate system pages (locked), copy with
  * the device. @alloc returns a new page for index i or NULL.
  */
+struct copy_list {
+	struct page *sys[MIGRATE_CHUNK];
+	u64 from[MIGRATE_CHUNK];
+	u64 to[MIGRATE_CHUNK];
+};
+
 static int hmmgpu_evacuate(struct hmmgpu *gpu, const unsigned long *src, unsigned long *dst,
 			   int n, struct page *(*alloc)(void *arg, int i), void *arg)
 {
-	struct page *sys[MIGRATE_CHUNK];
-	u64 from[MIGRATE_CHUNK], to[MIGRATE_CHUNK];
+	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
+	struct page **sys;
+	u64 *from, *to;
 	int i, m = 0, ret;
+
+	if (!l)
+		return -ENOMEM;
+	sys = l->sys;
+	from = l->from;
+	to = l->to;
 
 	for (i = 0; i < n; i++) {
 		struct page *page = migrate_pfn_to_page(src[i]);
@@ -175,6 +197,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, const unsigned long *src, unsigne
 			dst[i] = 0;
 		}
 	}
+	kfree(l);
 	return ret;
 }
 
@@ -229,11 +252,18 @@ static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
 /* One migrate_vma round toward VRAM: allocate device pages, copy, commit. */
 static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args)
 {
+	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
 	struct hmmgpu *gpu = mirror->gpu;
-	struct page *sys[MIGRATE_CHUNK];
-	u64 from[MIGRATE_CHUNK], to[MIGRATE_CHUNK];
+	struct page **sys;
+	u64 *from, *to;
 	unsigned long i;
 	int m = 0, ret;
+
+	if (!l)
+		return -ENOMEM;
+	sys = l->sys;
+	from = l->from;
+	to = l->to;
 
 	for (i = 0; i < args->npages; i++) {
 		struct page *spage = migrate_pfn_to_page(args->src[i]);
@@ -274,14 +304,17 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 			args->dst[i] = 0;
 		}
 	}
+	kfree(l);
 	return ret;
 }
 
-static bool hmmgpu_migrated(struct hmmgpu *gpu, unsigned long mpfn, bool to_vram)
+/* After migrate_vma_pages(): did this page move? */
+static bool hmmgpu_migrated(struct hmmgpu *gpu, unsigned long src, unsigned long dst,
+			    bool to_vram)
 {
-	struct page *page = migrate_pfn_to_page(mpfn);
+	struct page *page = migrate_pfn_to_page(dst);
 
-	return (mpfn & MIGRATE_PFN_MIGRATE) && page &&
+	return (src & MIGRATE_PFN_MIGRATE) && page &&
 	       hmmgpu_page_is_vram(gpu, page) == to_vram;
 }
 
@@ -291,12 +324,18 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	struct hmmgpu *gpu = mirror->gpu;
 	struct mm_struct *mm = mirror->notifier.mm;
 	unsigned long start = cmd->addr, end = start + (cmd->npages << PAGE_SHIFT);
-	unsigned long src[MIGRATE_CHUNK], dst[MIGRATE_CHUNK];
+	unsigned long *src, *dst;
 	unsigned long addr, next, i;
 	int ret = 0;
 
-	if (!mmget_not_zero(mm))
+	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL);
+	if (!src)
+		return -ENOMEM;
+	dst = src + MIGRATE_CHUNK;
+	if (!mmget_not_zero(mm)) {
+		kvfree(src);
 		return -EINVAL;
+	}
 	mmap_read_lock(mm);
 	for (addr = start; addr < end && !ret; addr = next) {
 		struct vm_area_struct *vma = vma_lookup(mm, addr);
@@ -329,12 +368,16 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 		}
 		migrate_vma_pages(&args);
 		for (i = 0; i < args.npages; i++)
-			if (hmmgpu_migrated(gpu, dst[i], to_vram))
+			if (hmmgpu_migrated(gpu, src[i], dst[i], to_vram))
 				cmd->cpages++;
 		migrate_vma_finalize(&args);
 	}
 	mmap_read_unlock(mm);
 	mmput(mm);
+	kvfree(src);
+	/* like the reference: nothing migratable (shared memory) is -ENOENT */
+	if (!ret && to_vram && !cmd->cpages && cmd->npages)
+		ret = -ENOENT;
 	return ret;
 }
 
@@ -342,8 +385,11 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 {
 	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
-	unsigned long src[MIGRATE_CHUNK], dst[MIGRATE_CHUNK];
+	unsigned long *src, *dst;
 	unsigned long pfn;
+
+	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL | __GFP_NOFAIL);
+	dst = src + MIGRATE_CHUNK;
 
 	for (pfn = 0; pfn < npages; pfn += MIGRATE_CHUNK) {
 		unsigned long n = min_t(unsigned long, MIGRATE_CHUNK, npages - pfn);
@@ -354,6 +400,7 @@ void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 		migrate_device_pages(src, dst, n);
 		migrate_device_finalize(src, dst, n);
 	}
+	kvfree(src);
 }
 
 int hmmgpu_devmem_init(struct hmmgpu *gpu)
