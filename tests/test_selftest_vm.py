@@ -34,7 +34,7 @@ def test_reference_hmm_tests_run_completely_without_failures(paths) -> None:
 
 
 # The device-private cases the hmmgpu driver passes so far. Still missing:
-# device-exclusive access (exclusive*), READ_UNLOCKED (userfaultfd_read),
+# READ_UNLOCKED (userfaultfd_read),
 # THP-sized device folios (migrate_anon_huge_fault), the cross-GPU
 # migrate_mixed, and migration fast enough for benchmark_thp_migration's 120 s.
 IMPLEMENTED = ["open_close", "anon_read", "anon_read_prot", "anon_write", "anon_write_prot",
@@ -44,7 +44,8 @@ IMPLEMENTED = ["open_close", "anon_read", "anon_read_prot", "anon_write", "anon_
                "anon_teardown", "mixedmap", "compound", "hmm_cow_in_device",
                "migrate_anon_huge_empty", "migrate_anon_huge_zero", "migrate_anon_huge_free",
                "migrate_partial_unmap_fault", "migrate_remap_fault", "migrate_anon_huge_err",
-               "migrate_anon_huge_zero_err"]
+               "migrate_anon_huge_zero_err", "exclusive", "exclusive_mprotect",
+               "exclusive_cow"]
 IMPLEMENTED_HMM2 = ["snapshot", "double_map"]
 
 

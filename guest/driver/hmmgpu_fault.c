@@ -31,8 +31,9 @@ static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int o
 	u64 flags = HMMGPU_PTE_READ;
 	dma_addr_t dma;
 
+	/* ATOMIC is granted only with device-exclusive access (hmmgpu_mirror.c) */
 	if (hpfn & HMM_PFN_WRITE)
-		flags |= HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC;
+		flags |= HMMGPU_PTE_WRITE;
 	/* migrated to this GPU: the device reads its own VRAM */
 	if (hmmgpu_page_is_vram(gpu, page))
 		return hmmgpu_vram_offset(gpu, page) | flags | HMMGPU_PTE_VRAM;

@@ -16,6 +16,7 @@
 #include <linux/hmm.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
+#include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -29,6 +30,11 @@ static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
 	struct hmmgpu_mirror *mirror = container_of(mni, struct hmmgpu_mirror, notifier);
 	bool cleared;
 
+	/* our own make_device_exclusive(): the mapping is being set up, not lost */
+	if (range->event == MMU_NOTIFY_EXCLUSIVE && range->owner == mirror->gpu) {
+		mmu_interval_set_seq(mni, cur_seq);
+		return true;
+	}
 	if (mmu_notifier_range_blockable(range))
 		mutex_lock(&mirror->mutex);
 	else if (!mutex_trylock(&mirror->mutex))
@@ -302,6 +308,69 @@ static int hmmgpu_mirror_snapshot(struct hmmgpu_mirror *mirror,
 	return ret;
 }
 
+/*
+ * EXCLUSIVE: take device-exclusive access to each page and map it with the
+ * ATOMIC permission; a CPU access later revokes it through the notifier.
+ * Then hand back the data through the device, like the reference.
+ */
+static int hmmgpu_mirror_exclusive(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+	struct mm_struct *mm = mirror->notifier.mm;
+	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
+	bool replaced = false;
+	unsigned long addr;
+	int ret = 0;
+
+	if (!mmget_not_zero(mm))
+		return -EINVAL;
+	mmap_read_lock(mm);
+	for (addr = cmd->addr; addr < end && !ret; addr += PAGE_SIZE) {
+		struct folio *folio;
+		struct page *page;
+		dma_addr_t dma;
+
+		page = make_device_exclusive(mm, addr, gpu, &folio);
+		if (IS_ERR(page)) {
+			ret = PTR_ERR(page);
+			break;
+		}
+		/* the folio lock keeps the CPU from taking the page back meanwhile */
+		dma = dma_map_page(&gpu->pdev->dev, page, 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(&gpu->pdev->dev, dma)) {
+			ret = -ENOMEM;
+		} else {
+			mutex_lock(&mirror->mutex);
+			ret = hmmgpu_pt_map(mirror, addr, dma | HMMGPU_PTE_READ |
+					    HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC, 0, &replaced);
+			mutex_unlock(&mirror->mutex);
+		}
+		folio_unlock(folio);
+		folio_put(folio);
+	}
+	mmap_read_unlock(mm);
+	mmput(mm);
+	if (!ret && replaced)
+		ret = hmmgpu_tlb_invalidate(gpu, mirror->ctx, cmd->addr, end - cmd->addr);
+	return ret ?: hmmgpu_mirror_read(mirror, cmd);
+}
+
+/* CHECK_EXCLUSIVE: 0 once no page of the range is mapped for atomics any more. */
+static int hmmgpu_mirror_check_exclusive(struct hmmgpu_mirror *mirror,
+					 struct hmm_dmirror_cmd *cmd)
+{
+	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
+	unsigned long addr;
+	int ret = 0;
+
+	mutex_lock(&mirror->mutex);
+	for (addr = cmd->addr; addr < end; addr += PAGE_SIZE)
+		if (hmmgpu_pt_lookup(mirror, addr) & HMMGPU_PTE_ATOMIC)
+			ret = -EPERM;
+	mutex_unlock(&mirror->mutex);
+	return ret;
+}
+
 static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigned long arg)
 {
 	struct hmmgpu_mirror *mirror = filp->private_data;
@@ -346,7 +415,11 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 		ret = hmmgpu_migrate(mirror, &cmd, false);
 		break;
 	case HMM_DMIRROR_EXCLUSIVE:
+		ret = hmmgpu_mirror_exclusive(mirror, &cmd);
+		break;
 	case HMM_DMIRROR_CHECK_EXCLUSIVE:
+		ret = hmmgpu_mirror_check_exclusive(mirror, &cmd);
+		break;
 	case HMM_DMIRROR_READ_UNLOCKED:
 		ret = -EOPNOTSUPP;	/* not implemented yet */
 		break;
