@@ -34,9 +34,8 @@ def test_reference_hmm_tests_run_completely_without_failures(paths) -> None:
 
 
 # The device-private cases the hmmgpu driver passes so far. Still missing:
-# READ_UNLOCKED (userfaultfd_read),
-# THP-sized device folios (migrate_anon_huge_fault), the cross-GPU
-# migrate_mixed, and migration fast enough for benchmark_thp_migration's 120 s.
+# THP-sized device folios (migrate_anon_huge_fault) and migration fast enough
+# for benchmark_thp_migration's 120 s.
 IMPLEMENTED = ["open_close", "anon_read", "anon_read_prot", "anon_write", "anon_write_prot",
                "anon_write_child", "anon_write_child_shared", "anon_write_huge", "file_read",
                "file_write", "migrate", "migrate_file_private", "migrate_fault",
@@ -45,8 +44,8 @@ IMPLEMENTED = ["open_close", "anon_read", "anon_read_prot", "anon_write", "anon_
                "migrate_anon_huge_empty", "migrate_anon_huge_zero", "migrate_anon_huge_free",
                "migrate_partial_unmap_fault", "migrate_remap_fault", "migrate_anon_huge_err",
                "migrate_anon_huge_zero_err", "exclusive", "exclusive_mprotect",
-               "exclusive_cow"]
-IMPLEMENTED_HMM2 = ["snapshot", "double_map"]
+               "exclusive_cow", "userfaultfd_read"]
+IMPLEMENTED_HMM2 = ["migrate_mixed", "snapshot", "double_map"]
 
 
 def test_emulated_gpus_pass_the_implemented_hmm_tests_cases(paths) -> None:

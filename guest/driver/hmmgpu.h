@@ -102,6 +102,7 @@ struct hmmgpu_mirror {
 	struct hmmgpu_pt *root;
 	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
 	unsigned long req_end;
+	bool req_unlocked;		/* READ_UNLOCKED: fault without holding mmap_lock */
 	atomic_t faults;		/* fault batches handled */
 	int fault_err;			/* why the last fault was cancelled */
 	u64 flags;			/* HMM_DMIRROR_FLAGS */

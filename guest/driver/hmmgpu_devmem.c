@@ -348,8 +348,8 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 					   MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 		};
 
-		if (!vma) {
-			ret = -EINVAL;
+		if (!vma || !(vma->vm_flags & VM_READ)) {
+			ret = -EINVAL;	/* a hole or a PROT_NONE area */
 			break;
 		}
 		next = min3(end, vma->vm_end, addr + (MIGRATE_CHUNK << PAGE_SHIFT));

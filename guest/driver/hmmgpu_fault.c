@@ -110,10 +110,15 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 			ret = -EBUSY;
 			goto put;
 		}
-		range.notifier_seq = mmu_interval_read_begin(range.notifier);
-		mmap_read_lock(mm);
-		ret = hmm_range_fault(&range);
-		mmap_read_unlock(mm);
+		if (READ_ONCE(mirror->req_unlocked)) {
+			/* takes mmap_lock itself and may drop it, so userfaultfd can resolve */
+			ret = hmm_range_fault_unlocked_timeout(&range, 0);
+		} else {
+			range.notifier_seq = mmu_interval_read_begin(range.notifier);
+			mmap_read_lock(mm);
+			ret = hmm_range_fault(&range);
+			mmap_read_unlock(mm);
+		}
 		if (ret == -EBUSY)
 			continue;
 		if (ret)

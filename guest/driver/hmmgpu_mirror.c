@@ -421,7 +421,9 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 		ret = hmmgpu_mirror_check_exclusive(mirror, &cmd);
 		break;
 	case HMM_DMIRROR_READ_UNLOCKED:
-		ret = -EOPNOTSUPP;	/* not implemented yet */
+		WRITE_ONCE(mirror->req_unlocked, true);
+		ret = hmmgpu_mirror_read(mirror, &cmd);
+		WRITE_ONCE(mirror->req_unlocked, false);
 		break;
 	default:
 		return -EINVAL;
