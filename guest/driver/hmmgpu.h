@@ -39,7 +39,8 @@
 #define HMMGPU_RING_ENTRIES	256
 #define HMMGPU_MAX_BATCH	128	/* commands per submission */
 #define HMMGPU_FAULT_ENTRIES	512
-#define HMMGPU_BOUNCE_SIZE	(256 * 1024)
+#define HMMGPU_BOUNCE_MAX	(4UL << 20)	/* READ/WRITE bounce buffer, at most */
+#define HMMGPU_BOUNCE_MIN	PAGE_SIZE
 #define HMMGPU_FENCE_TIMEOUT_MS	30000
 
 struct hmmgpu;

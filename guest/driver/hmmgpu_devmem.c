@@ -29,6 +29,7 @@
 #include "test_hmm_uapi.h"
 
 #define MIGRATE_CHUNK	512	/* pages per migrate_vma round: 2 MiB */
+#define MAX_RUN_PAGES	512	/* pages one COPY may move */
 
 static struct hmmgpu *page_gpu(struct page *page)
 {
@@ -87,15 +88,22 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 		ret = -ENOMEM;
 		goto out;
 	}
-	for (done = 0; done < n; done += batch) {
-		batch = min(n - done, HMMGPU_MAX_BATCH);
-		for (i = 0; i < batch; i++) {
-			u64 s = src[done + i], d = dst[done + i];
+	for (done = 0; done < n; ) {
+		/* one command per run of pages contiguous on both sides (split THPs) */
+		for (batch = 0; batch < HMMGPU_MAX_BATCH && done < n; batch++) {
+			u64 s = src[done], d = dst[done];
+			int run = 1;
 
+			while (done + run < n && run < MAX_RUN_PAGES && s != U64_MAX &&
+			       src[done + run] == s + run * PAGE_SIZE &&
+			       dst[done + run] == d + run * PAGE_SIZE)
+				run++;
 			if (s == U64_MAX)
-				hmmgpu_cmd(&cmds[i], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
+				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
 			else
-				hmmgpu_cmd(&cmds[i], HMMGPU_OP_COPY, from | to, 0, s, d, PAGE_SIZE);
+				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_COPY, from | to, 0, s, d,
+					   (u64)run * PAGE_SIZE);
+			done += run;
 		}
 		ret = hmmgpu_queue_run(&gpu->kq, cmds, batch, status);
 		for (i = 0; i < batch && !ret; i++)

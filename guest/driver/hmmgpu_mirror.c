@@ -14,6 +14,7 @@
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/hmm.h>
+#include <linux/log2.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
 #include <linux/rmap.h>
@@ -138,19 +139,28 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 	struct hmmgpu *gpu = mirror->gpu;
 	struct device *dev = &gpu->pdev->dev;
 	unsigned long done, chunk;
+	size_t bounce_size = HMMGPU_BOUNCE_MAX;
 	struct hmmgpu_command cmd;
 	dma_addr_t bounce_dma;
 	void *bounce;
 	u64 status;
 	int ret = 0;
 
-	bounce = dma_alloc_coherent(dev, HMMGPU_BOUNCE_SIZE, &bounce_dma, GFP_KERNEL);
+	/* a large bounce buffer saves round trips; settle for less if needed */
+	bounce_size = min_t(size_t, bounce_size, roundup_pow_of_two(size));
+	for (;;) {
+		bounce = dma_alloc_coherent(dev, bounce_size, &bounce_dma,
+					    GFP_KERNEL | __GFP_NOWARN);
+		if (bounce || bounce_size <= HMMGPU_BOUNCE_MIN)
+			break;
+		bounce_size /= 2;
+	}
 	if (!bounce)
 		return -ENOMEM;
 	WRITE_ONCE(mirror->req_start, start);
 	WRITE_ONCE(mirror->req_end, start + size);
 	for (done = 0; done < size; done += chunk) {
-		chunk = min_t(unsigned long, size - done, HMMGPU_BOUNCE_SIZE);
+		chunk = min_t(unsigned long, size - done, bounce_size);
 		if (opcode == HMMGPU_OP_WRITE)
 			memcpy(bounce, kbuf + done, chunk);
 		WRITE_ONCE(mirror->fault_err, 0);
@@ -172,7 +182,7 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 			memcpy(kbuf + done, bounce, chunk);
 	}
 	WRITE_ONCE(mirror->req_end, 0);
-	dma_free_coherent(dev, HMMGPU_BOUNCE_SIZE, bounce, bounce_dma);
+	dma_free_coherent(dev, bounce_size, bounce, bounce_dma);
 	return ret;
 }
 
