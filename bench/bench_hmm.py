@@ -1,0 +1,74 @@
+"""HMM benchmarks in one VM: the emulated GPUs against the reference test_hmm.ko.
+
+    python bench/bench_hmm.py [--fault-iterations 500]
+
+- hmm-tests wall time on the emulated GPUs (hmmgpu.ko) and on test_hmm.ko,
+  same guest, same run: the ratio is the figure (goal <= 1.0).
+- benchmark_thp_migration's table (sys->dev and dev->sys GB/s) for both.
+- Device fault round trip (device access to an unmapped page -> fault ->
+  hmm_range_fault -> PTE -> replay -> access done): median and p99 of a 1-page
+  READ that faults, next to the same READ without a fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from hmmgpu.host.lab import Lab, LabConfig
+from hmmgpu.host.paths import Paths
+from hmmgpu.host.provision import Provisioner
+from hmmgpu.host.selftest import SELFTEST_MEMORY_MB, run_in_lab
+
+THP_ROW = re.compile(r"^(Sys->Dev Migration|Dev->Sys Migration|S->D Throughput|"
+                     r"D->S Throughput)\s*\|\s*([\d.]+ \S+)\s*\|\s*([\d.]+ \S+)")
+SIZE = re.compile(r"^=== (.+) \((.+)\) ===")
+
+
+def thp_table(tap: str) -> list[tuple[str, str, str]]:
+    """(size, sys->dev GB/s with THP, dev->sys GB/s with THP) per size."""
+    rows, size, s2d = [], "", ""
+    for line in tap.splitlines():
+        if m := SIZE.match(line.strip()):
+            size = m.group(2)
+        elif (m := THP_ROW.match(line.strip())) and m.group(1).endswith("Throughput"):
+            if m.group(1).startswith("S->D"):
+                s2d = m.group(2)
+            else:
+                rows.append((size, s2d, m.group(2)))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fault-iterations", type=int, default=500)
+    args = p.parse_args()
+    paths = Paths.default()
+    Provisioner(paths).ensure()
+    with Lab(LabConfig(gpus=2, memory_mb=SELFTEST_MEMORY_MB), paths) as lab:
+        lab.boot()
+        results = {mode: run_in_lab(lab, mode) for mode in ("hmmgpu", "reference")}
+        lab.ssh("rmmod test_hmm; insmod " + lab.guest_bin("hmmgpu.ko"))
+        fault = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 "
+                        f"{args.fault_iterations}").stdout.split()
+        taps = {mode: (lab.run_dir / f"hmm-tests-{mode}.tap").read_text()
+                for mode in results}
+    gpu, ref = results["hmmgpu"], results["reference"]
+    for r in (gpu, ref):
+        print(r.summary())
+    print(f"hmm-tests wall time: emulated GPUs {gpu.wall_s:.0f} s, test_hmm.ko "
+          f"{ref.wall_s:.0f} s, ratio {gpu.wall_s / ref.wall_s:.2f} (goal <= 1.0)")
+    print("benchmark_thp_migration, with THP (sys->dev, dev->sys):")
+    ref_rows = {size: (a, b) for size, a, b in thp_table(taps["reference"])}
+    for size, s2d, d2s in thp_table(taps["hmmgpu"]):
+        rs2d, rd2s = ref_rows.get(size, ("-", "-"))
+        print(f"  {size:>8}: emulated GPU {s2d:>10} {d2s:>10} | test_hmm.ko {rs2d:>10} "
+              f"{rd2s:>10}")
+    print(f"device fault round trip ({args.fault_iterations} faults): median {fault[1]} us, "
+          f"p99 {fault[2]} us; the same READ without a fault: median {fault[4]} us, "
+          f"p99 {fault[5]} us")
+
+
+if __name__ == "__main__":
+    main()
