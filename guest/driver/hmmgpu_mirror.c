@@ -68,7 +68,7 @@ static int hmmgpu_mirror_open(struct inode *inode, struct file *filp)
 	unsigned int ctx;
 	int ret;
 
-	mirror = kzalloc(sizeof(*mirror), GFP_KERNEL);
+	mirror = kzalloc_obj(*mirror);
 	if (!mirror)
 		return -ENOMEM;
 	mirror->gpu = gpu;

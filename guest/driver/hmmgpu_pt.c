@@ -28,7 +28,7 @@ static unsigned int pt_index(unsigned long va, unsigned int level)
 
 static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu)
 {
-	struct hmmgpu_pt *pt = kzalloc(sizeof(*pt), GFP_KERNEL);
+	struct hmmgpu_pt *pt = kzalloc_obj(*pt);
 
 	if (!pt)
 		return NULL;
