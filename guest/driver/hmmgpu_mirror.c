@@ -186,18 +186,25 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 	return ret;
 }
 
-static int hmmgpu_mirror_read(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+/* READ or WRITE ioctl: the user buffer at cmd->ptr <-> the mirrored range. */
+static int hmmgpu_mirror_copy(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd,
+			      u32 opcode)
 {
 	unsigned long size = cmd->npages << PAGE_SHIFT;
+	void __user *uptr = u64_to_user_ptr(cmd->ptr);
 	int faults = atomic_read(&mirror->faults);
 	void *kbuf;
-	int ret;
+	int ret = 0;
 
 	kbuf = kvmalloc(size, GFP_KERNEL);
 	if (!kbuf)
 		return -ENOMEM;
-	ret = hmmgpu_mirror_rw(mirror, HMMGPU_OP_READ, cmd->addr, size, kbuf);
-	if (!ret && copy_to_user(u64_to_user_ptr(cmd->ptr), kbuf, size))
+	if (opcode == HMMGPU_OP_WRITE && copy_from_user(kbuf, uptr, size))
+		ret = -EFAULT;
+	if (!ret)
+		ret = hmmgpu_mirror_rw(mirror, opcode, cmd->addr, size, kbuf);
+	/* nothing reaches the user buffer unless the whole READ succeeded */
+	if (!ret && opcode == HMMGPU_OP_READ && copy_to_user(uptr, kbuf, size))
 		ret = -EFAULT;
 	if (!ret)
 		cmd->cpages = cmd->npages;
@@ -206,24 +213,9 @@ static int hmmgpu_mirror_read(struct hmmgpu_mirror *mirror, struct hmm_dmirror_c
 	return ret;
 }
 
-static int hmmgpu_mirror_write(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+static int hmmgpu_mirror_read(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
 {
-	unsigned long size = cmd->npages << PAGE_SHIFT;
-	int faults = atomic_read(&mirror->faults);
-	void *kbuf;
-	int ret;
-
-	kbuf = kvmalloc(size, GFP_KERNEL);
-	if (!kbuf)
-		return -ENOMEM;
-	ret = copy_from_user(kbuf, u64_to_user_ptr(cmd->ptr), size) ? -EFAULT : 0;
-	if (!ret)
-		ret = hmmgpu_mirror_rw(mirror, HMMGPU_OP_WRITE, cmd->addr, size, kbuf);
-	if (!ret)
-		cmd->cpages = cmd->npages;
-	cmd->faults = atomic_read(&mirror->faults) - faults;
-	kvfree(kbuf);
-	return ret;
+	return hmmgpu_mirror_copy(mirror, cmd, HMMGPU_OP_READ);
 }
 
 /* The reference's encoding of one hmm_range_fault() snapshot entry. */
@@ -402,7 +394,7 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 		ret = hmmgpu_mirror_read(mirror, &cmd);
 		break;
 	case HMM_DMIRROR_WRITE:
-		ret = hmmgpu_mirror_write(mirror, &cmd);
+		ret = hmmgpu_mirror_copy(mirror, &cmd, HMMGPU_OP_WRITE);
 		break;
 	case HMM_DMIRROR_SNAPSHOT:
 		ret = hmmgpu_mirror_snapshot(mirror, &cmd);
