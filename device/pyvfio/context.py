@@ -339,7 +339,9 @@ class Context:
         """Zero-copy numpy view of guest memory [addr, addr+length).
 
         Raises VfuError(EFAULT/ENOENT) when the range is not covered by a
-        mapped DMA region; the range may not straddle two regions."""
+        mapped DMA region; the range may not straddle two regions. With a
+        quiesce callback set, call it from the thread that calls run():
+        libvfio-user counts as quiesced until the current message is done."""
         prot = PROT_READ | (PROT_WRITE if write else 0)
         sgl = self.addr_to_sgl(addr, length, prot, max_segments=1)
         views, iov = self.sgl_get(sgl)
