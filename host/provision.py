@@ -149,7 +149,7 @@ class Provisioner:
                 except CommandFailed as e:
                     raise SetupError(f"step '{step.name}' failed: {e}") from e
                 stamp.parent.mkdir(parents=True, exist_ok=True)
-                stamp.write_text(self.keys(steps)[i - 1])
+                stamp.write_text(key)
                 say(f"[{i}/{len(steps)}] {step.name} done in {time.monotonic() - t0:.0f} s")
 
     # ---- steps ------------------------------------------------------------------

@@ -153,6 +153,40 @@ static void hmmgpu_unmap_pages(struct hmmgpu *gpu, const u64 *dma, int n)
  * Fill dst[] for pages leaving VRAM: allocate system pages (locked), copy with
  * the device. @alloc returns a new page for index i or NULL.
  */
+/* Map the system pages, copy m pages between them and VRAM, unmap. */
+static int hmmgpu_copy_sys_vram(struct hmmgpu *gpu, struct page **sys, u64 *sys_dma,
+				const u64 *vram, int m, bool to_vram)
+{
+	int ret = hmmgpu_map_pages(gpu, sys, sys_dma, m);
+
+	if (ret)
+		return ret;
+	if (to_vram)
+		ret = hmmgpu_copy_pages(gpu, sys_dma, vram, HMMGPU_APERTURE_SYS,
+					HMMGPU_APERTURE_VRAM, m);
+	else
+		ret = hmmgpu_copy_pages(gpu, vram, sys_dma, HMMGPU_APERTURE_VRAM,
+					HMMGPU_APERTURE_SYS, m);
+	hmmgpu_unmap_pages(gpu, sys_dma, m);
+	return ret;
+}
+
+/* After a failed copy: release the new (locked) destination pages. */
+static void hmmgpu_drop_dst(unsigned long *dst, unsigned long n)
+{
+	unsigned long i;
+
+	for (i = 0; i < n; i++) {
+		struct page *page = migrate_pfn_to_page(dst[i]);
+
+		if (page) {
+			unlock_page(page);
+			put_page(page);
+		}
+		dst[i] = 0;
+	}
+}
+
 struct copy_list {
 	struct page *sys[MIGRATE_CHUNK];
 	u64 from[MIGRATE_CHUNK];
@@ -187,24 +221,9 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, const unsigned long *src, unsigne
 		dst[i] = migrate_pfn(page_to_pfn(sys[m]));
 		m++;
 	}
-	ret = hmmgpu_map_pages(gpu, sys, to, m);
-	if (!ret) {
-		ret = hmmgpu_copy_pages(gpu, from, to, HMMGPU_APERTURE_VRAM, HMMGPU_APERTURE_SYS,
-					m);
-		hmmgpu_unmap_pages(gpu, to, m);
-	}
-	if (ret) {
-		/* leave the data where it is */
-		for (i = 0; i < n; i++) {
-			struct page *page = migrate_pfn_to_page(dst[i]);
-
-			if (page) {
-				unlock_page(page);
-				__free_page(page);
-			}
-			dst[i] = 0;
-		}
-	}
+	ret = hmmgpu_copy_sys_vram(gpu, sys, to, from, m, false);
+	if (ret)
+		hmmgpu_drop_dst(dst, n);	/* the data stays in VRAM */
 	kfree(l);
 	return ret;
 }
@@ -295,23 +314,9 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 			       (args->src[i] & MIGRATE_PFN_WRITE);
 		m++;
 	}
-	ret = hmmgpu_map_pages(gpu, sys, from, m);
-	if (!ret) {
-		ret = hmmgpu_copy_pages(gpu, from, to, HMMGPU_APERTURE_SYS, HMMGPU_APERTURE_VRAM,
-					m);
-		hmmgpu_unmap_pages(gpu, from, m);
-	}
-	if (ret) {
-		for (i = 0; i < args->npages; i++) {
-			struct page *dpage = migrate_pfn_to_page(args->dst[i]);
-
-			if (dpage) {
-				unlock_page(dpage);
-				put_page(dpage);
-			}
-			args->dst[i] = 0;
-		}
-	}
+	ret = hmmgpu_copy_sys_vram(gpu, sys, from, to, m, true);
+	if (ret)
+		hmmgpu_drop_dst(args->dst, args->npages);
 	kfree(l);
 	return ret;
 }
