@@ -13,7 +13,7 @@
  * DOC: locking
  * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
  * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
- * hmmgpu.devmem_lock (spin)   the free device-page stack
+ * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts
  * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
  *                             path around mmu_interval_read_retry() and by the
  *                             invalidate callback (trylock when non-blockable)
@@ -86,9 +86,13 @@ struct hmmgpu {
 	struct dev_pagemap pgmap;
 	struct resource *devmem_res;
 	unsigned long devmem_pfn;	/* pfn of VRAM offset 0 */
-	spinlock_t devmem_lock;		/* the free stack below */
-	u32 *devmem_free;		/* indexes of free device pages */
+	spinlock_t devmem_lock;		/* the allocator fields below */
+	unsigned long *devmem_bitmap;	/* a set bit is a free device page */
+	u16 *devmem_chunk_free;		/* free pages in each 2 MiB chunk */
+	unsigned long *devmem_large;	/* chunks that have held a THP */
+	unsigned long devmem_nchunks;
 	unsigned long devmem_nfree;
+	unsigned long devmem_hint;	/* chunk that served the last 4 KiB page */
 
 	struct cdev cdev;
 	struct device *chardev;
@@ -162,6 +166,7 @@ void hmmgpu_devmem_fini(struct hmmgpu *gpu);
 void hmmgpu_devmem_evict(struct hmmgpu *gpu);
 bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page);
 u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page);
+unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu);
 int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bool to_vram);
 
 /* hmmgpu_mirror.c */

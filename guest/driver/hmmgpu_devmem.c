@@ -5,9 +5,11 @@
  * DOC: device memory
  * The whole VRAM is registered with memremap_pages() as MEMORY_DEVICE_PRIVATE
  * over a free physical range (request_free_mem_region()); device page N is
- * VRAM offset N * PAGE_SIZE. Free device pages sit on a stack of page indexes
- * under devmem_lock; folio_free() pushes a page back when its last reference
- * goes.
+ * VRAM offset N * PAGE_SIZE. A bitmap of free pages and a free count per 2 MiB
+ * chunk, under devmem_lock, serve both sizes of device folio: a THP takes a
+ * whole free chunk, a 4 KiB page comes from a partly used chunk first, and
+ * folio_free() gives pages back, so a chunk is whole again once all its pages
+ * are freed. Chunks that held a THP serve only THPs afterwards.
  *
  * DOC: migration
  * Every copy is done by the device's COPY engine on the kernel queue, never
@@ -46,26 +48,106 @@ u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page)
 	return (u64)(page_to_pfn(page) - gpu->devmem_pfn) << PAGE_SHIFT;
 }
 
-static struct page *hmmgpu_devmem_alloc(struct hmmgpu *gpu)
+static unsigned long hmmgpu_chunk_pages(struct hmmgpu *gpu, unsigned long c)
 {
-	struct page *page = NULL;
+	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
+
+	return min_t(unsigned long, HPAGE_PMD_NR, npages - c * HPAGE_PMD_NR);
+}
+
+/*
+ * Pick the chunk for a 4 KiB page: a partly used one first, to keep whole
+ * chunks for THPs. A chunk that has held a THP never serves 4 KiB pages, as
+ * the reference driver's pools do: on 7.3, the pages of a freed device THP
+ * reused as 4 KiB folios left CPU migration entries that never resolved.
+ */
+static long hmmgpu_chunk_for_page(struct hmmgpu *gpu)
+{
+	long c, any = -1;
+
+	c = gpu->devmem_hint;
+	if (c < gpu->devmem_nchunks && gpu->devmem_chunk_free[c] &&
+	    !test_bit(c, gpu->devmem_large))
+		return c;
+	for (c = 0; c < gpu->devmem_nchunks; c++) {
+		if (!gpu->devmem_chunk_free[c] || test_bit(c, gpu->devmem_large))
+			continue;
+		if (gpu->devmem_chunk_free[c] < hmmgpu_chunk_pages(gpu, c))
+			return c;
+		if (any < 0)
+			any = c;
+	}
+	return any;
+}
+
+/* Pick a whole chunk for a THP: one that held a THP before, else a fresh one. */
+static long hmmgpu_chunk_for_thp(struct hmmgpu *gpu)
+{
+	long c, any = -1;
+
+	for (c = 0; c < gpu->devmem_nchunks; c++) {
+		if (gpu->devmem_chunk_free[c] != HPAGE_PMD_NR)
+			continue;
+		if (test_bit(c, gpu->devmem_large))
+			return c;
+		if (any < 0)
+			any = c;
+	}
+	return any;
+}
+
+/* Allocate a device folio of @order (0, or HPAGE_PMD_ORDER for a THP). */
+static struct page *hmmgpu_devmem_alloc(struct hmmgpu *gpu, unsigned int order)
+{
+	unsigned long idx = ULONG_MAX;
+	struct page *page;
+	long c;
 
 	spin_lock(&gpu->devmem_lock);
-	if (gpu->devmem_nfree)
-		page = pfn_to_page(gpu->devmem_pfn + gpu->devmem_free[--gpu->devmem_nfree]);
+	if (order) {
+		c = hmmgpu_chunk_for_thp(gpu);
+		if (c >= 0) {
+			idx = c * HPAGE_PMD_NR;
+			bitmap_clear(gpu->devmem_bitmap, idx, HPAGE_PMD_NR);
+			gpu->devmem_chunk_free[c] = 0;
+			__set_bit(c, gpu->devmem_large);
+		}
+	} else {
+		c = hmmgpu_chunk_for_page(gpu);
+		if (c >= 0) {
+			idx = find_next_bit(gpu->devmem_bitmap, c * HPAGE_PMD_NR +
+					    hmmgpu_chunk_pages(gpu, c), c * HPAGE_PMD_NR);
+			__clear_bit(idx, gpu->devmem_bitmap);
+			gpu->devmem_chunk_free[c]--;
+			gpu->devmem_hint = c;
+		}
+	}
+	if (idx != ULONG_MAX)
+		gpu->devmem_nfree -= 1UL << order;
 	spin_unlock(&gpu->devmem_lock);
-	if (page)
-		zone_device_folio_init(page_folio(page), &gpu->pgmap, 0);
+	if (idx == ULONG_MAX)
+		return NULL;
+	page = pfn_to_page(gpu->devmem_pfn + idx);
+	zone_device_folio_init(page_folio(page), &gpu->pgmap, order);
 	return page;
 }
 
 static void hmmgpu_folio_free(struct folio *folio)
 {
 	struct hmmgpu *gpu = page_gpu(&folio->page);
+	unsigned long idx = folio_pfn(folio) - gpu->devmem_pfn;
+	unsigned long nr = folio_nr_pages(folio);
 
 	spin_lock(&gpu->devmem_lock);
-	gpu->devmem_free[gpu->devmem_nfree++] = folio_pfn(folio) - gpu->devmem_pfn;
+	bitmap_set(gpu->devmem_bitmap, idx, nr);
+	gpu->devmem_chunk_free[idx / HPAGE_PMD_NR] += nr;
+	gpu->devmem_nfree += nr;
 	spin_unlock(&gpu->devmem_lock);
+}
+
+unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
+{
+	return READ_ONCE(gpu->devmem_nfree);
 }
 
 /*
@@ -149,10 +231,6 @@ static void hmmgpu_unmap_pages(struct hmmgpu *gpu, const u64 *dma, int n)
 			dma_unmap_page(&gpu->pdev->dev, dma[i], PAGE_SIZE, DMA_BIDIRECTIONAL);
 }
 
-/*
- * Fill dst[] for pages leaving VRAM: allocate system pages (locked), copy with
- * the device. @alloc returns a new page for index i or NULL.
- */
 /* Map the system pages, copy m pages between them and VRAM, unmap. */
 static int hmmgpu_copy_sys_vram(struct hmmgpu *gpu, struct page **sys, u64 *sys_dma,
 				const u64 *vram, int m, bool to_vram)
@@ -188,40 +266,92 @@ static void hmmgpu_drop_dst(unsigned long *dst, unsigned long n)
 }
 
 struct copy_list {
-	struct page *sys[MIGRATE_CHUNK];
-	u64 from[MIGRATE_CHUNK];
-	u64 to[MIGRATE_CHUNK];
+	struct page *sys[MIGRATE_CHUNK];	/* NULL: no source, zero-fill */
+	u64 sys_dma[MIGRATE_CHUNK];
+	u64 vram[MIGRATE_CHUNK];
+	int n;
 };
 
-static int hmmgpu_evacuate(struct hmmgpu *gpu, const unsigned long *src, unsigned long *dst,
-			   int n, struct page *(*alloc)(void *arg, int i), void *arg)
+/* Queue the copy of the @nr pages of a folio (or of one page): system side, VRAM offset. */
+static void hmmgpu_copy_add(struct copy_list *l, struct page *sys, u64 vram, unsigned long nr)
+{
+	unsigned long k;
+
+	for (k = 0; k < nr; k++) {
+		l->sys[l->n] = sys ? sys + k : NULL;	/* pages of a folio are contiguous */
+		l->vram[l->n] = vram + k * PAGE_SIZE;
+		l->n++;
+	}
+}
+
+/*
+ * A new system folio of @order for the page at index @i of a migration;
+ * NULL when there is none (an order-0 page never fails for eviction).
+ */
+typedef struct folio *(*sys_alloc_fn)(void *arg, unsigned long i, unsigned int order);
+
+/*
+ * Fill dst[] for device pages leaving VRAM: allocate system folios (locked),
+ * copy with the device. A THP goes to a system THP when one can be had; else,
+ * when @can_split, to 4 KiB pages and the kernel splits the device folio.
+ * @fail_once: the dmirror FAIL_ALLOC knob, which forces that fallback once.
+ */
+static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long *dst,
+			   unsigned long n, sys_alloc_fn alloc, void *arg, bool can_split,
+			   bool *fail_once)
 {
 	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
-	struct page **sys;
-	u64 *from, *to;
-	int i, m = 0, ret;
+	unsigned long i, k, nr;
+	int ret;
 
 	if (!l)
 		return -ENOMEM;
-	sys = l->sys;
-	from = l->from;
-	to = l->to;
-
-	for (i = 0; i < n; i++) {
+	l->n = 0;
+	memset(dst, 0, n * sizeof(*dst));
+	for (i = 0; i < n; i += nr) {
 		struct page *page = migrate_pfn_to_page(src[i]);
+		unsigned int order = 0;
+		struct folio *folio = NULL;
+		u64 from;
 
-		dst[i] = 0;
+		nr = 1;
 		if (!page || !(src[i] & MIGRATE_PFN_MIGRATE) || !hmmgpu_page_is_vram(gpu, page))
 			continue;
-		sys[m] = alloc(arg, i);
-		if (!sys[m])
+		from = hmmgpu_vram_offset(gpu, page);
+		if (src[i] & MIGRATE_PFN_COMPOUND) {
+			order = folio_order(page_folio(page));
+			nr = min(1UL << order, n - i);
+			if (fail_once && *fail_once)
+				*fail_once = false;
+			else
+				folio = alloc(arg, i, order);
+			if (folio) {
+				folio_lock(folio);
+				dst[i] = migrate_pfn(folio_pfn(folio)) | MIGRATE_PFN_COMPOUND;
+				hmmgpu_copy_add(l, &folio->page, from, nr);
+				continue;
+			}
+			if (!can_split)
+				continue;	/* this folio stays in VRAM */
+			/* 4 KiB pages: migrate_vma_pages() splits the device folio */
+			for (k = 0; k < nr; k++) {
+				folio = alloc(arg, i + k, 0);
+				if (!folio)
+					break;
+				folio_lock(folio);
+				dst[i + k] = migrate_pfn(folio_pfn(folio));
+				hmmgpu_copy_add(l, &folio->page, from + k * PAGE_SIZE, 1);
+			}
+			continue;
+		}
+		folio = alloc(arg, i, 0);
+		if (!folio)
 			continue;	/* this page stays in VRAM */
-		lock_page(sys[m]);
-		from[m] = hmmgpu_vram_offset(gpu, page);
-		dst[i] = migrate_pfn(page_to_pfn(sys[m]));
-		m++;
+		folio_lock(folio);
+		dst[i] = migrate_pfn(folio_pfn(folio));
+		hmmgpu_copy_add(l, &folio->page, from, 1);
 	}
-	ret = hmmgpu_copy_sys_vram(gpu, sys, to, from, m, false);
+	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, false);
 	if (ret)
 		hmmgpu_drop_dst(dst, n);	/* the data stays in VRAM */
 	kfree(l);
@@ -233,42 +363,58 @@ struct vma_alloc_arg {
 	unsigned long start;
 };
 
-static struct page *hmmgpu_alloc_sys_vma(void *p, int i)
+static struct folio *hmmgpu_alloc_sys_vma(void *p, unsigned long i, unsigned int order)
 {
 	struct vma_alloc_arg *arg = p;
 
-	return alloc_page_vma(GFP_HIGHUSER_MOVABLE, arg->vma, arg->start + i * PAGE_SIZE);
+	return vma_alloc_folio(GFP_HIGHUSER_MOVABLE | (order ? __GFP_NOWARN : 0), order,
+			       arg->vma, arg->start + i * PAGE_SIZE);
 }
 
-static struct page *hmmgpu_alloc_sys(void *p, int i)
+static struct folio *hmmgpu_alloc_sys(void *p, unsigned long i, unsigned int order)
 {
-	return alloc_page(GFP_HIGHUSER_MOVABLE | __GFP_NOFAIL);
+	if (!order)
+		return folio_alloc(GFP_HIGHUSER_MOVABLE | __GFP_NOFAIL, 0);
+	return folio_alloc(GFP_HIGHUSER_MOVABLE | __GFP_RETRY_MAYFAIL | __GFP_NOWARN, order);
 }
 
-/* A CPU touched a device page: bring it back with the copy engine. */
+/*
+ * A CPU touched a device page: bring it back with the copy engine, the whole
+ * THP when the device folio is mapped by a PMD, else the one page.
+ */
 static vm_fault_t hmmgpu_migrate_to_ram(struct vm_fault *vmf)
 {
 	struct hmmgpu *gpu = page_gpu(vmf->page);
-	unsigned long src = 0, dst = 0;
+	unsigned int order = vmf->pte ? 0 : folio_order(page_folio(vmf->page));
+	unsigned long nr = 1UL << order;
 	struct migrate_vma args = {
 		.vma = vmf->vma,
-		.start = vmf->address & PAGE_MASK,
-		.end = (vmf->address & PAGE_MASK) + PAGE_SIZE,
-		.src = &src,
-		.dst = &dst,
+		.start = ALIGN_DOWN(vmf->address, PAGE_SIZE << order),
 		.pgmap_owner = gpu,
-		.flags = MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+		.flags = MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
+			 (order ? MIGRATE_VMA_SELECT_COMPOUND : 0),
 		.fault_page = vmf->page,
 	};
 	struct vma_alloc_arg arg = { .vma = vmf->vma, .start = args.start };
-	int ret;
+	vm_fault_t fault = 0;
 
-	if (migrate_vma_setup(&args))
-		return VM_FAULT_SIGBUS;
-	ret = hmmgpu_evacuate(gpu, &src, &dst, 1, hmmgpu_alloc_sys_vma, &arg);
+	args.end = args.start + (nr << PAGE_SHIFT);
+	args.src = kcalloc(2 * nr, sizeof(*args.src), GFP_KERNEL);
+	if (!args.src)
+		return VM_FAULT_OOM;
+	args.dst = args.src + nr;
+	if (migrate_vma_setup(&args)) {
+		fault = VM_FAULT_SIGBUS;
+		goto out;
+	}
+	if (hmmgpu_evacuate(gpu, args.src, args.dst, args.npages, hmmgpu_alloc_sys_vma, &arg,
+			    true, NULL))
+		fault = VM_FAULT_SIGBUS;
 	migrate_vma_pages(&args);
 	migrate_vma_finalize(&args);
-	return ret ? VM_FAULT_SIGBUS : 0;
+out:
+	kfree(args.src);
+	return fault;
 }
 
 static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
@@ -276,59 +422,86 @@ static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
 	.migrate_to_ram = hmmgpu_migrate_to_ram,
 };
 
-/* One migrate_vma round toward VRAM: allocate device pages, copy, commit. */
+/*
+ * One migrate_vma round toward VRAM: allocate device folios, copy, commit. A
+ * THP (or a 2 MiB hole) gets a 2 MiB device folio when one is free; else 4 KiB
+ * device pages, and migrate_vma_pages() splits the source.
+ */
 static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args)
 {
 	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
 	struct hmmgpu *gpu = mirror->gpu;
-	struct page **sys;
-	u64 *from, *to;
-	unsigned long i;
-	int m = 0, ret;
+	unsigned long i, k, nr;
+	int ret;
 
 	if (!l)
 		return -ENOMEM;
-	sys = l->sys;
-	from = l->from;
-	to = l->to;
-
-	for (i = 0; i < args->npages; i++) {
-		struct page *spage = migrate_pfn_to_page(args->src[i]);
+	l->n = 0;
+	memset(args->dst, 0, args->npages * sizeof(*args->dst));
+	for (i = 0; i < args->npages; i += nr) {
+		unsigned long src = args->src[i];
+		unsigned long write = src & MIGRATE_PFN_WRITE;
+		struct page *spage = migrate_pfn_to_page(src);
+		bool fail = false;
 		struct page *dpage;
 
-		args->dst[i] = 0;
-		if (!(args->src[i] & MIGRATE_PFN_MIGRATE))
+		nr = 1;
+		if (!(src & MIGRATE_PFN_MIGRATE))
 			continue;
 		if (spage && is_device_private_page(spage))
 			continue;	/* already device memory (ours or another GPU's) */
 		if (mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC) {
 			mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
-			continue;	/* the test asked for one failed allocation */
+			fail = true;	/* the test asked for one failed allocation */
 		}
-		dpage = hmmgpu_devmem_alloc(gpu);
+		if (src & MIGRATE_PFN_COMPOUND) {
+			nr = min_t(unsigned long, HPAGE_PMD_NR, args->npages - i);
+			dpage = fail ? NULL : hmmgpu_devmem_alloc(gpu, HPAGE_PMD_ORDER);
+			if (dpage) {
+				args->dst[i] = migrate_pfn(page_to_pfn(dpage)) | write |
+					       MIGRATE_PFN_COMPOUND;
+				hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(gpu, dpage), nr);
+				continue;
+			}
+			/* all 4 KiB pages or none: a hole is filled as a whole */
+			for (k = 0; k < nr; k++) {
+				dpage = hmmgpu_devmem_alloc(gpu, 0);
+				if (!dpage)
+					break;
+				args->dst[i + k] = migrate_pfn(page_to_pfn(dpage)) | write;
+				hmmgpu_copy_add(l, spage ? spage + k : NULL,
+						hmmgpu_vram_offset(gpu, dpage), 1);
+			}
+			if (k < nr) {
+				l->n -= k;
+				hmmgpu_drop_dst(args->dst + i, k);
+			}
+			continue;
+		}
+		if (fail)
+			continue;
+		dpage = hmmgpu_devmem_alloc(gpu, 0);
 		if (!dpage)
 			continue;
-		sys[m] = spage;
-		to[m] = hmmgpu_vram_offset(gpu, dpage);
-		args->dst[i] = migrate_pfn(page_to_pfn(dpage)) |
-			       (args->src[i] & MIGRATE_PFN_WRITE);
-		m++;
+		args->dst[i] = migrate_pfn(page_to_pfn(dpage)) | write;
+		hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(gpu, dpage), 1);
 	}
-	ret = hmmgpu_copy_sys_vram(gpu, sys, from, to, m, true);
+	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, true);
 	if (ret)
 		hmmgpu_drop_dst(args->dst, args->npages);
 	kfree(l);
 	return ret;
 }
 
-/* After migrate_vma_pages(): did this page move? */
-static bool hmmgpu_migrated(struct hmmgpu *gpu, unsigned long src, unsigned long dst,
-			    bool to_vram)
+/* After migrate_vma_pages(): how many pages of entry @i moved? */
+static unsigned long hmmgpu_migrated(struct hmmgpu *gpu, unsigned long src, unsigned long dst,
+				     bool to_vram)
 {
 	struct page *page = migrate_pfn_to_page(dst);
 
-	return (src & MIGRATE_PFN_MIGRATE) && page &&
-	       hmmgpu_page_is_vram(gpu, page) == to_vram;
+	if (!(src & MIGRATE_PFN_MIGRATE) || !page || hmmgpu_page_is_vram(gpu, page) != to_vram)
+		return 0;
+	return (dst & MIGRATE_PFN_COMPOUND) ? folio_nr_pages(page_folio(page)) : 1;
 }
 
 /* MIGRATE_TO_DEV and MIGRATE_TO_SYS: move [addr, addr + npages) with the device. */
@@ -357,15 +530,17 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			.dst = dst,
 			.start = addr,
 			.pgmap_owner = gpu,
-			.flags = to_vram ? MIGRATE_VMA_SELECT_SYSTEM :
-					   MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+			.flags = (to_vram ? MIGRATE_VMA_SELECT_SYSTEM :
+					    MIGRATE_VMA_SELECT_DEVICE_PRIVATE) |
+				 MIGRATE_VMA_SELECT_COMPOUND,
 		};
 
 		if (!vma || !(vma->vm_flags & VM_READ)) {
 			ret = -EINVAL;	/* a hole or a PROT_NONE area */
 			break;
 		}
-		next = min3(end, vma->vm_end, addr + (MIGRATE_CHUNK << PAGE_SHIFT));
+		/* rounds end on PMD boundaries, so a THP is never cut in two */
+		next = min3(end, vma->vm_end, ALIGN_DOWN(addr, PMD_SIZE) + PMD_SIZE);
 		args.vma = vma;
 		args.end = next;
 		ret = migrate_vma_setup(&args);
@@ -375,14 +550,16 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			ret = hmmgpu_to_vram(mirror, &args);
 		} else {
 			struct vma_alloc_arg arg = { .vma = vma, .start = addr };
+			bool fail = mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC;
 
 			ret = hmmgpu_evacuate(gpu, src, dst, args.npages, hmmgpu_alloc_sys_vma,
-					      &arg);
+					      &arg, true, &fail);
+			if (!fail)
+				mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
 		}
 		migrate_vma_pages(&args);
 		for (i = 0; i < args.npages; i++)
-			if (hmmgpu_migrated(gpu, src[i], dst[i], to_vram))
-				cmd->cpages++;
+			cmd->cpages += hmmgpu_migrated(gpu, src[i], dst[i], to_vram);
 		migrate_vma_finalize(&args);
 	}
 	mmap_read_unlock(mm);
@@ -404,11 +581,12 @@ void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL | __GFP_NOFAIL);
 	dst = src + MIGRATE_CHUNK;
 
+	/* chunks of 2 MiB: a device THP is never cut in two */
 	for (pfn = 0; pfn < npages; pfn += MIGRATE_CHUNK) {
 		unsigned long n = min_t(unsigned long, MIGRATE_CHUNK, npages - pfn);
 
 		migrate_device_range(src, gpu->devmem_pfn + pfn, n);
-		if (hmmgpu_evacuate(gpu, src, dst, n, hmmgpu_alloc_sys, NULL))
+		if (hmmgpu_evacuate(gpu, src, dst, n, hmmgpu_alloc_sys, NULL, false, NULL))
 			dev_err(&gpu->pdev->dev, "eviction copy failed\n");
 		migrate_device_pages(src, dst, n);
 		migrate_device_finalize(src, dst, n);
@@ -416,20 +594,34 @@ void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 	kvfree(src);
 }
 
+static void hmmgpu_devmem_free_maps(struct hmmgpu *gpu)
+{
+	bitmap_free(gpu->devmem_bitmap);
+	bitmap_free(gpu->devmem_large);
+	kvfree(gpu->devmem_chunk_free);
+}
+
 int hmmgpu_devmem_init(struct hmmgpu *gpu)
 {
 	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
 	struct resource *res;
-	unsigned long i;
+	unsigned long c;
 	void *addr;
 
 	spin_lock_init(&gpu->devmem_lock);
-	gpu->devmem_free = kvcalloc(npages, sizeof(*gpu->devmem_free), GFP_KERNEL);
-	if (!gpu->devmem_free)
+	gpu->devmem_nchunks = DIV_ROUND_UP(npages, HPAGE_PMD_NR);
+	gpu->devmem_bitmap = bitmap_zalloc(npages, GFP_KERNEL);
+	gpu->devmem_large = bitmap_zalloc(gpu->devmem_nchunks, GFP_KERNEL);
+	gpu->devmem_chunk_free = kvcalloc(gpu->devmem_nchunks, sizeof(*gpu->devmem_chunk_free),
+					  GFP_KERNEL);
+	if (!gpu->devmem_bitmap || !gpu->devmem_large || !gpu->devmem_chunk_free) {
+		hmmgpu_devmem_free_maps(gpu);
 		return -ENOMEM;
+	}
+	/* section-aligned, so VRAM chunks are 2 MiB-aligned pfns as THPs need */
 	res = request_free_mem_region(&iomem_resource, gpu->vram_size, "hmmgpu VRAM");
 	if (IS_ERR(res)) {
-		kvfree(gpu->devmem_free);
+		hmmgpu_devmem_free_maps(gpu);
 		return PTR_ERR(res);
 	}
 	gpu->devmem_res = res;
@@ -442,14 +634,16 @@ int hmmgpu_devmem_init(struct hmmgpu *gpu)
 	addr = memremap_pages(&gpu->pgmap, dev_to_node(&gpu->pdev->dev));
 	if (IS_ERR(addr)) {
 		release_mem_region(res->start, resource_size(res));
-		kvfree(gpu->devmem_free);
+		hmmgpu_devmem_free_maps(gpu);
+		gpu->devmem_res = NULL;
 		return PTR_ERR(addr);
 	}
 	gpu->devmem_pfn = res->start >> PAGE_SHIFT;
-	/* hand out low VRAM first */
-	for (i = 0; i < npages; i++)
-		gpu->devmem_free[i] = npages - 1 - i;
+	bitmap_fill(gpu->devmem_bitmap, npages);
+	for (c = 0; c < gpu->devmem_nchunks; c++)
+		gpu->devmem_chunk_free[c] = hmmgpu_chunk_pages(gpu, c);
 	gpu->devmem_nfree = npages;
+	gpu->devmem_hint = 0;
 	return 0;
 }
 
@@ -460,6 +654,7 @@ void hmmgpu_devmem_fini(struct hmmgpu *gpu)
 	hmmgpu_devmem_evict(gpu);
 	memunmap_pages(&gpu->pgmap);
 	release_mem_region(gpu->devmem_res->start, resource_size(gpu->devmem_res));
-	kvfree(gpu->devmem_free);
+	hmmgpu_devmem_free_maps(gpu);
 	gpu->devmem_res = NULL;
 }
+

@@ -43,6 +43,21 @@ static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int o
 	return dma | flags;
 }
 
+/* A 2 MiB device PTE fits: a PMD-sized CPU mapping, aligned, wholly in the range. */
+static bool hmmgpu_can_map_2m(struct hmmgpu *gpu, unsigned long hpfn, unsigned long va,
+			      unsigned long left)
+{
+	struct page *page = hmm_pfn_to_page(hpfn);
+
+	if (hmm_pfn_to_map_order(hpfn) < 9 || !IS_ALIGNED(va, SZ_2M) || left < 512)
+		return false;
+	/* a device THP in our VRAM is one aligned 2 MiB run of VRAM */
+	if (is_device_private_page(page))
+		return hmmgpu_page_is_vram(gpu, page) &&
+		       IS_ALIGNED(hmmgpu_vram_offset(gpu, page), SZ_2M);
+	return true;
+}
+
 /* Write the device PTEs for a faulted range. Called with mirror->mutex held. */
 static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *range,
 			    bool *replaced)
@@ -59,8 +74,7 @@ static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *rang
 
 		if (!(hpfn & HMM_PFN_VALID))
 			return -EFAULT;
-		if (hmm_pfn_to_map_order(hpfn) >= 9 && IS_ALIGNED(va, 1UL << 21) &&
-		    i + 512 <= npages && !is_device_private_page(hmm_pfn_to_page(hpfn)))
+		if (hmmgpu_can_map_2m(mirror->gpu, hpfn, va, npages - i))
 			order = 9;
 		pte = hmmgpu_pte_for(mirror->gpu, hpfn, order);
 		if (!pte)
@@ -201,3 +215,4 @@ void hmmgpu_fault_work(struct work_struct *work)
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}
 }
+

@@ -118,12 +118,23 @@ static ssize_t irq_counts_show(struct device *dev, struct device_attribute *attr
 }
 static DEVICE_ATTR_RO(irq_counts);
 
+/* "free total" device pages: a leak shows as free < total once nothing is migrated */
+static ssize_t vram_pages_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct hmmgpu *gpu = dev_get_drvdata(dev);
+
+	return sysfs_emit(buf, "%lu %llu\n", hmmgpu_vram_free_pages(gpu),
+			  gpu->vram_size >> PAGE_SHIFT);
+}
+static DEVICE_ATTR_RO(vram_pages);
+
 static struct attribute *hmmgpu_attrs[] = {
 	&dev_attr_id.attr,
 	&dev_attr_version.attr,
 	&dev_attr_scratch.attr,
 	&dev_attr_test_doorbell.attr,
 	&dev_attr_irq_counts.attr,
+	&dev_attr_vram_pages.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(hmmgpu);
