@@ -41,6 +41,7 @@
 #define HMMGPU_FAULT_ENTRIES	512
 #define HMMGPU_BOUNCE_MAX	(4UL << 20)	/* READ/WRITE bounce buffer, at most */
 #define HMMGPU_BOUNCE_MIN	PAGE_SIZE
+#define HMMGPU_DIRECT_CHUNK	(64UL << 20)	/* VA-to-VA READ/WRITE: bytes per COPY */
 #define HMMGPU_FENCE_TIMEOUT_MS	30000
 
 struct hmmgpu;
@@ -107,6 +108,8 @@ struct hmmgpu_mirror {
 	struct hmmgpu_pt *root;
 	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
 	unsigned long req_end;
+	unsigned long buf_start;	/* its user buffer, when the device copies to/from it */
+	unsigned long buf_end;
 	bool req_unlocked;		/* READ_UNLOCKED: fault without holding mmap_lock */
 	atomic_t faults;		/* fault batches handled */
 	int fault_err;			/* why the last fault was cancelled */

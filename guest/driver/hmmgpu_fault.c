@@ -160,16 +160,24 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, 
 	struct hmmgpu_queue *q = &mirror->gpu->cq[mirror->ctx];
 	unsigned long start = va & PAGE_MASK;
 	unsigned long end = start + PAGE_SIZE;
-	unsigned long req_end = READ_ONCE(mirror->req_end);
+	unsigned long req_end = PAGE_ALIGN(READ_ONCE(mirror->req_end));
+	unsigned long buf_end = PAGE_ALIGN(READ_ONCE(mirror->buf_end));
+	bool in_buf = false;
 	int ret;
 
 	/* fault in the rest of the request at once, as the dmirror ABI counts */
-	if (start >= READ_ONCE(mirror->req_start) && start < req_end)
+	if (start >= (READ_ONCE(mirror->req_start) & PAGE_MASK) && start < req_end) {
 		end = min(req_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
+	} else if (start >= (READ_ONCE(mirror->buf_start) & PAGE_MASK) && start < buf_end) {
+		end = min(buf_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
+		in_buf = true;
+	}
 	ret = hmmgpu_fault_in(mirror, start, end, write);
-	atomic_inc(&mirror->faults);
+	if (!in_buf)
+		atomic_inc(&mirror->faults);
 	if (ret) {
-		WRITE_ONCE(mirror->fault_err, ret);
+		/* a bad user buffer is what copy_to_user() would report */
+		WRITE_ONCE(mirror->fault_err, in_buf ? -EFAULT : ret);
 		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	} else {
 		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);

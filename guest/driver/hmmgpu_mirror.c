@@ -186,6 +186,53 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 	return ret;
 }
 
+/*
+ * READ or WRITE when the caller is the mirrored process: one device COPY per
+ * chunk between the mirrored range and the user buffer at cmd->ptr, both
+ * through the device MMU, so no CPU copies at all. The device translates the
+ * whole source and destination before it moves a byte, so a cancelled fault
+ * leaves the user buffer untouched. Faults on the user buffer are served but
+ * not counted: the dmirror ABI counts faults on the mirrored range only.
+ */
+static int hmmgpu_mirror_copy_direct(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd,
+				     u32 opcode)
+{
+	unsigned long size = cmd->npages << PAGE_SHIFT;
+	unsigned long range = cmd->addr, buf = cmd->ptr;
+	u32 va_to_va = HMMGPU_APERTURE_VA << HMMGPU_SRC_APERTURE_SHIFT |
+		       HMMGPU_APERTURE_VA << HMMGPU_DST_APERTURE_SHIFT;
+	struct hmmgpu *gpu = mirror->gpu;
+	struct hmmgpu_command c;
+	unsigned long done, n;
+	u64 status;
+	int ret = 0;
+
+	if (buf + size < buf || range + size < range)
+		return -EINVAL;
+	WRITE_ONCE(mirror->req_start, range);
+	WRITE_ONCE(mirror->req_end, range + size);
+	WRITE_ONCE(mirror->buf_start, buf);
+	WRITE_ONCE(mirror->buf_end, buf + size);
+	for (done = 0; done < size && !ret; done += n) {
+		n = min(size - done, HMMGPU_DIRECT_CHUNK);
+		WRITE_ONCE(mirror->fault_err, 0);
+		if (opcode == HMMGPU_OP_READ)
+			hmmgpu_cmd(&c, HMMGPU_OP_COPY, va_to_va, mirror->ctx, range + done,
+				   buf + done, n);
+		else
+			hmmgpu_cmd(&c, HMMGPU_OP_COPY, va_to_va, mirror->ctx, buf + done,
+				   range + done, n);
+		ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &c, 1, &status);
+		if (!ret && status == HMMGPU_ERR_FAULT_CANCELLED)
+			ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
+		else if (!ret && status)
+			ret = -EIO;
+	}
+	WRITE_ONCE(mirror->req_end, 0);
+	WRITE_ONCE(mirror->buf_end, 0);
+	return ret;
+}
+
 /* READ or WRITE ioctl: the user buffer at cmd->ptr <-> the mirrored range. */
 static int hmmgpu_mirror_copy(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd,
 			      u32 opcode)
@@ -196,6 +243,11 @@ static int hmmgpu_mirror_copy(struct hmmgpu_mirror *mirror, struct hmm_dmirror_c
 	void *kbuf;
 	int ret = 0;
 
+	if (current->mm == mirror->notifier.mm) {
+		ret = hmmgpu_mirror_copy_direct(mirror, cmd, opcode);
+		goto out;
+	}
+	/* another process's buffer: the device cannot see it, bounce through the kernel */
 	kbuf = kvmalloc(size, GFP_KERNEL);
 	if (!kbuf)
 		return -ENOMEM;
@@ -206,10 +258,11 @@ static int hmmgpu_mirror_copy(struct hmmgpu_mirror *mirror, struct hmm_dmirror_c
 	/* nothing reaches the user buffer unless the whole READ succeeded */
 	if (!ret && opcode == HMMGPU_OP_READ && copy_to_user(uptr, kbuf, size))
 		ret = -EFAULT;
+	kvfree(kbuf);
+out:
 	if (!ret)
 		cmd->cpages = cmd->npages;
 	cmd->faults = atomic_read(&mirror->faults) - faults;
-	kvfree(kbuf);
 	return ret;
 }
 
