@@ -6,10 +6,16 @@ table that points back at a table of the same walk is reported as PT_LOOP
 because it is certainly a driver bug. Every table read goes through
 GuestMemory.view, so a walk never leaves guest RAM.
 
-The TLB caches successful translations per (context, page). Missing or
-forbidden translations are never cached: after the driver fixes a PTE, a
-REPLAY walks again. A changed PTE of a cached translation is NOT seen until the
-driver invalidates it with TLB_INVALIDATE, as on real hardware.
+The TLB caches successful translations per (context, page), at most
+TLB_ENTRIES of each page size, the oldest leaving first. Missing or forbidden
+translations are never cached: after the driver fixes a PTE, a REPLAY walks
+again. A changed PTE of a cached translation is NOT seen until the driver
+invalidates it with TLB_INVALIDATE, as on real hardware.
+
+A page-walk cache remembers, per (context, 2 MiB region), the level-0 table
+the last walk went through, so walking the next 4 KiB page of that region
+reads one PTE instead of four. TLB_INVALIDATE drops it with the TLB: a driver
+that frees or moves a page table must invalidate, as it must for a PTE.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .memory import DeviceError, GuestMemory
 LEVEL_SHIFT = (12, 21, 30, 39)
 INDEX_MASK = hw.PT_ENTRIES - 1
 VA_LIMIT = 1 << hw.VA_BITS
+TLB_ENTRIES = 8192  # per page size
 
 
 @dataclass(frozen=True)
@@ -70,20 +77,28 @@ class Mmu:
         # for the rest of its 2 MiB.
         self.tlb: dict[tuple[int, int], Translation] = {}
         self.tlb_large: dict[tuple[int, int], Translation] = {}
+        # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
+        self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
         self.walks = 0
         self.hits = 0
 
     # ---- walking ---------------------------------------------------------------
 
-    def walk(self, root: int, va: int) -> Translation | None:
+    def walk(self, root: int, va: int, ctx: int | None = None) -> Translation | None:
         """Translate `va` through the table at `root`; None when not present.
-        Raises DeviceError for malformed tables."""
+        Raises DeviceError for malformed tables. With `ctx`, the walk uses and
+        fills the page-walk cache."""
         self.walks += 1
         if not 0 <= va < VA_LIMIT or root == 0:  # PT_BASE 0: the context has no mappings
             return None
         table = root
+        levels: tuple[int, ...] = (3, 2, 1, 0)
+        if ctx is not None:
+            cached = self.pwc.get((ctx, va >> LEVEL_SHIFT[1]))
+            if cached is not None and cached[0] == root:
+                table, levels = cached[1], (0,)
         visited: set[int] = set()
-        for level in (3, 2, 1, 0):
+        for level in levels:
             if table % hw.PAGE_SIZE:
                 raise DeviceError(ErrorCode.PTE_INVALID, table, "table not 4 KiB aligned")
             if table in visited:
@@ -107,6 +122,8 @@ class Mmu:
                 if vram and addr + size > self.vram_size:
                     raise DeviceError(ErrorCode.VRAM_RANGE, pte_addr,
                                       f"PTE maps VRAM offset {addr:#x}")
+                if level == 0 and ctx is not None:
+                    self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)
                 return Translation(va & ~(size - 1), size, addr, vram,
                                    Pte(pte) & (Pte.READ | Pte.WRITE | Pte.ATOMIC), pte_addr)
             if pte & Pte.VRAM:
@@ -123,28 +140,51 @@ class Mmu:
         if t is not None:
             self.hits += 1
         else:
-            t = self.walk(root, va)
+            t = self.walk(root, va, ctx)
             if t is None:
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
         need = _NEEDED[int(access)]
         if (int(t.flags) & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)
-        (self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb)[(ctx, t.va)] = t
+        tlb = self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb
+        if len(tlb) >= TLB_ENTRIES:
+            del tlb[next(iter(tlb))]  # dicts keep insertion order: the oldest goes
+        tlb[(ctx, t.va)] = t
         return t
 
     def invalidate(self, ctx: int, va: int = 0, length: int = 0) -> int:
-        """Drop ctx's cached translations overlapping [va, va+length); length 0
-        drops all of ctx's. Returns how many were dropped."""
-        end = va + length
+        """Drop ctx's cached translations (and walk-cache entries) overlapping
+        [va, va+length); length 0 drops all of ctx's. Returns how many
+        translations were dropped."""
         dropped = 0
-        for tlb in (self.tlb, self.tlb_large):
-            doomed = [k for k, t in tlb.items()
-                      if k[0] == ctx and (length == 0 or (t.va < end and va < t.va + t.size))]
-            for k in doomed:
-                del tlb[k]
-            dropped += len(doomed)
+        for tlb, size in ((self.tlb, hw.PAGE_SIZE), (self.tlb_large, hw.LARGE_PAGE_SIZE)):
+            dropped += _drop_range(tlb, ctx, va, length, size)
+        if length:
+            first, last = va >> LEVEL_SHIFT[1], (va + length - 1) >> LEVEL_SHIFT[1]
+            _drop_range(self.pwc, ctx, first, last - first + 1, 1)
+        else:
+            _drop_range(self.pwc, ctx, 0, 0, 1)
         return dropped
 
     def flush(self) -> None:
         self.tlb.clear()
         self.tlb_large.clear()
+        self.pwc.clear()
+
+
+def _drop_range(cache: dict, ctx: int, start: int, length: int, step: int) -> int:
+    """Delete ctx's keys (ctx, k) with k in [start, start+length) on a `step`
+    grid (all of ctx's when length is 0), by probing the range or scanning the
+    cache, whichever is fewer lookups."""
+    if length == 0:
+        doomed = [k for k in cache if k[0] == ctx]
+    else:
+        first = start - start % step
+        probes = -(-(start + length - first) // step)
+        if probes <= len(cache):
+            doomed = [(ctx, k) for k in range(first, start + length, step) if (ctx, k) in cache]
+        else:
+            doomed = [k for k in cache if k[0] == ctx and first <= k[1] < start + length]
+    for k in doomed:
+        del cache[k]
+    return len(doomed)

@@ -146,6 +146,46 @@ def test_invalidation_by_range_drops_only_overlapping_entries(rig: Rig) -> None:
     assert mmu.invalidate(3) == 1 and set(mmu.tlb) == {(4, 0x1000)}
 
 
+def test_invalidating_a_large_range_probes_the_same_entries_as_a_scan(rig: Rig) -> None:
+    mmu = rig.gpu.engine.mmu
+    vas = [0x40_0000 + i * hw.PAGE_SIZE for i in range(8)]
+    for va in vas:
+        rig.drv.map(2, va, rig.page(), RW)
+        mmu.translate(2, rig.drv.roots[2], va, Access.READ)
+    # a range far larger than the TLB: the invalidation scans instead of probing
+    assert mmu.invalidate(2, 0x40_3000, 1 << 40) == 5
+    assert {va for _, va in mmu.tlb} == set(vas[:3])
+
+
+def test_the_tlb_is_bounded_and_the_oldest_entry_leaves_first(rig: Rig,
+                                                               monkeypatch) -> None:
+    from hmmgpu.device import mmu as mmu_mod
+    monkeypatch.setattr(mmu_mod, "TLB_ENTRIES", 4)
+    mmu = rig.gpu.engine.mmu
+    for i in range(6):
+        rig.drv.map(1, (i + 1) * hw.PAGE_SIZE, rig.page(), RW)
+        mmu.translate(1, rig.drv.roots[1], (i + 1) * hw.PAGE_SIZE, Access.READ)
+    assert [va for _, va in mmu.tlb] == [i * hw.PAGE_SIZE for i in (3, 4, 5, 6)]
+
+
+def test_the_page_walk_cache_keeps_a_replaced_table_until_invalidated(rig: Rig) -> None:
+    """Like the TLB, the walk cache is only coherent through TLB_INVALIDATE: a
+    driver that swaps a level-0 table must invalidate the range."""
+    mmu, root = rig.gpu.engine.mmu, rig.drv.roots.get(5) or rig.drv.context(5)
+    rig.drv.map(5, 0x20_0000, rig.page(0x11), RW)
+    assert mmu.walk(root, 0x20_0000, ctx=5).addr == mmu.walk(root, 0x20_0000).addr
+    # point the level-1 entry at a fresh level-0 table mapping 0x20_1000 only
+    l1_slot = rig.drv.pte_slot(5, 0x20_0000, 1)
+    table = rig.drv.alloc(hw.PAGE_SIZE)
+    new = rig.page(0x22)
+    rig.drv.set_u64(table + 8, new | RW | Pte.VALID)
+    rig.drv.set_u64(l1_slot, table | Pte.VALID)
+    assert mmu.walk(root, 0x20_1000, ctx=5) is None  # the cached old table
+    assert mmu.walk(root, 0x20_1000).addr == new  # a full walk sees the new one
+    mmu.invalidate(5, 0x20_1000, hw.PAGE_SIZE)
+    assert mmu.walk(root, 0x20_1000, ctx=5).addr == new
+
+
 # ---- commands ----------------------------------------------------------------------
 
 def test_copy_between_system_memory_and_vram_round_trips(rig: Rig) -> None:
