@@ -371,7 +371,7 @@ class Engine:
             raise DeviceError(ErrorCode.BAD_COMMAND, aperture, "bad aperture")
         ctx = self._ctx_of(queue, cmd)
         root = self.queues[ctx].pt_base
-        views: list[np.ndarray] = []
+        runs: list[list] = []  # [vram, target, length]: pages contiguous on both sides merge
         faults: list[Fault] = []
         va, end = addr, addr + length
         while va < end:
@@ -387,12 +387,21 @@ class Engine:
             assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
                 target = t.target(va)
-                views.append(self.vram.view(target, n) if t.vram else
-                             self.mem.view(target, n, write))
+                last = runs[-1] if runs else None
+                if last is not None and last[0] == t.vram and last[1] + last[2] == target:
+                    last[2] += n
+                else:
+                    runs.append([t.vram, target, n])
             va += n
         if faults:
             self._report_faults(queue, ctx, faults, access)
             raise faults[0]
+        views: list[np.ndarray] = []
+        for vram, target, n in runs:
+            if vram:
+                views.append(self.vram.view(target, n))
+            else:
+                views.extend(self.mem.views(target, n, write))
         return views
 
     def _copy(self, queue: Queue, cmd: Command, src_ap: int, src: int, dst_ap: int, dst: int,

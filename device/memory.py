@@ -86,6 +86,21 @@ class GuestMemory:
                     return r.array[off:off + length]
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
 
+    def views(self, addr: int, length: int, write: bool = False) -> list[np.ndarray]:
+        """Views of [addr, addr+length), which may cross from one region into
+        the next where they touch; DeviceError(DMA_UNMAPPED) at the first gap."""
+        out = []
+        while length > 0:
+            with self._lock:
+                i = bisect.bisect(self._starts, addr) - 1
+                r = self._regions[i] if i >= 0 else None
+            if r is None or not in_range(addr, 1, r.iova, r.length) or (write and not r.writable):
+                raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
+            n = min(length, r.iova + r.length - addr)
+            out.append(r.array[addr - r.iova:addr - r.iova + n])
+            addr, length = addr + n, length - n
+        return out
+
     def read_u64(self, addr: int) -> int:
         return int(self.view(addr, 8).view(np.uint64)[0]) if addr % 8 == 0 else \
             int.from_bytes(self.view(addr, 8).tobytes(), "little")

@@ -20,6 +20,7 @@ that frees or moves a page table must invalidate, as it must for a PTE.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import hwdef as hw
@@ -30,6 +31,10 @@ LEVEL_SHIFT = (12, 21, 30, 39)
 INDEX_MASK = hw.PT_ENTRIES - 1
 VA_LIMIT = 1 << hw.VA_BITS
 TLB_ENTRIES = 8192  # per page size
+# plain ints: IntFlag operators cost a Python call per bit test in the walk loop
+_VALID, _LARGE, _VRAM = int(Pte.VALID), int(Pte.LARGE), int(Pte.VRAM)
+_PERMS = int(Pte.READ | Pte.WRITE | Pte.ATOMIC)
+_RESERVED, _ADDR = int(hw.PTE_RESERVED_MASK), int(hw.PTE_ADDR_MASK)
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Translation:
     size: int  # 4 KiB or 2 MiB
     addr: int  # bus address or VRAM offset of the page
     vram: bool
-    flags: Pte  # READ / WRITE / ATOMIC
+    flags: int  # Pte READ / WRITE / ATOMIC bits
     pte_addr: int  # bus address of the leaf PTE
 
     def target(self, va: int) -> int:
@@ -75,8 +80,10 @@ class Mmu:
         # (ctx, first VA of the page) -> translation; 4 KiB and 2 MiB pages
         # live in separate maps so a 2 MiB-aligned 4 KiB page never answers
         # for the rest of its 2 MiB.
-        self.tlb: dict[tuple[int, int], Translation] = {}
-        self.tlb_large: dict[tuple[int, int], Translation] = {}
+        # OrderedDicts: popping the oldest is O(1) (a dict's first key is not, once
+        # many keys were deleted from its front)
+        self.tlb: OrderedDict[tuple[int, int], Translation] = OrderedDict()
+        self.tlb_large: OrderedDict[tuple[int, int], Translation] = OrderedDict()
         # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
         self.walks = 0
@@ -106,27 +113,26 @@ class Mmu:
             visited.add(table)
             pte_addr = table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8
             pte = self.mem.read_u64(pte_addr)
-            if not pte & Pte.VALID:
+            if not pte & _VALID:
                 return None
-            if pte & hw.PTE_RESERVED_MASK:
+            if pte & _RESERVED:
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, f"reserved bits {pte:#x}")
-            addr = pte & hw.PTE_ADDR_MASK
-            large = bool(pte & Pte.LARGE)
+            addr = pte & _ADDR
+            large = bool(pte & _LARGE)
             if level == 0 or large:
                 if large and level != 1:
                     raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "LARGE above level 1")
                 size = hw.LARGE_PAGE_SIZE if large else hw.PAGE_SIZE
                 if addr % size:
                     raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "misaligned page")
-                vram = bool(pte & Pte.VRAM)
+                vram = bool(pte & _VRAM)
                 if vram and addr + size > self.vram_size:
                     raise DeviceError(ErrorCode.VRAM_RANGE, pte_addr,
                                       f"PTE maps VRAM offset {addr:#x}")
                 if level == 0 and ctx is not None:
                     self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)
-                return Translation(va & ~(size - 1), size, addr, vram,
-                                   Pte(pte) & (Pte.READ | Pte.WRITE | Pte.ATOMIC), pte_addr)
-            if pte & Pte.VRAM:
+                return Translation(va & ~(size - 1), size, addr, vram, pte & _PERMS, pte_addr)
+            if pte & _VRAM:
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "page table in VRAM")
             table = addr
         raise AssertionError("unreachable")
@@ -144,11 +150,11 @@ class Mmu:
             if t is None:
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
         need = _NEEDED[int(access)]
-        if (int(t.flags) & need) != need:
+        if (t.flags & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)
         tlb = self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb
         if len(tlb) >= TLB_ENTRIES:
-            del tlb[next(iter(tlb))]  # dicts keep insertion order: the oldest goes
+            tlb.popitem(last=False)  # the oldest goes
         tlb[(ctx, t.va)] = t
         return t
 

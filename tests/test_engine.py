@@ -495,3 +495,16 @@ def test_a_4k_page_at_a_2m_boundary_does_not_answer_for_its_neighbours(rig: Rig)
     rig.drv.submit(1, Opcode.READ, (0x20_0000, out, 8192))
     rig.run()
     assert rig.drv.read(out, 8192) == b"\x01" * 4096 + b"\x02" * 4096
+
+
+def test_a_va_range_over_touching_ram_regions_reads_across_the_seam() -> None:
+    """Pages that are contiguous in bus addresses merge into one run; a run may
+    cross from one DMA region into the next where they touch, not over a gap."""
+    mem = GuestMemory()
+    a, b = np.full(4096, 1, np.uint8), np.full(4096, 2, np.uint8)
+    mem.add_array(0x10000, a)
+    mem.add_array(0x11000, b)
+    got = np.concatenate(mem.views(0x10800, 4096))
+    assert got.tolist() == [1] * 2048 + [2] * 2048
+    with pytest.raises(DeviceError):
+        mem.views(0x11800, 4096)  # runs past the second region into nothing
