@@ -35,3 +35,38 @@ def test_unload_after_workloads_leaks_nothing_and_reload_works_20_times(paths) -
         # page cache and slab noise stay well below this; a leaked 128 MiB
         # pgmap or a migrated buffer would not
         assert before - after < 16 << 10, f"MemAvailable {before} kB -> {after} kB"
+
+
+def vram_pages(lab: Lab) -> tuple[int, int]:
+    free, total = lab.ssh("cat /sys/bus/pci/drivers/hmmgpu/*/vram_pages").stdout.split()[:2]
+    return int(free), int(total)
+
+
+def test_device_atomics_take_the_page_exclusive_and_a_cpu_read_revokes_it(paths) -> None:
+    """gpu_atomic (guest/tools) drives HMMGPU_IOC_ATOMIC: the first device
+    atomic faults and the fault path makes the page device-exclusive, the next
+    one does not fault, a CPU read revokes the mapping, and the next atomic
+    faults again. The values and fault counts are checked in the guest."""
+    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        r = lab.ssh(f"{lab.guest_bin('gpu_atomic')} /dev/hmm_dmirror0", check=False)
+        assert r.stdout.strip() == "ok faults 1 0 1", r.stdout + r.stderr
+        lab.check_console()
+
+
+def test_thp_migration_round_trip_returns_every_vram_page(paths) -> None:
+    """Device THPs (2 MiB folios) and 4 KiB device pages come from the same
+    VRAM; after the huge-page cases and RELEASE, all of it is free again."""
+    cases = ["migrate_anon_huge_fault", "migrate_anon_huge_err", "migrate_anon_huge_zero_err",
+             "migrate_release", "migrate_anon_huge_free"]
+    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        free, total = vram_pages(lab)
+        assert free == total == 64 << 8
+        args = " ".join(f"-r hmm.hmm_device_private.{t}" for t in cases)
+        out = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} {args}", check=False).stdout
+        assert f"pass:{len(cases)} fail:0" in out, out[-2000:]
+        assert vram_pages(lab) == (total, total)
+        lab.check_console()

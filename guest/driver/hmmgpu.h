@@ -170,6 +170,7 @@ void hmmgpu_devmem_evict(struct hmmgpu *gpu);
 bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page);
 u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page);
 unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu);
+int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end);
 int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bool to_vram);
 
 /* hmmgpu_mirror.c */

@@ -11,7 +11,8 @@
  * held while the PTEs are written (the Documentation/mm/hmm.rst pattern).
  * Then the context's queue gets REPLAY, or CANCEL when the access is not
  * allowed (-EFAULT for PROT_NONE, -EPERM for a write to read-only memory),
- * the error being left in mirror->fault_err for the waiting ioctl.
+ * the error being left in mirror->fault_err for the waiting ioctl. A fault
+ * with ATOMIC access makes its page device-exclusive instead.
  */
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
@@ -154,8 +155,13 @@ free:
 	return ret;
 }
 
-/* Serve one context's batch of faults: fault in, then REPLAY or CANCEL. */
-static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, bool write)
+/*
+ * Serve one context's batch of faults: fault in, then REPLAY or CANCEL. An
+ * ATOMIC access needs the page device-exclusive (make_device_exclusive()), and
+ * only the one page: exclusivity costs the CPU a fault when it touches it.
+ */
+static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, bool write,
+				bool atomic)
 {
 	struct hmmgpu_queue *q = &mirror->gpu->cq[mirror->ctx];
 	unsigned long start = va & PAGE_MASK;
@@ -172,7 +178,10 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, 
 		end = min(buf_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
 		in_buf = true;
 	}
-	ret = hmmgpu_fault_in(mirror, start, end, write);
+	if (atomic)
+		ret = hmmgpu_map_exclusive(mirror, start, start + PAGE_SIZE);
+	else
+		ret = hmmgpu_fault_in(mirror, start, end, write);
 	if (!in_buf)
 		atomic_inc(&mirror->faults);
 	if (ret) {
@@ -190,6 +199,7 @@ void hmmgpu_fault_work(struct work_struct *work)
 	unsigned long first[HMMGPU_NUM_CONTEXTS];
 	unsigned long pending = 0;
 	bool write[HMMGPU_NUM_CONTEXTS] = {};
+	bool atomic[HMMGPU_NUM_CONTEXTS] = {};
 	unsigned int ctx;
 	u32 put;
 
@@ -201,11 +211,15 @@ void hmmgpu_fault_work(struct work_struct *work)
 
 		ctx = le32_to_cpu(rec->ctx);
 		if (ctx < HMMGPU_NUM_CONTEXTS) {
+			u32 access = le32_to_cpu(rec->access);
+
 			if (!(pending & BIT(ctx)) || va < first[ctx])
 				first[ctx] = va;
 			pending |= BIT(ctx);
-			if (le32_to_cpu(rec->access) & (HMMGPU_ACCESS_WRITE | HMMGPU_ACCESS_ATOMIC))
+			if (access & (HMMGPU_ACCESS_WRITE | HMMGPU_ACCESS_ATOMIC))
 				write[ctx] = true;
+			if (access & HMMGPU_ACCESS_ATOMIC)
+				atomic[ctx] = true;
 		}
 		gpu->fault_get = (gpu->fault_get + 1) % HMMGPU_FAULT_ENTRIES;
 	}
@@ -218,7 +232,7 @@ void hmmgpu_fault_work(struct work_struct *work)
 		mirror = gpu->ctx_mirror[ctx];
 		spin_unlock(&gpu->ctx_lock);
 		if (mirror)
-			hmmgpu_serve_faults(mirror, first[ctx], write[ctx]);
+			hmmgpu_serve_faults(mirror, first[ctx], write[ctx], atomic[ctx]);
 		else
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}

@@ -23,6 +23,7 @@
 #include <linux/uaccess.h>
 
 #include "hmmgpu.h"
+#include "hmmgpu_uapi.h"
 #include "test_hmm_uapi.h"
 
 static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
@@ -368,11 +369,15 @@ static int hmmgpu_mirror_snapshot(struct hmmgpu_mirror *mirror,
  * ATOMIC permission; a CPU access later revokes it through the notifier.
  * Then hand back the data through the device, like the reference.
  */
-static int hmmgpu_mirror_exclusive(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+/*
+ * Take device-exclusive access to each page of [start, end) and map it for
+ * the device's atomics: the EXCLUSIVE ioctl, and device faults with ATOMIC
+ * access. A CPU touch of a page later revokes it through the notifier.
+ */
+int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
 {
 	struct hmmgpu *gpu = mirror->gpu;
 	struct mm_struct *mm = mirror->notifier.mm;
-	unsigned long end = cmd->addr + (cmd->npages << PAGE_SHIFT);
 	bool replaced = false;
 	unsigned long addr;
 	int ret = 0;
@@ -380,7 +385,7 @@ static int hmmgpu_mirror_exclusive(struct hmmgpu_mirror *mirror, struct hmm_dmir
 	if (!mmget_not_zero(mm))
 		return -EINVAL;
 	mmap_read_lock(mm);
-	for (addr = cmd->addr; addr < end && !ret; addr += PAGE_SIZE) {
+	for (addr = start; addr < end && !ret; addr += PAGE_SIZE) {
 		struct folio *folio;
 		struct page *page;
 		dma_addr_t dma;
@@ -406,7 +411,16 @@ static int hmmgpu_mirror_exclusive(struct hmmgpu_mirror *mirror, struct hmm_dmir
 	mmap_read_unlock(mm);
 	mmput(mm);
 	if (!ret && replaced)
-		ret = hmmgpu_tlb_invalidate(gpu, mirror->ctx, cmd->addr, end - cmd->addr);
+		ret = hmmgpu_tlb_invalidate(gpu, mirror->ctx, start, end - start);
+	return ret;
+}
+
+/* EXCLUSIVE: map the range for atomics, then hand back what the device reads. */
+static int hmmgpu_mirror_exclusive(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd)
+{
+	int ret = hmmgpu_map_exclusive(mirror, cmd->addr,
+				       cmd->addr + (cmd->npages << PAGE_SHIFT));
+
 	return ret ?: hmmgpu_mirror_read(mirror, cmd);
 }
 
@@ -426,6 +440,40 @@ static int hmmgpu_mirror_check_exclusive(struct hmmgpu_mirror *mirror,
 	return ret;
 }
 
+/* HMMGPU_IOC_ATOMIC: one device ATOMIC on the context queue; the old value comes back. */
+static int hmmgpu_mirror_atomic(struct hmmgpu_mirror *mirror, void __user *uarg)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+	int faults = atomic_read(&mirror->faults);
+	struct hmmgpu_atomic a;
+	struct hmmgpu_command c;
+	dma_addr_t old_dma;
+	u64 *old, status;
+	int ret;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	if (a.addr % 8 || (a.op != HMMGPU_ATOMIC_FETCH_ADD && a.op != HMMGPU_ATOMIC_SWAP))
+		return -EINVAL;
+	old = dma_alloc_coherent(&gpu->pdev->dev, sizeof(*old), &old_dma, GFP_KERNEL);
+	if (!old)
+		return -ENOMEM;
+	WRITE_ONCE(mirror->fault_err, 0);
+	hmmgpu_cmd(&c, HMMGPU_OP_ATOMIC, a.op << HMMGPU_ATOMIC_OP_SHIFT, mirror->ctx, a.addr,
+		   a.operand, old_dma);
+	ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &c, 1, &status);
+	if (!ret && status == HMMGPU_ERR_FAULT_CANCELLED)
+		ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
+	else if (!ret && status)
+		ret = -EIO;
+	a.old = READ_ONCE(*old);
+	a.faults = atomic_read(&mirror->faults) - faults;
+	dma_free_coherent(&gpu->pdev->dev, sizeof(*old), old, old_dma);
+	if (!ret && copy_to_user(uarg, &a, sizeof(a)))
+		ret = -EFAULT;
+	return ret;
+}
+
 static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigned long arg)
 {
 	struct hmmgpu_mirror *mirror = filp->private_data;
@@ -433,6 +481,8 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 	struct hmm_dmirror_cmd cmd;
 	int ret;
 
+	if (command == HMMGPU_IOC_ATOMIC)
+		return hmmgpu_mirror_atomic(mirror, uarg);
 	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
 		return -EFAULT;
 	if (cmd.addr & ~PAGE_MASK)
