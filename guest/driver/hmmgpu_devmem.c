@@ -30,8 +30,9 @@
 #include "hmmgpu.h"
 #include "test_hmm_uapi.h"
 
-#define MIGRATE_CHUNK	512	/* pages per migrate_vma round: 2 MiB */
-#define MAX_RUN_PAGES	512	/* pages one COPY may move */
+/* pages per migrate_vma round: 16 MiB, a whole number of THPs */
+#define MIGRATE_CHUNK	(8 * HPAGE_PMD_NR)
+#define MAX_RUN_PAGES	HPAGE_PMD_NR	/* pages one COPY may move */
 
 static struct hmmgpu *page_gpu(struct page *page)
 {
@@ -300,7 +301,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 			   unsigned long n, sys_alloc_fn alloc, void *arg, bool can_split,
 			   bool *fail_once)
 {
-	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
+	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
 	unsigned long i, k, nr;
 	int ret;
 
@@ -354,7 +355,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, false);
 	if (ret)
 		hmmgpu_drop_dst(dst, n);	/* the data stays in VRAM */
-	kfree(l);
+	kvfree(l);
 	return ret;
 }
 
@@ -429,7 +430,7 @@ static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
  */
 static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args)
 {
-	struct copy_list *l = kmalloc(sizeof(*l), GFP_KERNEL);
+	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
 	struct hmmgpu *gpu = mirror->gpu;
 	unsigned long i, k, nr;
 	int ret;
@@ -489,7 +490,7 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, true);
 	if (ret)
 		hmmgpu_drop_dst(args->dst, args->npages);
-	kfree(l);
+	kvfree(l);
 	return ret;
 }
 
@@ -540,7 +541,8 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			break;
 		}
 		/* rounds end on PMD boundaries, so a THP is never cut in two */
-		next = min3(end, vma->vm_end, ALIGN_DOWN(addr, PMD_SIZE) + PMD_SIZE);
+		next = min3(end, vma->vm_end,
+			    ALIGN_DOWN(addr, PMD_SIZE) + (MIGRATE_CHUNK << PAGE_SHIFT));
 		args.vma = vma;
 		args.end = next;
 		ret = migrate_vma_setup(&args);
