@@ -33,6 +33,7 @@ from . import hwdef as hw
 from .hwdef import Access, Aperture, ErrorCode, Opcode, QueueStatus
 from .memory import DeviceError, GuestMemory, Vram
 from .mmu import Fault, Mmu
+from .trace import DMA_VRAM, NONE, Kind, Recorder
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -97,6 +98,10 @@ class Engine:
         self.mmu = Mmu(mem, vram.size)
         self._raise_irq = raise_irq
         self._bus_master = bus_master
+        self.trace = Recorder(self.now, meta={"vram_size": vram.size})
+        self.mmu.trace = self.trace
+        # (queue, ctx, command id) of the command executing, for trace records
+        self._cur = (NONE, NONE, 0)
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
         self._paused = False
@@ -171,6 +176,11 @@ class Engine:
     def control(self, q: int, value: int) -> None:
         with self.lock:
             queue = self.queues[q]
+            if self.trace.on and value in (hw.QueueControl.REPLAY, hw.QueueControl.CANCEL):
+                ctx = q if q != hw.KERNEL_QUEUE else NONE
+                self.trace.emit(Kind.REPLAY if value == hw.QueueControl.REPLAY else Kind.CANCEL,
+                                q, ctx, queue.completed,
+                                flags=int(bool(queue.status & QueueStatus.STALLED)))
             if value == hw.QueueControl.REPLAY:
                 queue.status &= ~QueueStatus.STALLED
             elif value == hw.QueueControl.CANCEL:
@@ -203,6 +213,9 @@ class Engine:
             if queue is not None:
                 self.queues[queue].error = code
             self.intr_status |= hw.IntrStatus.ERROR
+        if self.trace.on:
+            self.trace.emit(Kind.ERROR, NONE if queue is None else queue, self._cur[1],
+                            cmd=self._cur[2], addr=addr, aux=int(code))
         log.warning("device error %s (queue %s, addr %#x): %s", code.name, queue, addr, detail)
         self._raise_irq(hw.IrqVector.ERROR)
 
@@ -281,6 +294,11 @@ class Engine:
                 self._halt(queue, e.code, e.addr, "command ring not in guest memory")
             return
         cmd = Command.unpack(raw)
+        ctx = queue.index if queue.index != hw.KERNEL_QUEUE else cmd.ctx
+        self._cur = (queue.index, ctx if ctx < hw.NUM_CONTEXTS else NONE, queue.completed)
+        if self.trace.on:
+            self.trace.emit(Kind.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
+                            aux=cmd.opcode)
         try:
             self.execute(queue, cmd)
         except Fault:
@@ -292,9 +310,12 @@ class Engine:
         self._complete(queue, cmd, ErrorCode.NONE)
 
     def _complete(self, queue: Queue, cmd: Command, code: ErrorCode) -> None:
+        if self.trace.on:
+            self.trace.emit(Kind.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
+                            aux=int(code))
         if cmd.status:
             try:
-                self.mem.write_u64(cmd.status, int(code))
+                self._write_u64(cmd.status, int(code))
             except DeviceError as e:
                 self.record_error(e.code, queue.index, e.addr, "status address")
         with self.lock:
@@ -319,6 +340,12 @@ class Engine:
         self._complete(queue, cmd, ErrorCode.FAULT_CANCELLED)
 
     # ---- commands ----------------------------------------------------------------------
+
+    def _write_u64(self, addr: int, value: int) -> None:
+        """A device write of one word to system memory (status, fence, result)."""
+        if self.trace.on:
+            self.trace.emit(Kind.DMA_WRITE, *self._cur, addr=addr, length=8)
+        self.mem.write_u64(addr, value)
 
     def _ctx_of(self, queue: Queue, cmd: Command) -> int:
         if queue.index != hw.KERNEL_QUEUE:
@@ -346,11 +373,15 @@ class Engine:
             case Opcode.ATOMIC:
                 self._atomic(queue, cmd)
             case Opcode.TLB_INVALIDATE:
-                self.mmu.invalidate(self._ctx_of(queue, cmd), a[0], a[1])
+                ctx = self._ctx_of(queue, cmd)
+                dropped = self.mmu.invalidate(ctx, a[0], a[1])
+                if self.trace.on:
+                    self.trace.emit(Kind.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
+                                    va=a[0], length=a[1], aux=dropped)
             case Opcode.FENCE:
                 if a[0] % 8:
                     raise DeviceError(ErrorCode.BAD_COMMAND, a[0], "fence address not 8-aligned")
-                self.mem.write_u64(a[0], a[1])
+                self._write_u64(a[0], a[1])
             case _:
                 raise DeviceError(ErrorCode.BAD_OPCODE, cmd.opcode, "unknown opcode")
 
@@ -363,9 +394,15 @@ class Engine:
         if addr + length > 1 << 64:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
         write = bool(access & Access.WRITE)
+        tracing = self.trace.on
+        kind = Kind.DMA_WRITE if write else Kind.DMA_READ
         if aperture == Aperture.SYS:
+            if tracing:
+                self.trace.emit(kind, *self._cur, addr=addr, length=length)
             return [self.mem.view(addr, length, write)]
         if aperture == Aperture.VRAM:
+            if tracing:
+                self.trace.emit(kind, *self._cur, flags=DMA_VRAM, addr=addr, length=length)
             return [self.vram.view(addr, length)]
         if aperture != Aperture.VA:
             raise DeviceError(ErrorCode.BAD_COMMAND, aperture, "bad aperture")
@@ -391,13 +428,16 @@ class Engine:
                 if last is not None and last[0] == t.vram and last[1] + last[2] == target:
                     last[2] += n
                 else:
-                    runs.append([t.vram, target, n])
+                    runs.append([t.vram, target, n, va])
             va += n
         if faults:
             self._report_faults(queue, ctx, faults, access)
             raise faults[0]
         views: list[np.ndarray] = []
-        for vram, target, n in runs:
+        for vram, target, n, run_va in runs:
+            if tracing:
+                self.trace.emit(kind, *self._cur, flags=DMA_VRAM if vram else 0, va=run_va,
+                                addr=target, length=n)
             if vram:
                 views.append(self.vram.view(target, n))
             else:
@@ -434,6 +474,7 @@ class Engine:
         if va % 8:
             raise DeviceError(ErrorCode.BAD_COMMAND, va, "ATOMIC needs 8-byte alignment")
         (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
+        # the trace shows the atomic's 8 bytes as read and written
         word = view.view(np.uint64)
         old = int(word[0])
         op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & 0xF
@@ -444,7 +485,7 @@ class Engine:
         else:
             raise DeviceError(ErrorCode.BAD_COMMAND, op, "unknown atomic op")
         if result:
-            self.mem.write_u64(result, old)
+            self._write_u64(result, old)
 
     # ---- faults ------------------------------------------------------------------------
 
@@ -463,6 +504,10 @@ class Engine:
                 rec = hw.FAULT_RECORD.pack(f.va, self.now(), ctx, int(access), queue.index,
                                            int(f.reason))
                 slot = base + (self.fault_put % size) * hw.FAULT_RECORD_SIZE
+                if self.trace.on:  # the fault, and the record's DMA write
+                    self.trace.emit(Kind.FAULT, queue.index, ctx, queue.completed,
+                                    flags=int(access), va=f.va, addr=slot,
+                                    length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
                 try:
                     self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)[:] = \
                         np.frombuffer(rec, dtype=np.uint8)

@@ -16,6 +16,7 @@ from . import hwdef as hw
 from .engine import Engine
 from .hwdef import QReg, Reg
 from .memory import GuestMemory, Vram
+from .trace import Kind
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -64,7 +65,10 @@ class Gpu:
     def raise_irq(self, vector: int) -> None:
         with self.lock:
             self.irq_count += 1
-        if not self._deliver(vector):
+        delivered = self._deliver(vector)
+        if self.engine.trace.on:
+            self.engine.trace.emit(Kind.IRQ, flags=int(delivered), aux=vector)
+        if not delivered:
             # MSI-X not enabled by the guest: a real device would leave the PBA
             # bit pending; we count it so tests can see it.
             with self.lock:
@@ -73,6 +77,17 @@ class Gpu:
     # ---- MMIO --------------------------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
+        value = self._mmio_read(offset, size)
+        if self.engine.trace.on:
+            self.engine.trace.emit(Kind.MMIO_READ, addr=offset, va=value, length=size)
+        return value
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if self.engine.trace.on:
+            self.engine.trace.emit(Kind.MMIO_WRITE, addr=offset, va=value, length=size)
+        self._mmio_write(offset, size, value)
+
+    def _mmio_read(self, offset: int, size: int) -> int:
         if size != 4 or offset % 4:
             return self._bad_access("read", offset, size)
         with self.lock:
@@ -127,7 +142,7 @@ class Gpu:
                 case _:
                     return 0  # undefined and write-only offsets read as zero
 
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
+    def _mmio_write(self, offset: int, size: int, value: int) -> None:
         if size != 4 or offset % 4:
             self._bad_access("write", offset, size)
             return

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from . import hwdef as hw
 from .hwdef import ErrorCode, Pte
 from .memory import DeviceError, GuestMemory
+from .trace import NONE, Kind, Recorder
 
 LEVEL_SHIFT = (12, 21, 30, 39)
 INDEX_MASK = hw.PT_ENTRIES - 1
@@ -88,6 +89,7 @@ class Mmu:
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
         self.walks = 0
         self.hits = 0
+        self.trace: Recorder | None = None  # set by the engine
 
     # ---- walking ---------------------------------------------------------------
 
@@ -147,8 +149,16 @@ class Mmu:
             self.hits += 1
         else:
             t = self.walk(root, va, ctx)
+            tr = self.trace
+            if tr is not None and tr.on:
+                tr.emit(Kind.WALK, NONE, ctx, va=va, addr=t.pte_addr if t else 0,
+                        length=t.size if t else 0)
             if t is None:
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
+            if tr is not None and tr.on and (t.flags & _NEEDED[int(access)]) == \
+                    _NEEDED[int(access)]:
+                tr.emit(Kind.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
+                        length=t.size)
         need = _NEEDED[int(access)]
         if (t.flags & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)

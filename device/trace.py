@@ -1,0 +1,232 @@
+"""DMA trace recording: what the device did, as fixed-size binary records.
+
+A Recorder collects records from the engine, the MMU and the register file
+into a bounded buffer; when the buffer holds `capacity` records, further ones
+are counted as dropped instead of slowing the device. A writer thread streams
+the buffer to a file (start(path)); dump(path) writes what is buffered now.
+
+The file format (docs/trace-format.md) is a 64-byte header, then RECORD
+entries, then a JSON trailer (marks, drop count, device facts) once the trace
+is closed. load() reads it into a numpy structured array.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"HMMGPUTR"
+VERSION = 1
+# magic, version, record size, header size, records (0 = not closed), trailer
+# offset, t0 wall clock (ns since the epoch), t0 monotonic (ns)
+HEADER = struct.Struct("<8sIIIQQQQ")
+HEADER_SIZE = 64
+COUNT_OFFSET = 20  # records, then trailer offset: patched when the file is closed
+
+RECORD = np.dtype([
+    ("t_ns", "<u8"),     # device time: monotonic ns since the device started
+    ("kind", "u1"),      # Kind
+    ("queue", "u1"),     # queue index (16 = kernel queue), 255 when none
+    ("ctx", "u1"),       # context, 255 when none
+    ("flags", "u1"),     # per kind, see Kind
+    ("cmd", "<u4"),      # command id: the queue's count of completed commands when it ran
+    ("va", "<u8"),       # device virtual address, register value, or 0
+    ("addr", "<u8"),     # bus address, VRAM offset, PTE address or register offset
+    ("length", "<u4"),   # bytes
+    ("aux", "<u4"),      # per kind: opcode, status, fault reason, vector, mark id ...
+])
+assert RECORD.itemsize == 40
+
+NONE = 255
+
+
+class Kind(IntEnum):
+    """Record kinds. flags bit 0 of DMA: 1 = VRAM (else system memory)."""
+
+    DMA_READ = 1         # va (0 for SYS/VRAM apertures), addr, length
+    DMA_WRITE = 2
+    WALK = 3             # va, addr = leaf PTE address (0: not present), length = page size
+    TLB_FILL = 4         # va of the page, addr = target, length = page size
+    TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped
+    FAULT = 6            # va, flags = access, aux = reason
+    REPLAY = 7
+    CANCEL = 8
+    MMIO_READ = 9        # addr = register offset, va = value, length = size
+    MMIO_WRITE = 10
+    IRQ = 11             # aux = vector, flags = 1 when delivered
+    CMD_START = 12       # aux = opcode
+    CMD_DONE = 13        # aux = status (error code)
+    MARK = 14            # aux = mark id (text in the trailer)
+    SANITIZER = 15       # aux = detector, va/addr = what it saw
+    ERROR = 16           # aux = error code, addr = the address it names
+
+
+DMA_VRAM = 1
+
+
+@dataclass
+class TraceFile:
+    records: np.ndarray
+    marks: dict[int, str] = field(default_factory=dict)
+    dropped: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    wall_t0_ns: int = 0
+
+    def of_kind(self, *kinds: Kind) -> np.ndarray:
+        return self.records[np.isin(self.records["kind"], [int(k) for k in kinds])]
+
+
+def load(path: str | Path) -> TraceFile:
+    """A trace file as numpy records, with its marks and drop count. A file
+    whose writer did not close it (no trailer) loads up to its last whole record."""
+    data = Path(path).read_bytes()
+    if len(data) < HEADER_SIZE or data[:8] != MAGIC:
+        raise ValueError(f"{path}: not an hmmgpu trace")
+    _, version, rsize, hsize, count, trailer, wall_t0, _ = HEADER.unpack_from(data)
+    if version != VERSION or rsize != RECORD.itemsize:
+        raise ValueError(f"{path}: trace version {version}, record size {rsize}: unsupported")
+    end = trailer if trailer else hsize + (len(data) - hsize) // rsize * rsize
+    records = np.frombuffer(data, dtype=RECORD, offset=hsize,
+                            count=(end - hsize) // rsize).copy()
+    if count and len(records) != count:
+        raise ValueError(f"{path}: header says {count} records, file holds {len(records)}")
+    info: dict[str, Any] = json.loads(data[trailer:]) if trailer else {}
+    return TraceFile(records, {int(k): v for k, v in info.get("marks", {}).items()},
+                     int(info.get("dropped", 0)), info.get("meta", {}), wall_t0)
+
+
+class _Sink:
+    """One open trace file: header now, records as they come, trailer on close."""
+
+    def __init__(self, path: Path, t0_mono: int) -> None:
+        self.path = path
+        self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.count = 0
+        self.f.write(HEADER.pack(MAGIC, VERSION, RECORD.itemsize, HEADER_SIZE, 0, 0,
+                                 time.time_ns() - (time.monotonic_ns() - t0_mono), t0_mono)
+                     .ljust(HEADER_SIZE, b"\0"))
+
+    def write(self, rows: list[tuple]) -> None:
+        if rows:
+            self.f.write(np.array(rows, dtype=RECORD).tobytes())
+            self.count += len(rows)
+
+    def close(self, trailer: dict[str, Any]) -> None:
+        offset = self.f.tell()
+        self.f.write(json.dumps(trailer).encode())
+        self.f.seek(COUNT_OFFSET)
+        self.f.write(struct.pack("<QQ", self.count, offset))
+        self.f.close()
+
+
+class Recorder:
+    """The device's trace buffer. `on` is read by every hook before it builds
+    a record, so a device that is not tracing pays one attribute test."""
+
+    def __init__(self, clock, capacity: int = 1 << 20, meta: dict | None = None) -> None:
+        self.clock = clock  # device time in ns
+        self.capacity = capacity
+        self.meta = meta or {}
+        self.on = False
+        self.dropped = 0
+        self.recorded = 0
+        self.marks: dict[int, str] = {}
+        self._buf: list[tuple] = []
+        self._lock = threading.Lock()
+        self._sink: _Sink | None = None
+        self._writer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    # ---- hooks -------------------------------------------------------------------
+
+    def emit(self, kind: Kind, queue: int = NONE, ctx: int = NONE, cmd: int = 0, flags: int = 0,
+             va: int = 0, addr: int = 0, length: int = 0, aux: int = 0) -> None:
+        row = (self.clock(), int(kind), queue, ctx, flags, cmd & 0xFFFFFFFF,
+               va & 0xFFFF_FFFF_FFFF_FFFF, addr & 0xFFFF_FFFF_FFFF_FFFF,
+               min(length, 0xFFFFFFFF), aux & 0xFFFFFFFF)
+        with self._lock:
+            if len(self._buf) >= self.capacity:
+                self.dropped += 1
+                return
+            self._buf.append(row)
+            self.recorded += 1
+            if self._sink is not None and len(self._buf) >= 4096:
+                self._wake.set()
+
+    # ---- control -----------------------------------------------------------------
+
+    def start(self, path: str | Path | None = None, capacity: int | None = None) -> None:
+        """Record from now on; with `path`, stream the records to that file."""
+        self.stop()
+        with self._lock:
+            if capacity:
+                self.capacity = capacity
+            self._buf, self.dropped, self.recorded, self.marks = [], 0, 0, {}
+            if path is not None:
+                self._sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
+                self._wake.clear()
+                self._writer = threading.Thread(target=self._drain, name="hmmgpu-trace",
+                                                daemon=True)
+                self._writer.start()
+            self.on = True
+
+    def mark(self, text: str) -> int:
+        with self._lock:
+            mid = len(self.marks) + 1
+            self.marks[mid] = text
+        self.emit(Kind.MARK, aux=mid)
+        return mid
+
+    def stop(self) -> dict[str, Any]:
+        """Stop recording; close the streamed file. Returns the counts."""
+        self.on = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._wake.set()
+            writer.join()
+        with self._lock:
+            sink, self._sink = self._sink, None
+            if sink is not None:
+                sink.write(self._buf)
+                self._buf = []
+                sink.close(self._trailer())
+        return self.status()
+
+    def dump(self, path: str | Path) -> int:
+        """Write the buffered records to `path` (a complete trace file) and
+        empty the buffer; returns how many were written."""
+        with self._lock:
+            rows, self._buf = self._buf, []
+            sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
+            sink.write(rows)
+            sink.close(self._trailer())
+        return len(rows)
+
+    def status(self) -> dict[str, Any]:
+        return {"on": self.on, "recorded": self.recorded, "dropped": self.dropped,
+                "buffered": len(self._buf), "capacity": self.capacity,
+                "streaming": self._sink.path.as_posix() if self._sink else None}
+
+    def _trailer(self) -> dict[str, Any]:
+        return {"marks": self.marks, "dropped": self.dropped, "meta": self.meta}
+
+    def _drain(self) -> None:
+        while True:
+            self._wake.wait(0.2)
+            self._wake.clear()
+            with self._lock:
+                rows, self._buf = self._buf, []
+                sink = self._sink
+            if sink is None:
+                return
+            sink.write(rows)
+            if not self.on:
+                return
