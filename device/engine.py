@@ -312,7 +312,7 @@ class Engine:
     def _complete(self, queue: Queue, cmd: Command, code: ErrorCode) -> None:
         if self.trace.on:
             self.trace.emit(Kind.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
-                            aux=int(code))
+                            flags=cmd.opcode & 0xFF, aux=int(code))
         if cmd.status:
             try:
                 self._write_u64(cmd.status, int(code))

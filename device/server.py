@@ -19,6 +19,7 @@ import threading
 
 from . import hwdef as hw
 from . import pyvfio
+from .control import ControlServer
 from .gpu import Gpu
 from .memory import GuestMemory
 
@@ -45,7 +46,7 @@ def msix_capability(vectors: int, bar: int, table: int, pba: int) -> bytes:
 
 class GpuServer:
     def __init__(self, socket_path: str, library: str | None = None, msix: bool = True,
-                 vram_size: int = hw.DEFAULT_VRAM_SIZE) -> None:
+                 vram_size: int = hw.DEFAULT_VRAM_SIZE, control: str | None = None) -> None:
         self.socket_path = socket_path
         self.ctx = pyvfio.Context(socket_path, library=library)
         self.mem = GuestMemory()
@@ -74,6 +75,7 @@ class GpuServer:
         ctx.setup_quiesce(self._on_quiesce)
         ctx.realize()
         self.config = ctx.config_space()
+        self.control = ControlServer(control, self.gpu.engine.trace) if control else None
 
     # ---- callbacks -----------------------------------------------------------
 
@@ -137,6 +139,8 @@ class GpuServer:
 
     def serve(self) -> None:
         self.gpu.engine.start()
+        if self.control:
+            self.control.start()
         log.info("serving hmmgpu %04x:%04x on %s", hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID,
                  self.socket_path)
         try:
@@ -160,6 +164,9 @@ class GpuServer:
                     self.gpu.engine.resume()
         finally:
             self.gpu.engine.stop()
+            self.gpu.engine.trace.stop()  # a streamed trace gets its trailer
+            if self.control:
+                self.control.close()
             self.ctx.destroy()
 
 
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="no MSI-X capability (interrupts are counted, not delivered); QEMU "
                         "11.1 aborts on device_del of a vfio-user device with MSI-X")
     p.add_argument("--log-file", help="log here instead of stderr")
+    p.add_argument("--control", help="UNIX socket for trace control (start/stop/mark/dump)")
+    p.add_argument("--trace", metavar="FILE", help="record a DMA trace into FILE from the start")
     p.add_argument("--vram", type=_size, default=hw.DEFAULT_VRAM_SIZE,
                    help="VRAM size, e.g. 512M or 1G (default 512M)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -192,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = GpuServer(args.socket, args.library, msix=not args.no_msix,
-                           vram_size=args.vram)
+                           vram_size=args.vram, control=args.control)
+        if args.trace:
+            server.gpu.engine.trace.start(args.trace)
     except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,11 @@
 """DMA trace recording: what the device did, as fixed-size binary records.
 
 A Recorder collects records from the engine, the MMU and the register file
-into a bounded buffer; when the buffer holds `capacity` records, further ones
-are counted as dropped instead of slowing the device. A writer thread streams
-the buffer to a file (start(path)); dump(path) writes what is buffered now.
+into a bounded buffer of `capacity` records. Streaming (start(path)), a
+writer thread drains it to a file, and records that find it full are counted
+as dropped instead of slowing the device. Without a file it is a flight
+recorder: the newest `capacity` records stay, older ones are counted as
+overwritten, and dump(path) writes what it holds.
 
 The file format (docs/trace-format.md) is a 64-byte header, then RECORD
 entries, then a JSON trailer (marks, drop count, device facts) once the trace
@@ -16,6 +18,7 @@ import json
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -63,7 +66,7 @@ class Kind(IntEnum):
     MMIO_WRITE = 10
     IRQ = 11             # aux = vector, flags = 1 when delivered
     CMD_START = 12       # aux = opcode
-    CMD_DONE = 13        # aux = status (error code)
+    CMD_DONE = 13        # aux = status (error code), flags = opcode
     MARK = 14            # aux = mark id (text in the trailer)
     SANITIZER = 15       # aux = detector, va/addr = what it saw
     ERROR = 16           # aux = error code, addr = the address it names
@@ -77,6 +80,7 @@ class TraceFile:
     records: np.ndarray
     marks: dict[int, str] = field(default_factory=dict)
     dropped: int = 0
+    overwritten: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     wall_t0_ns: int = 0
 
@@ -100,7 +104,8 @@ def load(path: str | Path) -> TraceFile:
         raise ValueError(f"{path}: header says {count} records, file holds {len(records)}")
     info: dict[str, Any] = json.loads(data[trailer:]) if trailer else {}
     return TraceFile(records, {int(k): v for k, v in info.get("marks", {}).items()},
-                     int(info.get("dropped", 0)), info.get("meta", {}), wall_t0)
+                     int(info.get("dropped", 0)), int(info.get("overwritten", 0)),
+                     info.get("meta", {}), wall_t0)
 
 
 class _Sink:
@@ -137,9 +142,10 @@ class Recorder:
         self.meta = meta or {}
         self.on = False
         self.dropped = 0
+        self.overwritten = 0
         self.recorded = 0
         self.marks: dict[int, str] = {}
-        self._buf: list[tuple] = []
+        self._buf: deque[tuple] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._sink: _Sink | None = None
         self._writer: threading.Thread | None = None
@@ -154,8 +160,10 @@ class Recorder:
                min(length, 0xFFFFFFFF), aux & 0xFFFFFFFF)
         with self._lock:
             if len(self._buf) >= self.capacity:
-                self.dropped += 1
-                return
+                if self._sink is not None:
+                    self.dropped += 1
+                    return
+                self.overwritten += 1  # the deque lets the oldest go
             self._buf.append(row)
             self.recorded += 1
             if self._sink is not None and len(self._buf) >= 4096:
@@ -169,7 +177,9 @@ class Recorder:
         with self._lock:
             if capacity:
                 self.capacity = capacity
-            self._buf, self.dropped, self.recorded, self.marks = [], 0, 0, {}
+            self._buf = deque(maxlen=self.capacity)
+            self.dropped = self.overwritten = self.recorded = 0
+            self.marks = {}
             if path is not None:
                 self._sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
                 self._wake.clear()
@@ -195,8 +205,8 @@ class Recorder:
         with self._lock:
             sink, self._sink = self._sink, None
             if sink is not None:
-                sink.write(self._buf)
-                self._buf = []
+                sink.write(list(self._buf))
+                self._buf.clear()
                 sink.close(self._trailer())
         return self.status()
 
@@ -204,7 +214,8 @@ class Recorder:
         """Write the buffered records to `path` (a complete trace file) and
         empty the buffer; returns how many were written."""
         with self._lock:
-            rows, self._buf = self._buf, []
+            rows = list(self._buf)
+            self._buf.clear()
             sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
             sink.write(rows)
             sink.close(self._trailer())
@@ -212,18 +223,21 @@ class Recorder:
 
     def status(self) -> dict[str, Any]:
         return {"on": self.on, "recorded": self.recorded, "dropped": self.dropped,
-                "buffered": len(self._buf), "capacity": self.capacity,
+                "overwritten": self.overwritten, "buffered": len(self._buf),
+                "capacity": self.capacity,
                 "streaming": self._sink.path.as_posix() if self._sink else None}
 
     def _trailer(self) -> dict[str, Any]:
-        return {"marks": self.marks, "dropped": self.dropped, "meta": self.meta}
+        return {"marks": self.marks, "dropped": self.dropped, "overwritten": self.overwritten,
+                "meta": self.meta}
 
     def _drain(self) -> None:
         while True:
             self._wake.wait(0.2)
             self._wake.clear()
             with self._lock:
-                rows, self._buf = self._buf, []
+                rows = list(self._buf)
+                self._buf.clear()
                 sink = self._sink
             if sink is None:
                 return

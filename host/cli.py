@@ -7,8 +7,11 @@ where its logs went, and turns expected failures into one plain line.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from pathlib import Path
 
 from .errors import HmmgpuError
 from .paths import REPO, Paths
@@ -57,16 +60,22 @@ def cmd_hwdef(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     from .lab import Lab, LabConfig
     cfg = LabConfig(gpus=args.gpus, memory_mb=args.memory, accel=args.accel,
-                    verbose=args.verbose, vram_mb=args.vram)
+                    verbose=args.verbose, vram_mb=args.vram, trace=args.trace)
     with Lab(cfg) as lab:
         lab.boot()
         print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}); "
               f"logs in {lab.run_dir}")
+        if args.trace:
+            print("hmmgpu: DMA traces: " + ", ".join(str(g.trace_file) for g in lab.gpus))
         for dev in lab.guest_pci_devices():
             print(f"  guest PCI {dev['slot']}: {dev['vendor']}:{dev['device']} "
                   f"driver={dev['driver'] or '-'}")
         if args.command:
             print(lab.ssh(args.command).stdout, end="")
+        if args.hold:
+            print("hmmgpu: holding the VM (e.g. for 'hmmgpu trace ...'); Ctrl-C stops it")
+            while lab.qemu_alive():
+                time.sleep(1)
     return 0
 
 
@@ -91,6 +100,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(accel=args.accel, verbose=args.verbose)
 
 
+def _live_control(args: argparse.Namespace):
+    """The control socket of GPU --gpu in run directory --run (default: the
+    newest run whose device server answers)."""
+    from .trace_ctl import TraceControl
+    paths = Paths.default()
+    if args.run:
+        runs = [Path(args.run)]
+    else:
+        runs = sorted((p for p in paths.runs.glob("*") if p.is_dir()), reverse=True)
+    for run in runs:
+        ctl = TraceControl(run / f"gpu{args.gpu}.ctl", timeout=5)
+        if ctl.path.exists() and (args.run or ctl.alive()):
+            return ctl
+    where = args.run or paths.runs
+    raise HmmgpuError(f"no running device server for gpu{args.gpu} in {where} "
+                      "(boot a lab first, e.g. 'hmmgpu boot')")
+
+
+def cmd_trace_control(args: argparse.Namespace) -> int:
+    ctl = _live_control(args)
+    if args.tcmd == "start":
+        out = Path(args.file).resolve() if args.file else None
+        s = ctl.start(out, args.capacity)
+        print(f"hmmgpu: gpu{args.gpu} tracing " + (f"into {out}" if out else
+              f"in memory (newest {s['capacity']} records; 'hmmgpu trace dump FILE')"))
+    elif args.tcmd == "stop":
+        s = ctl.stop()
+        print(f"hmmgpu: gpu{args.gpu} stopped: {s['recorded']} records, {s['dropped']} dropped")
+    elif args.tcmd == "mark":
+        print(f"hmmgpu: gpu{args.gpu} mark {ctl.mark(args.text)}")
+    elif args.tcmd == "dump":
+        out = Path(args.file).resolve()
+        print(f"hmmgpu: gpu{args.gpu}: {ctl.dump(out)} records into {out}")
+    else:
+        print(json.dumps(ctl.status()))
+    return 0
+
+
+def _load(path: str):
+    from ..device.trace import load
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise HmmgpuError(f"no such trace file: {path}") from None
+    except ValueError as e:
+        raise HmmgpuError(str(e)) from None
+
+
+def cmd_trace_summary(args: argparse.Namespace) -> int:
+    from .tracetools import summary
+    print(summary(_load(args.file), args.file))
+    return 0
+
+
+def cmd_trace_export(args: argparse.Namespace) -> int:
+    from .tracetools import write_perfetto
+    out = Path(args.output or Path(args.files[0]).with_suffix(".perfetto.json"))
+    write_perfetto([(Path(f).stem, _load(f)) for f in args.files], out)
+    print(f"hmmgpu: wrote {out} (open it in the Perfetto UI)")
+    return 0
+
+
+def cmd_trace_diff(args: argparse.Namespace) -> int:
+    from .tracetools import diff
+    print(diff(_load(args.a), _load(args.b), (Path(args.a).stem, Path(args.b).stem)))
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="hmmgpu", description="Emulated HMM GPU lab for Linux drivers")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -108,6 +185,9 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
     s.add_argument("--vram", type=int, default=512, help="VRAM per GPU in MiB")
     s.add_argument("--accel", **accel)
+    s.add_argument("--trace", action="store_true",
+                   help="record each GPU's DMA trace from the start into the run directory")
+    s.add_argument("--hold", action="store_true", help="keep the VM running until Ctrl-C")
     s.add_argument("command", nargs="?", help="guest shell command to run over SSH")
     s.set_defaults(fn=cmd_boot)
 
@@ -134,6 +214,40 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--no-msix", action="store_true", help="no MSI-X (allows device_del)")
     d.add_argument("--vram", type=int, default=512, help="VRAM in MiB")
     d.set_defaults(fn=cmd_device_serve)
+
+    s = sub.add_parser("trace", help="DMA traces: control a running GPU, read trace files")
+    tsub = s.add_subparsers(dest="tcmd", required=True, parser_class=ArgumentParser)
+    where = ArgumentParser(add_help=False)
+    where.add_argument("--run", help="run directory of the lab (default: the newest live one)")
+    where.add_argument("--gpu", type=int, default=0, help="GPU index (default 0)")
+    t = tsub.add_parser("start", parents=[where], help="start recording (streamed to FILE, "
+                        "else kept in memory)")
+    t.add_argument("file", nargs="?", help="stream the trace into this file")
+    t.add_argument("--capacity", type=int, help="records held in memory (default 1048576)")
+    t.set_defaults(fn=cmd_trace_control)
+    t = tsub.add_parser("stop", parents=[where], help="stop recording (closes a streamed file)")
+    t.set_defaults(fn=cmd_trace_control)
+    t = tsub.add_parser("mark", parents=[where], help="put a named mark into the trace")
+    t.add_argument("text")
+    t.set_defaults(fn=cmd_trace_control)
+    t = tsub.add_parser("dump", parents=[where], help="write the records held in memory")
+    t.add_argument("file")
+    t.set_defaults(fn=cmd_trace_control)
+    t = tsub.add_parser("status", parents=[where], help="recording state and counts (JSON)")
+    t.set_defaults(fn=cmd_trace_control)
+    t = tsub.add_parser("summary", help="bytes per direction and context, faults/s, hot pages")
+    t.add_argument("file")
+    t.set_defaults(fn=cmd_trace_summary)
+    t = tsub.add_parser("export", help="export for the Perfetto UI (Chrome trace JSON)")
+    t.add_argument("--perfetto", action="store_true", required=True,
+                   help="the format (the only one)")
+    t.add_argument("-o", "--output", help="output file (default: FILE.perfetto.json)")
+    t.add_argument("files", nargs="+", help="trace files, one process each (e.g. gpu0, gpu1)")
+    t.set_defaults(fn=cmd_trace_export)
+    t = tsub.add_parser("diff", help="compare two traces")
+    t.add_argument("a")
+    t.add_argument("b")
+    t.set_defaults(fn=cmd_trace_diff)
 
     s = sub.add_parser("hwdef", help="print (or --write) the generated C header")
     s.add_argument("--write", action="store_true", help=f"write {HEADER.relative_to(REPO)}")

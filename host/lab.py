@@ -33,6 +33,7 @@ from .paths import Paths
 from .qmp import Qmp
 from .ssh import Guest, Result, free_port, make_key
 from .toolbox import Toolbox
+from .trace_ctl import TraceControl
 
 log = logging.getLogger("hmmgpu")
 
@@ -53,6 +54,9 @@ class LabConfig:
     # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
     msix: bool = True
     vram_mb: int = 512  # per GPU
+    # record a DMA trace of each GPU from its start, streamed to the run
+    # directory as gpuN.hmmtrace (control it later with gpu.trace either way)
+    trace: bool = False
     extra_qemu_args: list[str] = field(default_factory=list)
 
 
@@ -60,21 +64,27 @@ class GpuProcess:
     """One device server child process."""
 
     def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
-                 vram_mb: int = 512) -> None:
+                 vram_mb: int = 512, trace: bool = False) -> None:
         self.index = index
+        self.trace_from_start = trace
         self.library = library
         self.vram_mb = vram_mb
         self.msix = msix
         self.id = f"gpu{index}"
         self.socket = run_dir / f"{self.id}.sock"
         self.log = run_dir / f"{self.id}.log"
+        self.control = run_dir / f"{self.id}.ctl"
+        self.trace_file = run_dir / f"{self.id}.hmmtrace"
+        self.trace = TraceControl(self.control)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.socket.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
                "--log-file", str(self.log), "--library", str(self.library),
-               "--vram", f"{self.vram_mb}M"]
+               "--vram", f"{self.vram_mb}M", "--control", str(self.control)]
+        if self.trace_from_start:
+            cmd += ["--trace", str(self.trace_file)]
         if not self.msix:
             cmd.append("--no-msix")
         with open(self.log, "ab") as out:  # for anything printed outside logging
@@ -115,7 +125,8 @@ class Lab:
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
         self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,
-                                self.config.vram_mb) for i in range(self.config.gpus)]
+                                self.config.vram_mb, self.config.trace)
+                     for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self.guest: Guest | None = None

@@ -41,7 +41,8 @@ def server_socket(paths: Paths, tmp_path: Path) -> Iterator[Path]:
     log = tmp_path / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "hmmgpu.device.server", "--socket",
                              str(sock), "--log-file", str(log), "--library",
-                             str(paths.libvfio_user)])
+                             str(paths.libvfio_user), "--control",
+                             str(sock.with_suffix(".ctl"))])
     deadline = time.monotonic() + 20
     while not sock.exists():
         assert proc.poll() is None, f"server died: {log.read_text() if log.exists() else ''}"

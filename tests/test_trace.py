@@ -76,18 +76,38 @@ def test_vram_dma_and_invalidations_say_what_they_touched(rig: Rig) -> None:
     assert (inv["ctx"], inv["va"], inv["length"]) == (5, 0x1000, 0x3000)
 
 
-def test_a_full_buffer_counts_drops_and_the_device_keeps_going(rig: Rig) -> None:
-    tr = rig.gpu.engine.trace
-    tr.start(capacity=10)
+def fills(rig: Rig, n: int) -> None:
     out = rig.drv.alloc(16)
-    for _ in range(20):
+    for _ in range(n):
         rig.drv.submit(hw.KERNEL_QUEUE, Opcode.FILL, (out, 16, 7),
                        flags=hw.cmd_flags(dst=Aperture.SYS))
     rig.run()
+
+
+def test_a_full_stream_buffer_counts_drops_and_the_device_keeps_going(rig: Rig,
+                                                                       tmp_path: Path) -> None:
+    tr = rig.gpu.engine.trace
+    tr._drain = lambda: None  # a writer that never catches up
+    tr.start(tmp_path / "slow.hmmtrace", capacity=10)
+    fills(rig, 20)
     s = tr.stop()
-    assert s["buffered"] == 10 and s["dropped"] > 0
-    assert s["recorded"] + s["dropped"] > 40
+    assert s["dropped"] > 0 and s["recorded"] == 10
     assert rig.gpu.engine.queues[hw.KERNEL_QUEUE].completed == 20
+    t = trace.load(tmp_path / "slow.hmmtrace")
+    assert len(t.records) == 10 and t.dropped == s["dropped"]
+    assert t.records[0]["kind"] == Kind.MMIO_WRITE  # the first records stay
+
+
+def test_the_flight_recorder_keeps_the_newest_records(rig: Rig, tmp_path: Path) -> None:
+    tr = rig.gpu.engine.trace
+    tr.start(capacity=10)
+    fills(rig, 20)
+    tr.mark("end")
+    s = tr.stop()
+    assert s["buffered"] == 10 and s["overwritten"] > 0 and s["dropped"] == 0
+    tr.dump(tmp_path / "f.hmmtrace")
+    t = trace.load(tmp_path / "f.hmmtrace")
+    assert t.records[-1]["kind"] == Kind.MARK and t.overwritten == s["overwritten"]
 
 
 def test_streaming_writes_a_file_with_marks_and_drops(rig: Rig, tmp_path: Path) -> None:

@@ -1,0 +1,78 @@
+"""The device server's control socket: trace start/stop/mark/dump while the
+VM runs, for the harness and the CLI.
+
+One JSON object per line in each direction on a UNIX stream socket:
+{"op": "start", "path": FILE or null, "capacity": N or null} -> {"ok": true, ...status}
+{"op": "stop"} | {"op": "status"} -> status; {"op": "mark", "text": T} -> {"mark": id};
+{"op": "dump", "path": FILE} -> {"records": n}. Errors: {"ok": false, "error": text}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from .trace import Recorder
+
+log = logging.getLogger("hmmgpu.device")
+
+
+def handle(recorder: Recorder, req: dict[str, Any]) -> dict[str, Any]:
+    op = req.get("op")
+    if op == "start":
+        capacity = req.get("capacity")
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be a positive integer, not {capacity!r}")
+        recorder.start(req.get("path"), capacity)
+        return recorder.status()
+    if op == "stop":
+        return recorder.stop()
+    if op == "status":
+        return recorder.status()
+    if op == "mark":
+        return {"mark": recorder.mark(str(req.get("text", "")))}
+    if op == "dump":
+        if not req.get("path"):
+            raise ValueError("dump needs a path")
+        return {"records": recorder.dump(req["path"])}
+    raise ValueError(f"unknown op {op!r}")
+
+
+class ControlServer:
+    def __init__(self, path: str, recorder: Recorder) -> None:
+        self.path = path
+        self.recorder = recorder
+        if os.path.exists(path):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        self._thread = threading.Thread(target=self._serve, name="hmmgpu-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self.sock.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn, conn.makefile("rw") as f:
+                for line in f:
+                    try:
+                        reply = {"ok": True, **handle(self.recorder, json.loads(line))}
+                    except (ValueError, OSError, TypeError) as e:
+                        reply = {"ok": False, "error": str(e)}
+                    log.info("control %s -> %s", line.strip()[:200], reply)
+                    f.write(json.dumps(reply) + "\n")
+                    f.flush()
