@@ -18,6 +18,9 @@ from hmmgpu.host.lab import Lab, LabConfig
 from hmmgpu.host.paths import Paths
 from hmmgpu.host.provision import Provisioner
 
+# hmmgpu_trace: a failing VM test gets the GPUs' DMA trace in its report
+pytest_plugins = ["hmmgpu.host.pytest_plugin", "pytester"]
+
 
 @pytest.fixture(scope="session")
 def paths() -> Paths:
@@ -68,6 +71,7 @@ def _no_guest_kernel_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     lab: Lab = request.getfixturevalue("lab")
+    request.getfixturevalue("hmmgpu_trace")
     since = lab.console.size()
     yield
     lab.check_console(since)

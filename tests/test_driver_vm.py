@@ -70,3 +70,37 @@ def test_thp_migration_round_trip_returns_every_vram_page(paths) -> None:
         assert f"pass:{len(cases)} fail:0" in out, out[-2000:]
         assert vram_pages(lab) == (total, total)
         lab.check_console()
+
+
+def test_a_trace_from_boot_shows_the_driver_at_work(paths) -> None:
+    """Through the real stack: a GPU traced from its start while hmmgpu.ko
+    loads and hmm-tests reads and migrates; the file has the doorbells, the
+    interrupts, the faults and replays, DMA to VRAM, and the mark."""
+    from hmmgpu.device import hwdef as hw
+    from hmmgpu.device.trace import DMA_VRAM, Kind, load
+    from hmmgpu.host import tracetools
+
+    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64, trace=True), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        gpu = lab.gpus[0]
+        gpu.trace.mark("hmm-tests")
+        out = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} -r hmm.hmm_device_private."
+                      "anon_read -r hmm.hmm_device_private.migrate", check=False).stdout
+        assert "pass:2 fail:0" in out, out[-2000:]
+        status = gpu.trace.stop()
+        t = load(gpu.trace_file)
+        lab.check_console()
+    r = t.records
+    assert len(r) == status["recorded"] and t.dropped == 0
+    assert t.marks == {1: "hmm-tests"}
+    tails = r[(r["kind"] == Kind.MMIO_WRITE) & (r["addr"] >= hw.QUEUE_BASE)]
+    assert len(tails) > 0
+    assert len(t.of_kind(Kind.IRQ)) > 0
+    faults = t.of_kind(Kind.FAULT)
+    assert len(faults) > 0 and set(faults["ctx"]) <= set(range(hw.NUM_CONTEXTS))
+    assert len(t.of_kind(Kind.REPLAY)) > 0
+    vram_writes = t.of_kind(Kind.DMA_WRITE)
+    assert (vram_writes["flags"] & DMA_VRAM).any(), "migration wrote no VRAM"
+    assert tracetools.stats(t)["commands"]["COPY"] > 0
+    assert tracetools.perfetto([("gpu0", t)])["traceEvents"]

@@ -115,3 +115,40 @@ def test_a_live_device_server_is_traced_through_its_control_socket(
         ctl.request("frobnicate")
     with pytest.raises(HmmgpuError, match="capacity"):
         ctl.start(capacity=-1)
+
+
+def test_a_failing_test_gets_the_gpu_trace_in_its_report(server_socket: Path,
+                                                          pytester: pytest.Pytester) -> None:
+    """The pytest plugin against a real device server: the failing test's
+    report carries the trace summary and the file is in the run directory;
+    the passing test leaves no file."""
+    run_dir = pytester.path / "run"
+    run_dir.mkdir()
+    pytester.makeconftest(f"""
+import pytest
+from types import SimpleNamespace
+from pathlib import Path
+from hmmgpu.host.trace_ctl import TraceControl
+pytest_plugins = ["hmmgpu.host.pytest_plugin"]
+
+@pytest.fixture
+def lab():
+    gpu = SimpleNamespace(id="gpu0", alive=True,
+                          trace=TraceControl(Path({str(server_socket.with_suffix('.ctl'))!r})))
+    return SimpleNamespace(gpus=[gpu], run_dir={str(run_dir)!r})
+""")
+    pytester.makepyfile("""
+def test_passes(hmmgpu_trace):
+    hmmgpu_trace.gpus[0].trace.mark("fine")
+
+def test_fails(hmmgpu_trace):
+    hmmgpu_trace.gpus[0].trace.mark("about to fail")
+    assert False
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*hmmgpu DMA trace*", "*marks: 1: test *test_fails*",
+                                 "*view: hmmgpu trace export --perfetto*"])
+    files = list(run_dir.glob("*.hmmtrace"))
+    assert [f.name for f in files] == ["trace-test_fails-gpu0.hmmtrace"]
+    assert "about to fail" in trace.load(files[0]).marks.values()
