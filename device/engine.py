@@ -294,8 +294,9 @@ class Engine:
                 self._halt(queue, e.code, e.addr, "command ring not in guest memory")
             return
         cmd = Command.unpack(raw)
-        ctx = queue.index if queue.index != hw.KERNEL_QUEUE else cmd.ctx
-        self._cur = (queue.index, ctx if ctx < hw.NUM_CONTEXTS else NONE, queue.completed)
+        # kernel-queue commands belong to no context unless they name one (VA aperture)
+        ctx = queue.index if queue.index != hw.KERNEL_QUEUE else NONE
+        self._cur = (queue.index, ctx, queue.completed)
         if self.trace.on:
             self.trace.emit(Kind.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
                             aux=cmd.opcode)
@@ -436,8 +437,8 @@ class Engine:
         views: list[np.ndarray] = []
         for vram, target, n, run_va in runs:
             if tracing:
-                self.trace.emit(kind, *self._cur, flags=DMA_VRAM if vram else 0, va=run_va,
-                                addr=target, length=n)
+                self.trace.emit(kind, queue.index, ctx, self._cur[2], DMA_VRAM if vram else 0,
+                                va=run_va, addr=target, length=n)
             if vram:
                 views.append(self.vram.view(target, n))
             else:
