@@ -4,7 +4,8 @@ VM runs, for the harness and the CLI.
 One JSON object per line in each direction on a UNIX stream socket:
 {"op": "start", "path": FILE or null, "capacity": N or null} -> {"ok": true, ...status}
 {"op": "stop"} | {"op": "status"} -> status; {"op": "mark", "text": T} -> {"mark": id};
-{"op": "dump", "path": FILE} -> {"records": n}. Errors: {"ok": false, "error": text}.
+{"op": "dump", "path": FILE} -> {"records": n}; {"op": "sanitizer", "clear": bool} ->
+{"count": n, "reports": [...]}. Errors: {"ok": false, "error": text}.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import socket
 import threading
 from typing import Any
 
+from .sanitizer import Sanitizer
 from .trace import Recorder
 
 log = logging.getLogger("hmmgpu.device")
 
 
-def handle(recorder: Recorder, req: dict[str, Any]) -> dict[str, Any]:
+def handle(recorder: Recorder, req: dict[str, Any],
+           sanitizer: Sanitizer | None = None) -> dict[str, Any]:
     op = req.get("op")
+    if op == "sanitizer" and sanitizer is not None:
+        return sanitizer.take(clear=bool(req.get("clear")))
     if op == "start":
         capacity = req.get("capacity")
         if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
@@ -43,9 +48,10 @@ def handle(recorder: Recorder, req: dict[str, Any]) -> dict[str, Any]:
 
 
 class ControlServer:
-    def __init__(self, path: str, recorder: Recorder) -> None:
+    def __init__(self, path: str, recorder: Recorder, sanitizer: Sanitizer | None = None) -> None:
         self.path = path
         self.recorder = recorder
+        self.sanitizer = sanitizer
         if os.path.exists(path):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -70,7 +76,8 @@ class ControlServer:
             with conn, conn.makefile("rw") as f:
                 for line in f:
                     try:
-                        reply = {"ok": True, **handle(self.recorder, json.loads(line))}
+                        reply = {"ok": True, **handle(self.recorder, json.loads(line),
+                                                      self.sanitizer)}
                     except (ValueError, OSError, TypeError) as e:
                         reply = {"ok": False, "error": str(e)}
                     log.info("control %s -> %s", line.strip()[:200], reply)

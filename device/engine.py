@@ -30,14 +30,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hwdef as hw
-from .hwdef import Access, Aperture, ErrorCode, Opcode, QueueStatus
+from .hwdef import Access, Aperture, ErrorCode, Opcode, QueueStatus, SanCheck
 from .memory import DeviceError, GuestMemory, Vram
 from .mmu import Fault, Mmu
+from .sanitizer import Sanitizer
 from .trace import DMA_VRAM, NONE, Kind, Recorder
 
 log = logging.getLogger("hmmgpu.device")
 
 MAX_FAULTS_PER_COMMAND = 64
+# device errors that are driver bugs the sanitizer reports with their context
+_SANITIZED_ERRORS = {ErrorCode.DMA_UNMAPPED: SanCheck.DMA_UNMAPPED,
+                     ErrorCode.VRAM_RANGE: SanCheck.VRAM_PTE,
+                     ErrorCode.BUS_MASTER_OFF: SanCheck.BUS_MASTER_OFF}
 BATCH = 16  # commands run from one queue before the next queue's turn
 # plain ints for the hot path (IntFlag arithmetic is slow in CPython)
 _STALLED_OR_HALTED = int(QueueStatus.STALLED | QueueStatus.HALTED)
@@ -100,6 +105,8 @@ class Engine:
         self._bus_master = bus_master
         self.trace = Recorder(self.now, meta={"vram_size": vram.size})
         self.mmu.trace = self.trace
+        self.sanitizer = Sanitizer(self.now, self.trace, vram.size)
+        self.set_sanitizer(True)
         # (queue, ctx, command id) of the command executing, for trace records
         self._cur = (NONE, NONE, 0)
         self.lock = threading.RLock()
@@ -140,6 +147,7 @@ class Engine:
             self.error_count = 0
             self.intr_status = hw.IntrStatus(0)
             self.mmu.flush()
+            self.sanitizer.reset()
 
     def pause(self) -> None:
         """Park the worker between commands (no DMA until resume())."""
@@ -216,6 +224,11 @@ class Engine:
         if self.trace.on:
             self.trace.emit(Kind.ERROR, NONE if queue is None else queue, self._cur[1],
                             cmd=self._cur[2], addr=addr, aux=int(code))
+        check = _SANITIZED_ERRORS.get(code)
+        if check is not None:
+            ctx = self._cur[1]
+            self.sanitizer.report(check, queue, None if ctx == NONE else ctx,
+                                  self._cur[2] if queue is not None else None, addr, detail)
         log.warning("device error %s (queue %s, addr %#x): %s", code.name, queue, addr, detail)
         self._raise_irq(hw.IrqVector.ERROR)
 
@@ -342,6 +355,32 @@ class Engine:
 
     # ---- commands ----------------------------------------------------------------------
 
+    def set_sanitizer(self, enabled: bool) -> None:
+        """Switch the driver sanitizer; off, the MMU runs without its hooks."""
+        self.sanitizer.enabled = enabled
+        self.mmu.check_hit = self._check_tlb_hit if enabled else None
+        self.mmu.check_walk = self._check_walk if enabled else None
+
+    def _check_tlb_hit(self, ctx: int, t) -> None:
+        """Sanitizer (a): the PTE behind a TLB hit must still say what the TLB holds."""
+        try:
+            now = self.mem.read_u64(t.pte_addr)
+        except DeviceError:
+            now = 0
+        if now != t.pte:
+            self.sanitizer.report(
+                SanCheck.STALE_TLB, self._cur[0], ctx, self._cur[2], t.va,
+                f"TLB entry for va {t.va:#x} used, but its PTE at {t.pte_addr:#x} changed "
+                f"from {t.pte:#x} to {now:#x} without TLB_INVALIDATE", once_key=t.va)
+
+    def _check_walk(self, ctx: int, t) -> None:
+        """Sanitizer (c): a VRAM PTE must point at VRAM the driver holds."""
+        if t.vram and self.sanitizer.vram_page_freed(t.addr, t.size):
+            self.sanitizer.report(
+                SanCheck.VRAM_PTE, self._cur[0], ctx, self._cur[2], t.va,
+                f"PTE at {t.pte_addr:#x} maps va {t.va:#x} to VRAM offset {t.addr:#x}, "
+                "a page the driver freed", once_key=t.va)
+
     def _write_u64(self, addr: int, value: int) -> None:
         """A device write of one word to system memory (status, fence, result)."""
         if self.trace.on:
@@ -376,6 +415,7 @@ class Engine:
             case Opcode.TLB_INVALIDATE:
                 ctx = self._ctx_of(queue, cmd)
                 dropped = self.mmu.invalidate(ctx, a[0], a[1])
+                self.sanitizer.invalidated(ctx)
                 if self.trace.on:
                     self.trace.emit(Kind.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
                                     va=a[0], length=a[1], aux=dropped)
@@ -501,6 +541,10 @@ class Engine:
             for f in faults:
                 if (self.fault_put + 1) % size == self.fault_get % size:
                     self.fault_overflow += 1
+                    self.sanitizer.report(
+                        SanCheck.FAULT_OVERFLOW, queue.index, ctx, queue.completed, f.va,
+                        f"fault at {f.va:#x} lost: the fault buffer ({size} entries) is full; "
+                        f"PUT {self.fault_put} GET {self.fault_get}")
                     continue
                 rec = hw.FAULT_RECORD.pack(f.va, self.now(), ctx, int(access), queue.index,
                                            int(f.reason))

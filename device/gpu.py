@@ -139,6 +139,8 @@ class Gpu:
                     return _lo(now)
                 case Reg.TIMESTAMP_HI:
                     return self.timestamp_latch
+                case Reg.SAN_REPORTS:
+                    return _lo(e.sanitizer.count)
                 case _:
                     return 0  # undefined and write-only offsets read as zero
 
@@ -168,6 +170,8 @@ class Gpu:
                 case Reg.DEVICE_RESET:
                     if value & 1:
                         self.reset()
+                case Reg.SAN_VRAM:
+                    e.sanitizer.vram_write(value)
                 case Reg.FAULT_BASE_LO:
                     e.fault_base = _set_lo(e.fault_base, value)
                 case Reg.FAULT_BASE_HI:

@@ -81,6 +81,11 @@ class Reg(IntEnum):
     FAULT_OVERFLOW = 0x054
     TIMESTAMP_LO = 0x058
     TIMESTAMP_HI = 0x05C
+    # driver sanitizer (docs/hardware.md): the driver tells the device which
+    # VRAM pages it holds, so a PTE at a freed page is caught; write
+    # SAN_VRAM_ALLOC | order << SAN_ORDER_SHIFT | page << SAN_PAGE_SHIFT
+    SAN_VRAM = 0x060
+    SAN_REPORTS = 0x064  # read: sanitizer reports so far
 
 
 # Per-queue registers: queue q's window starts at QUEUE_BASE + q * QUEUE_STRIDE.
@@ -162,6 +167,10 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.TIMESTAMP_LO, "RO", None,
              "device clock in ns, bits 31:0 (reading LO latches HI)"),
     Register(Reg.TIMESTAMP_HI, "RO", None, "device clock in ns, bits 63:32, latched"),
+    Register(Reg.SAN_VRAM, "WO", None,
+             "sanitizer: VRAM folio allocated (bit 0 = 1) or freed; order in bits 4:1, "
+             "page index in bits 31:5"),
+    Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports so far"),
 )
 
 QUEUE_REGISTERS: tuple[tuple[QReg, str, str], ...] = (
@@ -208,6 +217,21 @@ class ErrorCode(IntEnum):
     BUS_MASTER_OFF = 11  # DMA attempted while Bus Master Enable is clear
     FAULT_BUFFER = 12  # fault buffer misconfigured or unmapped
     CONTEXT = 13  # command names a context that does not exist
+
+
+class SanCheck(IntEnum):
+    """What the driver sanitizer detects (its report names one)."""
+
+    STALE_TLB = 1  # a TLB entry used after its PTE changed without TLB_INVALIDATE
+    DMA_UNMAPPED = 2  # DMA to a bus address QEMU has not mapped
+    VRAM_PTE = 3  # a PTE past the end of VRAM, or at a VRAM page the driver freed
+    FAULT_OVERFLOW = 4  # a fault found the fault buffer full
+    BUS_MASTER_OFF = 5  # a command after the driver disabled bus mastering
+
+
+SAN_VRAM_ALLOC = 1 << 0  # else: free
+SAN_ORDER_SHIFT = 1  # 4 bits: the folio order
+SAN_PAGE_SHIFT = 5  # VRAM page index, 27 bits
 
 
 # ---- commands ----------------------------------------------------------------------
@@ -315,6 +339,8 @@ def _defines() -> list[tuple[str, int]]:
         ("SRC_APERTURE_SHIFT", SRC_APERTURE_SHIFT), ("DST_APERTURE_SHIFT", DST_APERTURE_SHIFT),
         ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT),
         ("PTE_ADDR_MASK", PTE_ADDR_MASK),
+        ("SAN_VRAM_ALLOC", SAN_VRAM_ALLOC), ("SAN_ORDER_SHIFT", SAN_ORDER_SHIFT),
+        ("SAN_PAGE_SHIFT", SAN_PAGE_SHIFT),
     ]
     out += [(f"REG_{r.name}", int(r)) for r in Reg]
     out += [(f"QREG_{r.name}", int(r)) for r in QReg]
@@ -331,6 +357,7 @@ def _defines() -> list[tuple[str, int]]:
     out += [(f"PTE_{p.name}", int(p)) for p in Pte]
     out += [(f"ACCESS_{a.name}", int(a)) for a in Access]
     out += [(f"FAULT_{r.name}", int(r)) for r in FaultReason]
+    out += [(f"SAN_{c.name}", int(c)) for c in SanCheck]
     return out
 
 

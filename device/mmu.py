@@ -21,6 +21,7 @@ that frees or moves a page table must invalidate, as it must for a PTE.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import hwdef as hw
@@ -46,6 +47,7 @@ class Translation:
     vram: bool
     flags: int  # Pte READ / WRITE / ATOMIC bits
     pte_addr: int  # bus address of the leaf PTE
+    pte: int = 0  # the leaf PTE as read
 
     def target(self, va: int) -> int:
         return self.addr + (va - self.va)
@@ -90,6 +92,9 @@ class Mmu:
         self.walks = 0
         self.hits = 0
         self.trace: Recorder | None = None  # set by the engine
+        # sanitizer hooks, set by the engine: a TLB hit, a successful walk
+        self.check_hit: Callable[[int, Translation], None] | None = None
+        self.check_walk: Callable[[int, Translation], None] | None = None
 
     # ---- walking ---------------------------------------------------------------
 
@@ -133,7 +138,8 @@ class Mmu:
                                       f"PTE maps VRAM offset {addr:#x}")
                 if level == 0 and ctx is not None:
                     self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)
-                return Translation(va & ~(size - 1), size, addr, vram, pte & _PERMS, pte_addr)
+                return Translation(va & ~(size - 1), size, addr, vram, pte & _PERMS, pte_addr,
+                                   pte)
             if pte & _VRAM:
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "page table in VRAM")
             table = addr
@@ -147,6 +153,8 @@ class Mmu:
             self.tlb_large.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1)))
         if t is not None:
             self.hits += 1
+            if self.check_hit is not None:
+                self.check_hit(ctx, t)
         else:
             t = self.walk(root, va, ctx)
             tr = self.trace
@@ -155,6 +163,8 @@ class Mmu:
                         length=t.size if t else 0)
             if t is None:
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
+            if self.check_walk is not None:
+                self.check_walk(ctx, t)
             if tr is not None and tr.on and (t.flags & _NEEDED[int(access)]) == \
                     _NEEDED[int(access)]:
                 tr.emit(Kind.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,

@@ -75,7 +75,8 @@ class GpuServer:
         ctx.setup_quiesce(self._on_quiesce)
         ctx.realize()
         self.config = ctx.config_space()
-        self.control = ControlServer(control, self.gpu.engine.trace) if control else None
+        self.control = ControlServer(control, self.gpu.engine.trace,
+                                     self.gpu.engine.sanitizer) if control else None
 
     # ---- callbacks -----------------------------------------------------------
 
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-file", help="log here instead of stderr")
     p.add_argument("--control", help="UNIX socket for trace control (start/stop/mark/dump)")
     p.add_argument("--trace", metavar="FILE", help="record a DMA trace into FILE from the start")
+    p.add_argument("--no-sanitize", action="store_true",
+                   help="switch the driver sanitizer off (it is on by default)")
     p.add_argument("--vram", type=_size, default=hw.DEFAULT_VRAM_SIZE,
                    help="VRAM size, e.g. 512M or 1G (default 512M)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                            vram_size=args.vram, control=args.control)
         if args.trace:
             server.gpu.engine.trace.start(args.trace)
+        server.gpu.engine.set_sanitizer(not args.no_sanitize)
     except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ from .errors import HmmgpuError
 
 
 class TraceControl:
-    """Trace start/stop/mark/dump for one device server."""
+    """Trace start/stop/mark/dump and sanitizer reports for one device server."""
 
     def __init__(self, path: Path, timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -51,6 +51,10 @@ class TraceControl:
     def dump(self, path: Path) -> int:
         """Write the records held in memory to `path`; returns how many."""
         return int(self.request("dump", path=str(path))["records"])
+
+    def sanitizer(self, clear: bool = False) -> dict[str, Any]:
+        """The driver sanitizer's reports so far ({"count", "reports"}); `clear` empties them."""
+        return self.request("sanitizer", clear=clear)
 
     def alive(self) -> bool:
         try:

@@ -38,6 +38,9 @@
 #define HMMGPU_DST_APERTURE_SHIFT       0xa
 #define HMMGPU_ATOMIC_OP_SHIFT          0x10
 #define HMMGPU_PTE_ADDR_MASK            0xffffffffff000ULL
+#define HMMGPU_SAN_VRAM_ALLOC           0x1
+#define HMMGPU_SAN_ORDER_SHIFT          0x1
+#define HMMGPU_SAN_PAGE_SHIFT           0x5
 #define HMMGPU_REG_ID                   0x0
 #define HMMGPU_REG_VERSION              0x4
 #define HMMGPU_REG_SCRATCH              0x8
@@ -61,6 +64,8 @@
 #define HMMGPU_REG_FAULT_OVERFLOW       0x54
 #define HMMGPU_REG_TIMESTAMP_LO         0x58
 #define HMMGPU_REG_TIMESTAMP_HI         0x5c
+#define HMMGPU_REG_SAN_VRAM             0x60
+#define HMMGPU_REG_SAN_REPORTS          0x64
 #define HMMGPU_QREG_RING_BASE_LO        0x0
 #define HMMGPU_QREG_RING_BASE_HI        0x4
 #define HMMGPU_QREG_RING_SIZE           0x8
@@ -125,6 +130,11 @@
 #define HMMGPU_ACCESS_ATOMIC            0x4
 #define HMMGPU_FAULT_NOT_PRESENT        0x1
 #define HMMGPU_FAULT_PERMISSION         0x2
+#define HMMGPU_SAN_STALE_TLB            0x1
+#define HMMGPU_SAN_DMA_UNMAPPED         0x2
+#define HMMGPU_SAN_VRAM_PTE             0x3
+#define HMMGPU_SAN_FAULT_OVERFLOW       0x4
+#define HMMGPU_SAN_BUS_MASTER_OFF       0x5
 #define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + (q) * HMMGPU_QUEUE_STRIDE + (r))
 
 /* A command: 64 bytes, little-endian, in a queue's ring. */

@@ -1,0 +1,134 @@
+"""The driver sanitizer in-process: each check fires on the driver bug it is
+for, names context, address, command and time, and stays quiet on correct use."""
+
+from __future__ import annotations
+
+import pytest
+from engine_rig import Rig
+
+from hmmgpu.device import hwdef as hw
+from hmmgpu.device.hwdef import Aperture, Opcode, Pte, Reg, SanCheck
+from hmmgpu.device.trace import Kind
+
+RW = Pte.READ | Pte.WRITE
+VA = 0x5000_0000
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+def read_va(rig: Rig, ctx: int, va: int, n: int = 64) -> int:
+    out = rig.drv.alloc(hw.PAGE_SIZE)
+    rig.drv.submit(ctx, Opcode.COPY, (va, out, n),
+                   flags=hw.cmd_flags(src=Aperture.VA, dst=Aperture.SYS))
+    rig.run()
+    return out
+
+
+def reports(rig: Rig) -> list[dict]:
+    return rig.gpu.engine.sanitizer.take()["reports"]
+
+
+def test_correct_use_is_silent(rig: Rig) -> None:
+    page = rig.page(1)
+    rig.drv.map(1, VA, page, RW)
+    read_va(rig, 1, VA)
+    rig.drv.map(1, VA, rig.page(2), RW)  # changed PTE, then invalidated: correct
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), ctx=1)
+    rig.run()
+    read_va(rig, 1, VA)
+    assert reports(rig) == [] and rig.reg(Reg.SAN_REPORTS) == 0
+
+
+def test_a_tlb_entry_used_after_its_pte_changed_is_reported_once(rig: Rig) -> None:
+    tr = rig.gpu.engine.trace
+    tr.start()
+    rig.drv.map(3, VA, rig.page(1), RW)
+    read_va(rig, 3, VA)
+    slot = rig.drv.map(3, VA, rig.page(2), RW)  # no TLB_INVALIDATE: a driver bug
+    read_va(rig, 3, VA)
+    read_va(rig, 3, VA)
+    (r,) = reports(rig)
+    assert r["check"] == "STALE_TLB" and r["ctx"] == 3 and r["queue"] == 3
+    assert r["addr"] == VA and f"{slot:#x}" in r["detail"] and r["command"] == 1
+    assert r["t_ns"] > 0 and rig.reg(Reg.SAN_REPORTS) == 1
+    assert tr.stop()["recorded"] and any(row[1] == Kind.SANITIZER for row in tr._buf)
+    # after an invalidation the check is armed again for the context
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (0, 0), ctx=3)
+    rig.run()
+    read_va(rig, 3, VA)
+    rig.drv.map(3, VA, rig.page(3), RW)
+    read_va(rig, 3, VA)
+    assert len(reports(rig)) == 2
+
+
+def test_dma_outside_the_mapped_guest_memory_is_reported_with_its_command(rig: Rig) -> None:
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.FILL, (0x7_0000_0000, 64, 0),
+                   flags=hw.cmd_flags(dst=Aperture.SYS))
+    rig.run()
+    (r,) = reports(rig)
+    assert r["check"] == "DMA_UNMAPPED" and r["addr"] == 0x7_0000_0000
+    assert r["queue"] == hw.KERNEL_QUEUE and r["command"] == 0
+
+
+def test_a_pte_past_the_end_of_vram_is_reported(rig: Rig) -> None:
+    rig.drv.map(2, VA, rig.gpu.vram.size, RW | Pte.VRAM)
+    read_va(rig, 2, VA)
+    (r,) = reports(rig)
+    assert r["check"] == "VRAM_PTE" and r["ctx"] == 2
+
+
+def test_a_pte_at_vram_the_driver_freed_is_reported(rig: Rig) -> None:
+    def san(page: int, order: int, alloc: bool) -> None:
+        rig.gpu.mmio_write(Reg.SAN_VRAM, 4, page << hw.SAN_PAGE_SHIFT
+                           | order << hw.SAN_ORDER_SHIFT | (hw.SAN_VRAM_ALLOC if alloc else 0))
+
+    san(0, 9, True)  # a 2 MiB folio at page 0
+    rig.drv.map(4, VA, 5 * hw.PAGE_SIZE, RW | Pte.VRAM)
+    read_va(rig, 4, VA)
+    assert reports(rig) == []
+    san(0, 9, False)  # freed, and the PTE still points there
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (0, 0), ctx=4)
+    rig.run()
+    read_va(rig, 4, VA)
+    (r,) = reports(rig)
+    assert r["check"] == "VRAM_PTE" and "freed" in r["detail"] and r["addr"] == VA
+
+
+def test_a_full_fault_buffer_is_reported(rig: Rig) -> None:
+    rig.drv.enable_faults(entries=4)
+    dst = rig.drv.alloc(16 * hw.PAGE_SIZE)
+    rig.drv.submit(5, Opcode.COPY, (VA, dst, 16 * hw.PAGE_SIZE),
+                   flags=hw.cmd_flags(src=Aperture.VA, dst=Aperture.SYS))
+    rig.run()
+    rs = reports(rig)
+    assert rs and {r["check"] for r in rs} == {"FAULT_OVERFLOW"}
+    assert rs[0]["ctx"] == 5 and rs[0]["addr"] == VA + 3 * hw.PAGE_SIZE
+
+
+def test_a_command_with_bus_mastering_off_is_reported(rig: Rig) -> None:
+    rig.bus_master = False
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.NOP)
+    rig.run()
+    (r,) = reports(rig)
+    assert r["check"] == "BUS_MASTER_OFF" and r["queue"] == hw.KERNEL_QUEUE
+
+
+def test_switched_off_it_reports_nothing(rig: Rig) -> None:
+    rig.gpu.engine.set_sanitizer(False)
+    rig.drv.map(3, VA, rig.page(1), RW)
+    read_va(rig, 3, VA)
+    rig.drv.map(3, VA, rig.page(2), RW)
+    read_va(rig, 3, VA)
+    rig.bus_master = False
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.NOP)
+    rig.run()
+    assert reports(rig) == []
+
+
+def test_every_check_has_a_test() -> None:
+    names = {c.name for c in SanCheck}
+    tested = {"STALE_TLB", "DMA_UNMAPPED", "VRAM_PTE", "FAULT_OVERFLOW", "BUS_MASTER_OFF"}
+    assert names == tested
