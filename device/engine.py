@@ -288,6 +288,9 @@ class Engine:
 
     def step(self, queue: Queue) -> None:
         """Fetch and execute the command at the queue's HEAD."""
+        # kernel-queue commands belong to no context unless they name one (VA aperture)
+        self._cur = (queue.index, queue.index if queue.index != hw.KERNEL_QUEUE else NONE,
+                     queue.completed)
         if not self._bus_master():
             with self.lock:
                 self._halt(queue, ErrorCode.BUS_MASTER_OFF, queue.ring_base,
@@ -307,9 +310,6 @@ class Engine:
                 self._halt(queue, e.code, e.addr, "command ring not in guest memory")
             return
         cmd = Command.unpack(raw)
-        # kernel-queue commands belong to no context unless they name one (VA aperture)
-        ctx = queue.index if queue.index != hw.KERNEL_QUEUE else NONE
-        self._cur = (queue.index, ctx, queue.completed)
         if self.trace.on:
             self.trace.emit(Kind.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
                             aux=cmd.opcode)

@@ -282,7 +282,7 @@ cd /build/hmmgpu/linux/tools/testing/selftests/mm
 gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selftests \
     -U_FORTIFY_SOURCE -no-pie hmm-tests.c vm_util.c hugepage_settings.c \
     -lrt -lpthread -lm -o /build/hmmgpu/out/hmm-tests
-for tool in mmio_bench gpu_smoke fault_bench gpu_atomic; do
+for tool in mmio_bench gpu_smoke fault_bench gpu_atomic san_bugs; do
     gcc -static -O2 -Wall -Werror -I/build/hmmgpu/guest/include -I/build/hmmgpu/guest/driver \
         -o /build/hmmgpu/out/$tool /build/hmmgpu/guest/tools/$tool.c
 done

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GuestKernelError, HmmgpuError
@@ -30,10 +30,12 @@ class SelftestResult:
     json_path: Path
     exit_code: int
     kernel_failure: str = ""
+    sanitizer: list[str] = field(default_factory=list)  # the device's driver-sanitizer reports
 
     @property
     def ok(self) -> bool:
-        return (not self.report.failed and self.report.complete and not self.kernel_failure)
+        return (not self.report.failed and self.report.complete and not self.kernel_failure
+                and not self.sanitizer)
 
     def summary(self) -> str:
         c = self.report.count()
@@ -47,6 +49,9 @@ class SelftestResult:
                          f"{len(self.report.cases)} of {self.report.planned} cases")
         if self.kernel_failure:
             lines.append(f"  GUEST KERNEL: {self.kernel_failure}")
+        if self.sanitizer:
+            lines.append(f"  DRIVER SANITIZER: {len(self.sanitizer)} report(s), first: "
+                         f"{self.sanitizer[0]}")
         return "\n".join(lines)
 
 
@@ -77,12 +82,25 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
     report = parse(r.stdout)
     json_path = lab.run_dir / f"selftest-{mode}.json"
     result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
-                            kernel_failure)
+                            kernel_failure, sanitizer_reports(lab, clear=True))
     json_path.write_text(json.dumps({
         "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),
         "command": cmd, "exit_code": r.exit_code, "ok": result.ok,
-        "kernel_failure": kernel_failure, **report.to_dict()}, indent=2))
+        "kernel_failure": kernel_failure, "sanitizer": result.sanitizer,
+        **report.to_dict()}, indent=2))
     return result
+
+
+def sanitizer_reports(lab: Lab, clear: bool = False) -> list[str]:
+    """Every live GPU's driver-sanitizer reports, one line each."""
+    out = []
+    for gpu in lab.gpus:
+        if gpu.alive:
+            for r in gpu.trace.sanitizer(clear=clear)["reports"]:
+                out.append(f"{gpu.id} {r['check']} queue {r['queue']} ctx {r['ctx']} "
+                           f"command {r['command']} addr {r['addr']:#x} at "
+                           f"{r['t_ns'] / 1e9:.6f} s: {r['detail']}")
+    return out
 
 
 def run_selftest(modes: list[str], accel: str = "auto", verbose: bool = False,

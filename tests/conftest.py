@@ -17,6 +17,7 @@ import pytest
 from hmmgpu.host.lab import Lab, LabConfig
 from hmmgpu.host.paths import Paths
 from hmmgpu.host.provision import Provisioner
+from hmmgpu.host.selftest import sanitizer_reports
 
 # hmmgpu_trace: a failing VM test gets the GPUs' DMA trace in its report
 pytest_plugins = ["hmmgpu.host.pytest_plugin", "pytester"]
@@ -66,7 +67,8 @@ def lab(paths: Paths) -> Iterator[Lab]:
 
 @pytest.fixture(autouse=True)
 def _no_guest_kernel_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a VM test whose guest console shows an Oops, BUG or WARNING."""
+    """Fail a VM test whose guest console shows an Oops, BUG or WARNING, or
+    whose GPUs' driver sanitizer reported something the test did not take."""
     if "lab" not in request.fixturenames:
         yield
         return
@@ -75,3 +77,5 @@ def _no_guest_kernel_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     since = lab.console.size()
     yield
     lab.check_console(since)
+    reports = sanitizer_reports(lab, clear=True)
+    assert not reports, "driver sanitizer:\n" + "\n".join(reports)

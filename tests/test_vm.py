@@ -166,3 +166,33 @@ def test_guest_program_copies_through_vram_and_fences(lab: Lab) -> None:
     out = lab.ssh(f"{lab.guest_bin('gpu_smoke')} {sysfs(lab)}").stdout.split()
     assert out[0] == "ok" and float(out[1]) > 0
     assert lab.gpus[0].alive
+
+
+SAN_BUGS = {  # san_bugs argument -> (check, context, address or None, words in the detail)
+    "stale-tlb": ("STALE_TLB", 1, 0x1000_0000, "without TLB_INVALIDATE"),
+    "dma-unmapped": ("DMA_UNMAPPED", None, 0x7F_0000_0000, "FILL"),
+    "vram-past-end": ("VRAM_PTE", 1, None, "VRAM offset"),
+    "vram-freed": ("VRAM_PTE", 1, 0x1000_0000, "a page the driver freed"),
+    "fault-overflow": ("FAULT_OVERFLOW", 1, 0x1000_1000, "fault buffer"),
+    "bus-master-off": ("BUS_MASTER_OFF", None, None, "Bus Master"),
+}
+
+
+@pytest.mark.parametrize("bug", list(SAN_BUGS))
+def test_the_driver_sanitizer_catches_a_deliberate_bug(lab: Lab, bug: str) -> None:
+    """san_bugs (guest/tools) commits one driver bug from guest user space;
+    the device reports it with context, address, command and time."""
+    check, ctx, addr, words = SAN_BUGS[bug]
+    lab.ssh("rmmod hmmgpu 2>/dev/null || true")  # raw access needs the BAR unclaimed
+    gpu = lab.gpus[0]
+    gpu.trace.sanitizer(clear=True)
+    out = lab.ssh(f"{lab.guest_bin('san_bugs')} {sysfs(lab)} {bug}", check=False)
+    assert out.stdout.strip() == f"done {bug}", out.stdout + out.stderr
+    reports = gpu.trace.sanitizer(clear=True)["reports"]
+    assert reports, f"{bug}: the sanitizer said nothing"
+    r = reports[0]
+    assert {x["check"] for x in reports} == {check}, reports
+    assert r["ctx"] == ctx and words in r["detail"] and r["t_ns"] > 0, r
+    assert r["queue"] is not None and r["command"] is not None, r
+    if addr is not None:
+        assert r["addr"] == addr, r

@@ -34,6 +34,20 @@
 #define MIGRATE_CHUNK	(8 * HPAGE_PMD_NR)
 #define MAX_RUN_PAGES	HPAGE_PMD_NR	/* pages one COPY may move */
 
+static bool sanitize = true;
+module_param(sanitize, bool, 0444);
+MODULE_PARM_DESC(sanitize, "tell the device which VRAM pages are in use, so its sanitizer "
+		 "catches PTEs at freed VRAM (default: on)");
+
+/* Driver sanitizer: VRAM folio at @idx of @order allocated or freed. */
+static void hmmgpu_san_vram(struct hmmgpu *gpu, unsigned long idx, unsigned int order,
+			    bool alloc)
+{
+	if (sanitize)
+		hmmgpu_write(gpu, HMMGPU_REG_SAN_VRAM, idx << HMMGPU_SAN_PAGE_SHIFT |
+			     order << HMMGPU_SAN_ORDER_SHIFT | (alloc ? HMMGPU_SAN_VRAM_ALLOC : 0));
+}
+
 static struct hmmgpu *page_gpu(struct page *page)
 {
 	return container_of(page_pgmap(page), struct hmmgpu, pgmap);
@@ -128,6 +142,7 @@ static struct page *hmmgpu_devmem_alloc(struct hmmgpu *gpu, unsigned int order)
 	spin_unlock(&gpu->devmem_lock);
 	if (idx == ULONG_MAX)
 		return NULL;
+	hmmgpu_san_vram(gpu, idx, order, true);
 	page = pfn_to_page(gpu->devmem_pfn + idx);
 	zone_device_folio_init(page_folio(page), &gpu->pgmap, order);
 	return page;
@@ -139,6 +154,7 @@ static void hmmgpu_folio_free(struct folio *folio)
 	unsigned long idx = folio_pfn(folio) - gpu->devmem_pfn;
 	unsigned long nr = folio_nr_pages(folio);
 
+	hmmgpu_san_vram(gpu, idx, folio_order(folio), false);
 	spin_lock(&gpu->devmem_lock);
 	bitmap_set(gpu->devmem_bitmap, idx, nr);
 	gpu->devmem_chunk_free[idx / HPAGE_PMD_NR] += nr;
