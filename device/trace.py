@@ -83,6 +83,7 @@ class TraceFile:
     overwritten: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     wall_t0_ns: int = 0
+    mono_t0_ns: int = 0  # host CLOCK_MONOTONIC at device time 0 (aligns with CPU traces)
 
     def of_kind(self, *kinds: Kind) -> np.ndarray:
         return self.records[np.isin(self.records["kind"], [int(k) for k in kinds])]
@@ -94,7 +95,7 @@ def load(path: str | Path) -> TraceFile:
     data = Path(path).read_bytes()
     if len(data) < HEADER_SIZE or data[:8] != MAGIC:
         raise ValueError(f"{path}: not an hmmgpu trace")
-    _, version, rsize, hsize, count, trailer, wall_t0, _ = HEADER.unpack_from(data)
+    _, version, rsize, hsize, count, trailer, wall_t0, mono_t0 = HEADER.unpack_from(data)
     if version != VERSION or rsize != RECORD.itemsize:
         raise ValueError(f"{path}: trace version {version}, record size {rsize}: unsupported")
     end = trailer if trailer else hsize + (len(data) - hsize) // rsize * rsize
@@ -105,7 +106,7 @@ def load(path: str | Path) -> TraceFile:
     info: dict[str, Any] = json.loads(data[trailer:]) if trailer else {}
     return TraceFile(records, {int(k): v for k, v in info.get("marks", {}).items()},
                      int(info.get("dropped", 0)), int(info.get("overwritten", 0)),
-                     info.get("meta", {}), wall_t0)
+                     info.get("meta", {}), wall_t0, mono_t0)
 
 
 class _Sink:

@@ -60,7 +60,8 @@ def cmd_hwdef(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     from .lab import Lab, LabConfig
     cfg = LabConfig(gpus=args.gpus, memory_mb=args.memory, accel=args.accel,
-                    verbose=args.verbose, vram_mb=args.vram, trace=args.trace)
+                    verbose=args.verbose, vram_mb=args.vram, trace=args.trace,
+                    cpu_trace=args.cpu_trace)
     with Lab(cfg) as lab:
         lab.boot()
         print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}); "
@@ -155,10 +156,21 @@ def cmd_trace_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_trace_export(args: argparse.Namespace) -> int:
+    from .cputrace import CPU_FILE, bar_accesses
     from .tracetools import write_perfetto
     out = Path(args.output or Path(args.files[0]).with_suffix(".perfetto.json"))
-    write_perfetto([(Path(f).stem, _load(f)) for f in args.files], out)
-    print(f"hmmgpu: wrote {out} (open it in the Perfetto UI)")
+    run = Path(args.cpu) if args.cpu else Path(args.files[0]).parent
+    cpu = None
+    if (run / CPU_FILE).exists():
+        try:
+            cpu = bar_accesses(run)
+        except (OSError, ValueError) as e:
+            raise HmmgpuError(f"CPU trace in {run}: {e}") from None
+    elif args.cpu:
+        raise HmmgpuError(f"no {CPU_FILE} in {run} (boot with --cpu-trace under TCG)")
+    write_perfetto([(Path(f).stem, _load(f)) for f in args.files], out, cpu)
+    extra = f", with {len(cpu)} guest CPU accesses to the BARs" if cpu else ""
+    print(f"hmmgpu: wrote {out}{extra} (open it in the Perfetto UI)")
     return 0
 
 
@@ -188,6 +200,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--trace", action="store_true",
                    help="record each GPU's DMA trace from the start into the run directory")
     s.add_argument("--hold", action="store_true", help="keep the VM running until Ctrl-C")
+    s.add_argument("--cpu-trace", action="store_true",
+                   help="record guest CPU accesses to the GPU BARs with their PCs (TCG only)")
     s.add_argument("command", nargs="?", help="guest shell command to run over SSH")
     s.set_defaults(fn=cmd_boot)
 
@@ -242,6 +256,9 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--perfetto", action="store_true", required=True,
                    help="the format (the only one)")
     t.add_argument("-o", "--output", help="output file (default: FILE.perfetto.json)")
+    t.add_argument("--cpu", metavar="RUN_DIR",
+                   help="merge the TCG plugin's CPU trace of this run (default: the first "
+                        "file's directory, when it has one)")
     t.add_argument("files", nargs="+", help="trace files, one process each (e.g. gpu0, gpu1)")
     t.set_defaults(fn=cmd_trace_export)
     t = tsub.add_parser("diff", help="compare two traces")

@@ -27,7 +27,8 @@ from typing import Any
 
 from .accel import kvm_works
 from .console import Console
-from .errors import GuestKernelError, VmError
+from .cputrace import BARS_FILE, CPU_FILE, SYMBOLS_FILE
+from .errors import GuestKernelError, HmmgpuError, VmError
 from .image import GUEST_BIN_DIR, write_initrd
 from .paths import Paths
 from .qmp import Qmp
@@ -57,6 +58,9 @@ class LabConfig:
     # record a DMA trace of each GPU from its start, streamed to the run
     # directory as gpuN.hmmtrace (control it later with gpu.trace either way)
     trace: bool = False
+    # record guest CPU accesses to the GPUs' BARs with their PCs (the TCG
+    # plugin; TCG only): cpu-mmio.bin, gpu-bars.json, kallsyms.txt in the run dir
+    cpu_trace: bool = False
     extra_qemu_args: list[str] = field(default_factory=list)
 
 
@@ -178,6 +182,8 @@ class Lab:
             args += ["-device", f"pcie-root-port,id=rp{g.index},chassis={g.index + 1},"
                                 f"slot={g.index + 1}"]
             args += ["-device", json.dumps(g.qmp_device())]
+        if c.cpu_trace:
+            args += ["-plugin", f"{self.paths.qemu_plugin},out={self.run_dir / CPU_FILE}"]
         return args + c.extra_qemu_args
 
     def boot(self) -> None:
@@ -185,6 +191,9 @@ class Lab:
         from .provision import Provisioner
         Provisioner(self.paths).ensure()
         self.accel = self.choose_accel()
+        if self.config.cpu_trace and self.accel != "tcg":
+            raise HmmgpuError("the CPU-side trace needs TCG (the plugin instruments translated "
+                              "code); this lab runs under KVM: use accel='tcg'")
         t0 = time.monotonic()
         self.say(f"accelerator: {self.accel}" + ("" if self.accel == "kvm" else
                  " (KVM does not run guests here)" if self.config.accel == "auto" else ""))
@@ -309,9 +318,38 @@ class Lab:
     def pci_info(self) -> list[dict[str, Any]]:
         return self.qmp.cmd("query-pci")
 
+    def gpu_bars(self) -> list[dict[str, int]]:
+        """Each GPU's BAR0 as the guest programmed it: [{"gpu", "base", "size"}]."""
+        ids = {g.id: g.index for g in self.gpus}
+        out = []
+
+        def walk(devices: list[dict[str, Any]]) -> None:
+            for d in devices:
+                if d.get("qdev_id") in ids:
+                    for r in d.get("regions", []):
+                        if r.get("bar") == 0:
+                            out.append({"gpu": ids[d["qdev_id"]], "base": r["address"],
+                                        "size": r["size"]})
+                walk(d.get("pci_bridge", {}).get("devices", []))
+
+        for bus in self.pci_info():
+            walk(bus.get("devices", []))
+        return sorted(out, key=lambda b: b["gpu"])
+
+    def save_cpu_trace_context(self) -> None:
+        """What the plugin's records need to be read: BARs and guest symbols."""
+        (self.run_dir / BARS_FILE).write_text(json.dumps(self.gpu_bars()))
+        syms = self.ssh("cat /proc/kallsyms", check=False, timeout=120).stdout
+        (self.run_dir / SYMBOLS_FILE).write_text(syms)
+
     def shutdown(self, timeout: float = 20) -> None:
         """Power off cleanly if possible, then stop everything."""
         if self.qemu_alive():
+            if self.config.cpu_trace and self.guest is not None:
+                try:
+                    self.save_cpu_trace_context()
+                except Exception as e:  # noqa: BLE001 - shutting down must go on
+                    self.say(f"CPU trace context not saved: {e}")
             try:
                 if self.guest is not None:
                     self.guest.run("poweroff -f", check=False, timeout=5)

@@ -64,6 +64,11 @@ class Paths:
         return self.sources / "qemu"
 
     @property
+    def qemu_plugin(self) -> Path:
+        """The TCG plugin that records guest CPU accesses to the GPU BARs."""
+        return self.cache / "qemu-plugin" / "hmmgpu_mmio.so"
+
+    @property
     def artifacts(self) -> Path:
         """Guest-side build products: modules, static test binaries."""
         return self.cache / "guest"

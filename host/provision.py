@@ -38,6 +38,7 @@ TOOLBOX_PACKAGES = [
     "qemu-system-data/trixie-backports", "seabios/trixie-backports",
     "linux-base/trixie-backports", "linux-image-cloud-amd64/trixie-backports",
     "linux-headers-cloud-amd64/trixie-backports", "gcc", "libc6-dev", "make",
+    "libglib2.0-dev", "pkg-config",  # the TCG plugin (qemu-plugin.h includes glib.h)
     "initramfs-tools", "kmod", "busybox-static", "cpio", "xz-utils", "dropbear-bin",
 ]
 MIN_FREE_BYTES = 3 << 30
@@ -99,6 +100,7 @@ class Provisioner:
                  self.guest_build),
             Step("guest-image", lambda: self.tb_kernel() + tree_hash(REPO / "guest" / "image")
                  + tree_hash(REPO / "host" / "image.py"), self.guest_image),
+            Step("qemu-plugin", lambda: tree_hash(REPO / "qemu-plugin"), self.qemu_plugin),
         ]
 
     def tb_kernel(self) -> str:
@@ -297,6 +299,21 @@ done
             shutil.copy(tool, out / tool.name)
         say("built: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
+    def qemu_plugin(self, logfile: Path) -> None:
+        """Build the TCG plugin in the toolbox, against the qemu-plugin.h of the
+        QEMU source package (see qemu-plugin/README.md on the API version)."""
+        work = self.paths.toolbox / "build" / "qemu-plugin"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(REPO / "qemu-plugin", work,
+                        ignore=shutil.ignore_patterns("*.so", "*.o"))
+        shutil.copy(self.paths.qemu_src / "include" / "qemu" / "qemu-plugin.h",
+                    work / "qemu-plugin.h")
+        self.tb.chroot("make -C /build/qemu-plugin QEMU_INCLUDE=/build/qemu-plugin", logfile)
+        out = self.paths.qemu_plugin
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(work / "hmmgpu_mmio.so", out)
+        say(f"built: {out.name}")
+
     def guest_image(self, logfile: Path) -> None:
         from .image import build_base_image
         build_base_image(self.tb, REPO / "guest" / "image", self.paths.image, logfile)
@@ -306,7 +323,7 @@ def tree_hash(path: Path) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
-        if p.suffix in (".o", ".ko", ".cmd") or p.name.startswith("."):
+        if p.suffix in (".o", ".ko", ".cmd", ".so") or p.name.startswith("."):
             continue
         h.update(str(p.relative_to(path.parent)).encode())
         h.update(p.read_bytes())

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..device import hwdef as hw
 from ..device.trace import DMA_VRAM, NONE, Kind, TraceFile
+from .cputrace import BarAccess
 
 PAGE = hw.PAGE_SIZE
 
@@ -105,17 +106,22 @@ def summary(t: TraceFile, source: str = "") -> str:
 MMIO_TID, IRQ_TID, MMU_TID = 100, 101, 102
 
 
-def perfetto(traces: list[tuple[str, TraceFile]]) -> dict[str, Any]:
+def perfetto(traces: list[tuple[str, TraceFile]],
+             cpu: list[BarAccess] | None = None) -> dict[str, Any]:
     """Chrome trace-event JSON (Perfetto UI opens it): one process per GPU, a
     track per queue with its commands as slices and DMA as instants, tracks
     for the MMU, MMIO and interrupts, faults and invalidations as instants,
-    and a flow from each fault to the REPLAY or CANCEL that answered it."""
+    and a flow from each fault to the REPLAY or CANCEL that answered it. With
+    `cpu` (the TCG plugin's BAR accesses), a "guest CPU" process shows each
+    register access with the guest function that made it."""
     events: list[dict[str, Any]] = []
     flow_id = 0
-    t0 = min((int(t.records["t_ns"][0]) + t.wall_t0_ns for _, t in traces
-              if len(t.records)), default=0)
+    # everything on the host's monotonic clock, from the first event
+    starts = [int(t.records["t_ns"][0]) + t.mono_t0_ns for _, t in traces if len(t.records)]
+    starts += [cpu[0].t_ns] if cpu else []
+    t0 = min(starts, default=0)
     for pid, (name, t) in enumerate(traces):
-        base = t.wall_t0_ns - t0
+        base = t.mono_t0_ns - t0
 
         def us(ns: int, base: int = base) -> float:
             return (ns + base) / 1000
@@ -192,6 +198,19 @@ def perfetto(traces: list[tuple[str, TraceFile]]) -> dict[str, Any]:
         for tid, tname in tids.items():
             events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name",
                            "args": {"name": tname}})
+    if cpu:
+        pid = len(traces)
+        events.append({"ph": "M", "pid": pid, "name": "process_name",
+                       "args": {"name": "guest CPU (TCG plugin)"}})
+        for a in cpu:
+            events.append({"ph": "i", "s": "t", "pid": pid, "tid": a.gpu,
+                           "ts": (a.t_ns - t0) / 1000,
+                           "name": f"{'wr' if a.store else 'rd'} {hw_reg_name(a.offset)}",
+                           "args": {"value": hex(a.value), "pc": hex(a.pc),
+                                    "function": a.symbol, "gpu": a.gpu}})
+        for g in sorted({a.gpu for a in cpu}):
+            events.append({"ph": "M", "pid": pid, "tid": g, "name": "thread_name",
+                           "args": {"name": f"gpu{g} BAR0"}})
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
@@ -222,8 +241,9 @@ def _reason(code: int) -> str:
         return str(code)
 
 
-def write_perfetto(traces: list[tuple[str, TraceFile]], out: Path) -> None:
-    out.write_text(json.dumps(perfetto(traces)))
+def write_perfetto(traces: list[tuple[str, TraceFile]], out: Path,
+                   cpu: list[BarAccess] | None = None) -> None:
+    out.write_text(json.dumps(perfetto(traces, cpu)))
 
 
 # ---- diff -----------------------------------------------------------------------------

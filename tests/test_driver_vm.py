@@ -104,3 +104,41 @@ def test_a_trace_from_boot_shows_the_driver_at_work(paths) -> None:
     assert (vram_writes["flags"] & DMA_VRAM).any(), "migration wrote no VRAM"
     assert tracetools.stats(t)["commands"]["COPY"] > 0
     assert tracetools.perfetto([("gpu0", t)])["traceEvents"]
+
+
+def test_the_cpu_trace_names_the_driver_function_behind_each_register_access(paths) -> None:
+    """The TCG plugin records the guest's BAR accesses with their PCs: the
+    SCRATCH write from sysfs and the doorbells of a READ are named after the
+    hmmgpu.ko functions that made them, and line up in time with the device's
+    own record of the same register write."""
+    from hmmgpu.device import hwdef as hw
+    from hmmgpu.device.trace import Kind, load
+    from hmmgpu.host import tracetools
+    from hmmgpu.host.cputrace import bar_accesses
+
+    cfg = LabConfig(gpus=1, memory_mb=2048, vram_mb=64, accel="tcg", trace=True,
+                    cpu_trace=True)
+    with Lab(cfg, paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        lab.ssh("for f in /sys/bus/pci/drivers/hmmgpu/0*/scratch; do echo 0x5eed1234 > $f; done")
+        out = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} -r hmm.hmm_device_private."
+                      "anon_read", check=False).stdout
+        assert "pass:1 fail:0" in out, out[-2000:]
+        lab.gpus[0].trace.stop()
+        run_dir = lab.run_dir
+    cpu = bar_accesses(run_dir)
+    scratch = [a for a in cpu if a.store and a.offset == hw.Reg.SCRATCH]
+    assert [a.value for a in scratch] == [0x5EED1234]
+    assert "[hmmgpu]" in scratch[0].symbol and "store" in scratch[0].symbol, scratch[0]
+    tails = [a for a in cpu if a.store and a.offset >= hw.QUEUE_BASE
+             and (a.offset - hw.QUEUE_BASE) % hw.QUEUE_STRIDE == hw.QReg.TAIL]
+    assert tails and all("hmmgpu_queue" in a.symbol and "[hmmgpu]" in a.symbol for a in tails)
+    # the device saw the same doorbell at about the same host time
+    t = load(run_dir / "gpu0.hmmtrace")
+    dev = t.records[(t.records["kind"] == Kind.MMIO_WRITE)
+                    & (t.records["addr"] == tails[-1].offset)]
+    gap_ns = min(abs(int(r) + t.mono_t0_ns - tails[-1].t_ns) for r in dev["t_ns"])
+    assert gap_ns < 500_000_000, f"clocks {gap_ns} ns apart"
+    ev = tracetools.perfetto([("gpu0", t)], cpu)["traceEvents"]
+    assert any(e.get("args", {}).get("function") == tails[-1].symbol for e in ev)

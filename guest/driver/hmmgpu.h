@@ -116,14 +116,18 @@ struct hmmgpu_mirror {
 	u64 flags;			/* HMM_DMIRROR_FLAGS */
 };
 
+/*
+ * readl/writel are inline: the CPU's access to the BAR is an instruction of
+ * the calling driver function, which the TCG plugin's trace then names.
+ */
 static inline u32 hmmgpu_read(struct hmmgpu *gpu, u32 reg)
 {
-	return ioread32(gpu->bar0 + reg);
+	return readl(gpu->bar0 + reg);
 }
 
 static inline void hmmgpu_write(struct hmmgpu *gpu, u32 reg, u32 val)
 {
-	iowrite32(val, gpu->bar0 + reg);
+	writel(val, gpu->bar0 + reg);
 }
 
 static inline void hmmgpu_qwrite(struct hmmgpu_queue *q, u32 reg, u32 val)

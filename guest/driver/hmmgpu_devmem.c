@@ -36,8 +36,7 @@
 
 static bool sanitize = true;
 module_param(sanitize, bool, 0444);
-MODULE_PARM_DESC(sanitize, "tell the device which VRAM pages are in use, so its sanitizer "
-		 "catches PTEs at freed VRAM (default: on)");
+MODULE_PARM_DESC(sanitize, "report VRAM folios to the device's sanitizer (default: on)");
 
 /* Driver sanitizer: VRAM folio at @idx of @order allocated or freed. */
 static void hmmgpu_san_vram(struct hmmgpu *gpu, unsigned long idx, unsigned int order,
