@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hwdef as hw
+from . import trace as tr
 from .hwdef import Access, Aperture, ErrorCode, Opcode, QueueStatus, SanCheck
 from .memory import DeviceError, GuestMemory, Vram
 from .mmu import Fault, Mmu
 from .sanitizer import Sanitizer
-from .trace import DMA_VRAM, NONE, Kind, Recorder
+from .trace import DMA_VRAM, NONE, Recorder
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -103,7 +104,8 @@ class Engine:
         self.mmu = Mmu(mem, vram.size)
         self._raise_irq = raise_irq
         self._bus_master = bus_master
-        self.trace = Recorder(self.now, meta={"vram_size": vram.size})
+        self._t0 = time.monotonic_ns()
+        self.trace = Recorder(self._t0, meta={"vram_size": vram.size})
         self.mmu.trace = self.trace
         self.sanitizer = Sanitizer(self.now, self.trace, vram.size)
         self.set_sanitizer(True)
@@ -114,7 +116,6 @@ class Engine:
         self._paused = False
         self._busy = False
         self._stop = False
-        self._t0 = time.monotonic_ns()
         self.stats = Stats()
         self.reset()
         self._thread: threading.Thread | None = None
@@ -186,7 +187,7 @@ class Engine:
             queue = self.queues[q]
             if self.trace.on and value in (hw.QueueControl.REPLAY, hw.QueueControl.CANCEL):
                 ctx = q if q != hw.KERNEL_QUEUE else NONE
-                self.trace.emit(Kind.REPLAY if value == hw.QueueControl.REPLAY else Kind.CANCEL,
+                self.trace.emit(tr.REPLAY if value == hw.QueueControl.REPLAY else tr.CANCEL,
                                 q, ctx, queue.completed,
                                 flags=int(bool(queue.status & QueueStatus.STALLED)))
             if value == hw.QueueControl.REPLAY:
@@ -222,7 +223,7 @@ class Engine:
                 self.queues[queue].error = code
             self.intr_status |= hw.IntrStatus.ERROR
         if self.trace.on:
-            self.trace.emit(Kind.ERROR, NONE if queue is None else queue, self._cur[1],
+            self.trace.emit(tr.ERROR, NONE if queue is None else queue, self._cur[1],
                             cmd=self._cur[2], addr=addr, aux=int(code))
         check = _SANITIZED_ERRORS.get(code)
         if check is not None:
@@ -311,7 +312,7 @@ class Engine:
             return
         cmd = Command.unpack(raw)
         if self.trace.on:
-            self.trace.emit(Kind.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
+            self.trace.emit(tr.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
                             aux=cmd.opcode)
         try:
             self.execute(queue, cmd)
@@ -325,7 +326,7 @@ class Engine:
 
     def _complete(self, queue: Queue, cmd: Command, code: ErrorCode) -> None:
         if self.trace.on:
-            self.trace.emit(Kind.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
+            self.trace.emit(tr.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
                             flags=cmd.opcode & 0xFF, aux=int(code))
         if cmd.status:
             try:
@@ -384,7 +385,7 @@ class Engine:
     def _write_u64(self, addr: int, value: int) -> None:
         """A device write of one word to system memory (status, fence, result)."""
         if self.trace.on:
-            self.trace.emit(Kind.DMA_WRITE, *self._cur, addr=addr, length=8)
+            self.trace.emit(tr.DMA_WRITE, *self._cur, addr=addr, length=8)
         self.mem.write_u64(addr, value)
 
     def _ctx_of(self, queue: Queue, cmd: Command) -> int:
@@ -417,7 +418,7 @@ class Engine:
                 dropped = self.mmu.invalidate(ctx, a[0], a[1])
                 self.sanitizer.invalidated(ctx)
                 if self.trace.on:
-                    self.trace.emit(Kind.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
+                    self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
                                     va=a[0], length=a[1], aux=dropped)
             case Opcode.FENCE:
                 if a[0] % 8:
@@ -436,7 +437,7 @@ class Engine:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
         write = bool(access & Access.WRITE)
         tracing = self.trace.on
-        kind = Kind.DMA_WRITE if write else Kind.DMA_READ
+        kind = tr.DMA_WRITE if write else tr.DMA_READ
         if aperture == Aperture.SYS:
             if tracing:
                 self.trace.emit(kind, *self._cur, addr=addr, length=length)
@@ -550,7 +551,7 @@ class Engine:
                                            int(f.reason))
                 slot = base + (self.fault_put % size) * hw.FAULT_RECORD_SIZE
                 if self.trace.on:  # the fault, and the record's DMA write
-                    self.trace.emit(Kind.FAULT, queue.index, ctx, queue.completed,
+                    self.trace.emit(tr.FAULT, queue.index, ctx, queue.completed,
                                     flags=int(access), va=f.va, addr=slot,
                                     length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
                 try:

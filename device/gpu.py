@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 
 from . import hwdef as hw
+from . import trace as tr
 from .engine import Engine
 from .hwdef import QReg, Reg
 from .memory import GuestMemory, Vram
-from .trace import Kind
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -67,7 +67,7 @@ class Gpu:
             self.irq_count += 1
         delivered = self._deliver(vector)
         if self.engine.trace.on:
-            self.engine.trace.emit(Kind.IRQ, flags=int(delivered), aux=vector)
+            self.engine.trace.emit(tr.IRQ, flags=int(delivered), aux=vector)
         if not delivered:
             # MSI-X not enabled by the guest: a real device would leave the PBA
             # bit pending; we count it so tests can see it.
@@ -79,12 +79,12 @@ class Gpu:
     def mmio_read(self, offset: int, size: int) -> int:
         value = self._mmio_read(offset, size)
         if self.engine.trace.on:
-            self.engine.trace.emit(Kind.MMIO_READ, addr=offset, va=value, length=size)
+            self.engine.trace.emit(tr.MMIO_READ, addr=offset, va=value, length=size)
         return value
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         if self.engine.trace.on:
-            self.engine.trace.emit(Kind.MMIO_WRITE, addr=offset, va=value, length=size)
+            self.engine.trace.emit(tr.MMIO_WRITE, addr=offset, va=value, length=size)
         self._mmio_write(offset, size, value)
 
     def _mmio_read(self, offset: int, size: int) -> int:

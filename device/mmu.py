@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import hwdef as hw
+from . import trace as tr
 from .hwdef import ErrorCode, Pte
 from .memory import DeviceError, GuestMemory
-from .trace import NONE, Kind, Recorder
+from .trace import NONE, Recorder
 
 LEVEL_SHIFT = (12, 21, 30, 39)
 INDEX_MASK = hw.PT_ENTRIES - 1
@@ -157,18 +158,18 @@ class Mmu:
                 self.check_hit(ctx, t)
         else:
             t = self.walk(root, va, ctx)
-            tr = self.trace
-            if tr is not None and tr.on:
-                tr.emit(Kind.WALK, NONE, ctx, va=va, addr=t.pte_addr if t else 0,
-                        length=t.size if t else 0)
+            rec = self.trace
             if t is None:
+                if rec is not None and rec.on:  # a walk that found nothing: a fault follows
+                    rec.emit(tr.WALK, NONE, ctx, va=va)
                 raise Fault(va, hw.FaultReason.NOT_PRESENT)
             if self.check_walk is not None:
                 self.check_walk(ctx, t)
-            if tr is not None and tr.on and (t.flags & _NEEDED[int(access)]) == \
+            # a successful walk is recorded as the TLB fill it makes
+            if rec is not None and rec.on and (t.flags & _NEEDED[int(access)]) == \
                     _NEEDED[int(access)]:
-                tr.emit(Kind.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
-                        length=t.size)
+                rec.emit(tr.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
+                         length=t.size)
         need = _NEEDED[int(access)]
         if (t.flags & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)

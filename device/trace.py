@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+_monotonic_ns = time.monotonic_ns
 MAGIC = b"HMMGPUTR"
 VERSION = 1
 # magic, version, record size, header size, records (0 = not closed), trailer
@@ -56,7 +57,7 @@ class Kind(IntEnum):
 
     DMA_READ = 1         # va (0 for SYS/VRAM apertures), addr, length
     DMA_WRITE = 2
-    WALK = 3             # va, addr = leaf PTE address (0: not present), length = page size
+    WALK = 3             # a walk that found nothing at va (a successful walk is a TLB_FILL)
     TLB_FILL = 4         # va of the page, addr = target, length = page size
     TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped
     FAULT = 6            # va, flags = access, aux = reason
@@ -73,6 +74,9 @@ class Kind(IntEnum):
 
 
 DMA_VRAM = 1
+# plain ints for the hot paths (an IntEnum costs a conversion per record)
+(DMA_READ, DMA_WRITE, WALK, TLB_FILL, TLB_INVALIDATE, FAULT, REPLAY, CANCEL, MMIO_READ,
+ MMIO_WRITE, IRQ, CMD_START, CMD_DONE, MARK, SANITIZER, ERROR) = (int(k) for k in Kind)
 
 
 @dataclass
@@ -109,11 +113,19 @@ def load(path: str | Path) -> TraceFile:
                      info.get("meta", {}), wall_t0, mono_t0)
 
 
+def _to_records(rows: list[tuple], t0_mono: int) -> np.ndarray:
+    """Buffered tuples (host monotonic time first) as RECORDs in device time."""
+    arr = np.array(rows, dtype=RECORD)
+    arr["t_ns"] -= np.uint64(t0_mono)
+    return arr
+
+
 class _Sink:
     """One open trace file: header now, records as they come, trailer on close."""
 
     def __init__(self, path: Path, t0_mono: int) -> None:
         self.path = path
+        self.t0_mono = t0_mono
         self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.count = 0
         self.f.write(HEADER.pack(MAGIC, VERSION, RECORD.itemsize, HEADER_SIZE, 0, 0,
@@ -122,7 +134,7 @@ class _Sink:
 
     def write(self, rows: list[tuple]) -> None:
         if rows:
-            self.f.write(np.array(rows, dtype=RECORD).tobytes())
+            self.f.write(_to_records(rows, self.t0_mono).tobytes())
             self.count += len(rows)
 
     def close(self, trailer: dict[str, Any]) -> None:
@@ -137,8 +149,8 @@ class Recorder:
     """The device's trace buffer. `on` is read by every hook before it builds
     a record, so a device that is not tracing pays one attribute test."""
 
-    def __init__(self, clock, capacity: int = 1 << 20, meta: dict | None = None) -> None:
-        self.clock = clock  # device time in ns
+    def __init__(self, t0_ns: int, capacity: int = 1 << 20, meta: dict | None = None) -> None:
+        self.t0_ns = t0_ns  # host CLOCK_MONOTONIC at device time 0
         self.capacity = capacity
         self.meta = meta or {}
         self.on = False
@@ -147,28 +159,29 @@ class Recorder:
         self.recorded = 0
         self.marks: dict[int, str] = {}
         self._buf: deque[tuple] = deque(maxlen=capacity)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # control operations; emit() relies on deque.append
         self._sink: _Sink | None = None
         self._writer: threading.Thread | None = None
         self._wake = threading.Event()
 
+    def clock(self) -> int:
+        return time.monotonic_ns() - self.t0_ns
+
     # ---- hooks -------------------------------------------------------------------
 
-    def emit(self, kind: Kind, queue: int = NONE, ctx: int = NONE, cmd: int = 0, flags: int = 0,
+    def emit(self, kind: int, queue: int = NONE, ctx: int = NONE, cmd: int = 0, flags: int = 0,
              va: int = 0, addr: int = 0, length: int = 0, aux: int = 0) -> None:
-        row = (self.clock(), int(kind), queue, ctx, flags, cmd & 0xFFFFFFFF,
-               va & 0xFFFF_FFFF_FFFF_FFFF, addr & 0xFFFF_FFFF_FFFF_FFFF,
-               min(length, 0xFFFFFFFF), aux & 0xFFFFFFFF)
-        with self._lock:
-            if len(self._buf) >= self.capacity:
-                if self._sink is not None:
-                    self.dropped += 1
-                    return
-                self.overwritten += 1  # the deque lets the oldest go
-            self._buf.append(row)
-            self.recorded += 1
-            if self._sink is not None and len(self._buf) >= 4096:
-                self._wake.set()
+        """One record; called on the device's hot paths, so it only appends a
+        tuple (host monotonic time, converted when written). Values must fit
+        their fields (see RECORD)."""
+        buf = self._buf
+        if len(buf) >= self.capacity:
+            if self._sink is not None:
+                self.dropped += 1
+                return
+            self.overwritten += 1  # the deque lets the oldest go
+        buf.append((_monotonic_ns(), kind, queue, ctx, flags, cmd, va, addr, length, aux))
+        self.recorded += 1
 
     # ---- control -----------------------------------------------------------------
 
@@ -182,7 +195,7 @@ class Recorder:
             self.dropped = self.overwritten = self.recorded = 0
             self.marks = {}
             if path is not None:
-                self._sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
+                self._sink = _Sink(Path(path), self.t0_ns)
                 self._wake.clear()
                 self._writer = threading.Thread(target=self._drain, name="hmmgpu-trace",
                                                 daemon=True)
@@ -193,7 +206,7 @@ class Recorder:
         with self._lock:
             mid = len(self.marks) + 1
             self.marks[mid] = text
-        self.emit(Kind.MARK, aux=mid)
+        self.emit(MARK, aux=mid)
         return mid
 
     def stop(self) -> dict[str, Any]:
@@ -217,7 +230,7 @@ class Recorder:
         with self._lock:
             rows = list(self._buf)
             self._buf.clear()
-            sink = _Sink(Path(path), time.monotonic_ns() - self.clock())
+            sink = _Sink(Path(path), self.t0_ns)
             sink.write(rows)
             sink.close(self._trailer())
         return len(rows)
@@ -234,7 +247,7 @@ class Recorder:
 
     def _drain(self) -> None:
         while True:
-            self._wake.wait(0.2)
+            self._wake.wait(0.1)  # emit() never signals: it must stay cheap
             self._wake.clear()
             with self._lock:
                 rows = list(self._buf)
