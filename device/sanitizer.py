@@ -108,7 +108,10 @@ class Sanitizer:
 
     def take(self, clear: bool = False) -> dict:
         with self._lock:
-            out = {"count": self.count, "reports": [asdict(r) for r in self.reports]}
+            held = self.vram_held
+            out = {"count": self.count, "reports": [asdict(r) for r in self.reports],
+                   # VRAM pages the driver says it holds (None: it never said)
+                   "vram_held": None if held is None else int(held.sum())}
             if clear:
                 self.reports.clear()
                 self.count = 0

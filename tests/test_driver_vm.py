@@ -69,6 +69,9 @@ def test_thp_migration_round_trip_returns_every_vram_page(paths) -> None:
         out = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} {args}", check=False).stdout
         assert f"pass:{len(cases)} fail:0" in out, out[-2000:]
         assert vram_pages(lab) == (total, total)
+        # the driver told the device's sanitizer about its folios (None: never) and
+        # about every free: reading vram_pages flushes what was still queued
+        assert lab.gpus[0].trace.sanitizer()["vram_held"] == 0
         lab.check_console()
 
 

@@ -13,7 +13,8 @@
  * DOC: locking
  * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
  * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
- * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts
+ * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts,
+ *                             and the sanitizer runs not yet sent (san_runs)
  * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
  *                             path around mmu_interval_read_retry() and by the
  *                             invalidate callback (trylock when non-blockable)
@@ -94,6 +95,12 @@ struct hmmgpu {
 	unsigned long devmem_nchunks;
 	unsigned long devmem_nfree;
 	unsigned long devmem_hint;	/* chunk that served the last 4 KiB page */
+	/* VRAM allocations and frees not yet told to the device's sanitizer */
+	struct hmmgpu_san_run {
+		unsigned long start, pages;
+		bool alloc;
+	} san_runs[32];
+	unsigned int san_nruns;
 
 	struct cdev cdev;
 	struct device *chardev;
@@ -174,6 +181,8 @@ void hmmgpu_devmem_evict(struct hmmgpu *gpu);
 bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page);
 u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page);
 unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu);
+void hmmgpu_san_flush(struct hmmgpu *gpu);
+void hmmgpu_san_flush_locked(struct hmmgpu *gpu);
 int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end);
 int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bool to_vram);
 

@@ -38,13 +38,58 @@ static bool sanitize = true;
 module_param(sanitize, bool, 0444);
 MODULE_PARM_DESC(sanitize, "report VRAM folios to the device's sanitizer (default: on)");
 
-/* Driver sanitizer: VRAM folio at @idx of @order allocated or freed. */
+/*
+ * Driver sanitizer: the device learns which VRAM pages we hold. Allocations
+ * and frees are queued in order under devmem_lock and sent before the next
+ * submission (hmmgpu_san_flush()), merged into aligned power-of-two runs:
+ * one register write per run, not per page.
+ */
 static void hmmgpu_san_vram(struct hmmgpu *gpu, unsigned long idx, unsigned int order,
 			    bool alloc)
 {
-	if (sanitize)
-		hmmgpu_write(gpu, HMMGPU_REG_SAN_VRAM, idx << HMMGPU_SAN_PAGE_SHIFT |
-			     order << HMMGPU_SAN_ORDER_SHIFT | (alloc ? HMMGPU_SAN_VRAM_ALLOC : 0));
+	struct hmmgpu_san_run *last;
+
+	if (!sanitize)
+		return;
+	lockdep_assert_held(&gpu->devmem_lock);
+	last = gpu->san_nruns ? &gpu->san_runs[gpu->san_nruns - 1] : NULL;
+	if (last && last->alloc == alloc && last->start + last->pages == idx) {
+		last->pages += 1UL << order;
+		return;
+	}
+	if (gpu->san_nruns == ARRAY_SIZE(gpu->san_runs))
+		hmmgpu_san_flush_locked(gpu);
+	gpu->san_runs[gpu->san_nruns++] = (struct hmmgpu_san_run) {
+		.start = idx, .pages = 1UL << order, .alloc = alloc };
+}
+
+void hmmgpu_san_flush_locked(struct hmmgpu *gpu)
+{
+	unsigned int i;
+
+	for (i = 0; i < gpu->san_nruns; i++) {
+		struct hmmgpu_san_run *r = &gpu->san_runs[i];
+		unsigned long idx = r->start, end = r->start + r->pages;
+
+		while (idx < end) {
+			unsigned int order = min3(__ffs(idx | BIT(15)), __fls(end - idx), 15UL);
+
+			hmmgpu_write(gpu, HMMGPU_REG_SAN_VRAM, idx << HMMGPU_SAN_PAGE_SHIFT |
+				     order << HMMGPU_SAN_ORDER_SHIFT |
+				     (r->alloc ? HMMGPU_SAN_VRAM_ALLOC : 0));
+			idx += 1UL << order;
+		}
+	}
+	gpu->san_nruns = 0;
+}
+
+void hmmgpu_san_flush(struct hmmgpu *gpu)
+{
+	if (!READ_ONCE(gpu->san_nruns))
+		return;
+	spin_lock(&gpu->devmem_lock);
+	hmmgpu_san_flush_locked(gpu);
+	spin_unlock(&gpu->devmem_lock);
 }
 
 static struct hmmgpu *page_gpu(struct page *page)
@@ -136,12 +181,13 @@ static struct page *hmmgpu_devmem_alloc(struct hmmgpu *gpu, unsigned int order)
 			gpu->devmem_hint = c;
 		}
 	}
-	if (idx != ULONG_MAX)
+	if (idx != ULONG_MAX) {
 		gpu->devmem_nfree -= 1UL << order;
+		hmmgpu_san_vram(gpu, idx, order, true);
+	}
 	spin_unlock(&gpu->devmem_lock);
 	if (idx == ULONG_MAX)
 		return NULL;
-	hmmgpu_san_vram(gpu, idx, order, true);
 	page = pfn_to_page(gpu->devmem_pfn + idx);
 	zone_device_folio_init(page_folio(page), &gpu->pgmap, order);
 	return page;
@@ -153,8 +199,8 @@ static void hmmgpu_folio_free(struct folio *folio)
 	unsigned long idx = folio_pfn(folio) - gpu->devmem_pfn;
 	unsigned long nr = folio_nr_pages(folio);
 
-	hmmgpu_san_vram(gpu, idx, folio_order(folio), false);
 	spin_lock(&gpu->devmem_lock);
+	hmmgpu_san_vram(gpu, idx, folio_order(folio), false);
 	bitmap_set(gpu->devmem_bitmap, idx, nr);
 	gpu->devmem_chunk_free[idx / HPAGE_PMD_NR] += nr;
 	gpu->devmem_nfree += nr;

@@ -189,6 +189,7 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, 
 		WRITE_ONCE(mirror->fault_err, in_buf ? -EFAULT : ret);
 		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	} else {
+		hmmgpu_san_flush(mirror->gpu);	/* before the device walks the new PTEs */
 		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
 	}
 }

@@ -123,6 +123,7 @@ static ssize_t vram_pages_show(struct device *dev, struct device_attribute *attr
 {
 	struct hmmgpu *gpu = dev_get_drvdata(dev);
 
+	hmmgpu_san_flush(gpu);	/* the device's sanitizer sees the same picture */
 	return sysfs_emit(buf, "%lu %llu\n", hmmgpu_vram_free_pages(gpu),
 			  gpu->vram_size >> PAGE_SHIFT);
 }

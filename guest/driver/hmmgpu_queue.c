@@ -117,6 +117,8 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 
 	if (n < 0 || n > HMMGPU_MAX_BATCH)
 		return -EINVAL;
+	/* the device's sanitizer must know our VRAM before it runs anything new */
+	hmmgpu_san_flush(q->gpu);
 	mutex_lock(&q->lock);
 	for (i = 0; i < n; i++) {
 		slots[i] = q->tail;
