@@ -40,6 +40,7 @@ from .trace import DMA_VRAM, NONE, Recorder
 log = logging.getLogger("hmmgpu.device")
 
 MAX_FAULTS_PER_COMMAND = 64
+_PTE_VALID = int(hw.Pte.VALID)
 # device errors that are driver bugs the sanitizer reports with their context
 _SANITIZED_ERRORS = {ErrorCode.DMA_UNMAPPED: SanCheck.DMA_UNMAPPED,
                      ErrorCode.VRAM_RANGE: SanCheck.VRAM_PTE,
@@ -111,6 +112,9 @@ class Engine:
         self.set_sanitizer(True)
         # (queue, ctx, command id) of the command executing, for trace records
         self._cur = (NONE, NONE, 0)
+        # sanitizer: (ctx, va) of TLB entries whose PTE was cleared -> the
+        # (queue, command) that first used one since
+        self._stale_cleared: dict[tuple[int, int], tuple[int, int]] = {}
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
         self._paused = False
@@ -363,16 +367,29 @@ class Engine:
         self.mmu.check_walk = self._check_walk if enabled else None
 
     def _check_tlb_hit(self, ctx: int, t) -> None:
-        """Sanitizer (a): the PTE behind a TLB hit must still say what the TLB holds."""
+        """Sanitizer (a): the PTE behind a TLB hit must still say what the TLB holds.
+
+        A PTE rewritten to another valid mapping is reported at once: without
+        TLB_INVALIDATE the device keeps the old page. A cleared PTE is the
+        first half of a correct invalidation (clear, then TLB_INVALIDATE), and
+        commands already running may use the entry in between; it is reported
+        when a command that started after that first sighting still uses it.
+        """
         try:
             now = self.mem.read_u64(t.pte_addr)
         except DeviceError:
             now = 0
-        if now != t.pte:
-            self.sanitizer.report(
-                SanCheck.STALE_TLB, self._cur[0], ctx, self._cur[2], t.va,
-                f"TLB entry for va {t.va:#x} used, but its PTE at {t.pte_addr:#x} changed "
-                f"from {t.pte:#x} to {now:#x} without TLB_INVALIDATE", once_key=t.va)
+        if now == t.pte:
+            return
+        queue, _, command = self._cur
+        if not now & _PTE_VALID:
+            seen = self._stale_cleared.setdefault((ctx, t.va), (queue, command))
+            if seen == (queue, command):
+                return  # still the command that first saw it: inside the window
+        self.sanitizer.report(
+            SanCheck.STALE_TLB, queue, ctx, command, t.va,
+            f"TLB entry for va {t.va:#x} used, but its PTE at {t.pte_addr:#x} changed "
+            f"from {t.pte:#x} to {now:#x} without TLB_INVALIDATE", once_key=t.va)
 
     def _check_walk(self, ctx: int, t) -> None:
         """Sanitizer (c): a VRAM PTE must point at VRAM the driver holds."""
@@ -417,6 +434,8 @@ class Engine:
                 ctx = self._ctx_of(queue, cmd)
                 dropped = self.mmu.invalidate(ctx, a[0], a[1])
                 self.sanitizer.invalidated(ctx)
+                self._stale_cleared = {k: v for k, v in self._stale_cleared.items()
+                                       if k[0] != ctx}
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
                                     va=a[0], length=a[1], aux=dropped)

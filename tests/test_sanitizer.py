@@ -64,6 +64,29 @@ def test_a_tlb_entry_used_after_its_pte_changed_is_reported_once(rig: Rig) -> No
     assert len(reports(rig)) == 2
 
 
+def test_a_cleared_pte_may_be_used_by_the_running_command_not_by_the_next(rig: Rig) -> None:
+    """Clear, then TLB_INVALIDATE is correct even if a command still uses the
+    entry in between; a later command using it means the flush never came."""
+    rig.drv.map(3, VA, rig.page(1), RW)
+    read_va(rig, 3, VA)
+    rig.drv.unmap(3, VA)  # cleared: the first half of an invalidation
+    read_va(rig, 3, VA)  # this command saw the stale entry first: inside the window
+    assert reports(rig) == []
+    read_va(rig, 3, VA)  # a later command: no invalidation came
+    (r,) = reports(rig)
+    assert r["check"] == "STALE_TLB" and "to 0x0" in r["detail"]
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), ctx=3)
+    rig.run()
+    rig.gpu.engine.sanitizer.take(clear=True)
+    rig.drv.map(3, VA, rig.page(2), RW)
+    read_va(rig, 3, VA)
+    rig.drv.unmap(3, VA)
+    read_va(rig, 3, VA)
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), ctx=3)
+    rig.run()
+    assert reports(rig) == []  # the correct sequence, with one use in the window
+
+
 def test_dma_outside_the_mapped_guest_memory_is_reported_with_its_command(rig: Rig) -> None:
     rig.drv.submit(hw.KERNEL_QUEUE, Opcode.FILL, (0x7_0000_0000, 64, 0),
                    flags=hw.cmd_flags(dst=Aperture.SYS))
