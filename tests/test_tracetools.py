@@ -152,3 +152,26 @@ def test_fails(hmmgpu_trace):
     files = list(run_dir.glob("*.hmmtrace"))
     assert [f.name for f in files] == ["trace-test_fails-gpu0.hmmtrace"]
     assert "about to fail" in trace.load(files[0]).marks.values()
+
+
+def test_cli_controls_a_live_device_server(server_socket: Path, tmp_path: Path) -> None:
+    """`hmmgpu trace start/mark/stop/status/dump --run DIR` against a real server."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "gpu0.ctl").symlink_to(server_socket.with_suffix(".ctl"))
+    out = tmp_path / "cli.hmmtrace"
+    r = hmmgpu("trace", "start", str(out), "--run", str(run))
+    assert r.returncode == 0 and str(out) in r.stdout, r.stderr
+    assert hmmgpu("trace", "mark", "from the CLI", "--run", str(run)).returncode == 0
+    status = json.loads(hmmgpu("trace", "status", "--run", str(run)).stdout)
+    assert status["on"] and status["streaming"] == str(out)
+    r = hmmgpu("trace", "stop", "--run", str(run))
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert trace.load(out).marks == {1: "from the CLI"}
+    r = hmmgpu("trace", "start", "--run", str(run))  # in memory, then dump
+    assert r.returncode == 0 and "in memory" in r.stdout
+    hmmgpu("trace", "mark", "kept", "--run", str(run))
+    r = hmmgpu("trace", "dump", str(tmp_path / "d.hmmtrace"), "--run", str(run))
+    assert r.returncode == 0 and trace.load(tmp_path / "d.hmmtrace").marks == {1: "kept"}
+    r = hmmgpu("trace", "start", "--run", str(run), "--gpu", "3")
+    assert r.returncode == 1 and "no running device server for gpu3" in r.stderr
