@@ -49,7 +49,6 @@ BATCH = 16  # commands run from one queue before the next queue's turn
 # plain ints for the hot path (IntFlag arithmetic is slow in CPython)
 _STALLED_OR_HALTED = int(QueueStatus.STALLED | QueueStatus.HALTED)
 _IRQ = int(hw.CmdFlags.IRQ)
-_OPNAMES = {int(o): o.name for o in Opcode}
 
 
 @dataclass
@@ -112,9 +111,6 @@ class Engine:
         self.set_sanitizer(True)
         # (queue, ctx, command id) of the command executing, for trace records
         self._cur = (NONE, NONE, 0)
-        # sanitizer: (ctx, va) of TLB entries whose PTE was cleared -> the
-        # (queue, command) that first used one since
-        self._stale_cleared: dict[tuple[int, int], tuple[int, int]] = {}
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
         self._paused = False
@@ -323,7 +319,7 @@ class Engine:
         except Fault:
             return  # stalled; HEAD stays on this command
         except DeviceError as e:
-            self.record_error(e.code, queue.index, e.addr, f"{_opname(cmd.opcode)}: {e}")
+            self.record_error(e.code, queue.index, e.addr, f"{hw.opcode_name(cmd.opcode)}: {e}")
             self._complete(queue, cmd, e.code)
             return
         self._complete(queue, cmd, ErrorCode.NONE)
@@ -341,7 +337,7 @@ class Engine:
             queue.head = (queue.head + 1) % queue.ring_size
             queue.completed = (queue.completed + 1) & 0xFFFFFFFF
             self.stats.commands += 1
-            name = _opname(cmd.opcode)
+            name = hw.opcode_name(cmd.opcode)
             self.stats.per_opcode[name] = self.stats.per_opcode.get(name, 0) + 1
             if cmd.flags & _IRQ:
                 self.intr_status |= hw.IntrStatus.COMPLETION
@@ -382,10 +378,9 @@ class Engine:
         if now == t.pte:
             return
         queue, _, command = self._cur
-        if not now & _PTE_VALID:
-            seen = self._stale_cleared.setdefault((ctx, t.va), (queue, command))
-            if seen == (queue, command):
-                return  # still the command that first saw it: inside the window
+        if not now & _PTE_VALID and self.sanitizer.first_use_of_cleared(ctx, t.va, queue,
+                                                                          command):
+            return  # still the command that first saw it: inside the window
         self.sanitizer.report(
             SanCheck.STALE_TLB, queue, ctx, command, t.va,
             f"TLB entry for va {t.va:#x} used, but its PTE at {t.pte_addr:#x} changed "
@@ -434,8 +429,6 @@ class Engine:
                 ctx = self._ctx_of(queue, cmd)
                 dropped = self.mmu.invalidate(ctx, a[0], a[1])
                 self.sanitizer.invalidated(ctx)
-                self._stale_cleared = {k: v for k, v in self._stale_cleared.items()
-                                       if k[0] != ctx}
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
                                     va=a[0], length=a[1], aux=dropped)
@@ -586,5 +579,3 @@ class Engine:
         self._raise_irq(hw.IrqVector.FAULT)
 
 
-def _opname(op: int) -> str:
-    return _OPNAMES.get(op) or f"op{op}"

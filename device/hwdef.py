@@ -11,6 +11,7 @@ committed header differs). docs/hardware.md explains the semantics.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
@@ -320,6 +321,34 @@ class FaultReason(IntEnum):
 
 
 # ---- the C header ---------------------------------------------------------------------
+
+# ---- names for logs and traces ---------------------------------------------------------
+_OPCODE_NAMES = {int(o): o.name for o in Opcode}
+
+
+def opcode_name(op: int) -> str:
+    return _OPCODE_NAMES.get(op) or f"op{op}"
+
+
+def name_of(enum: type[IntEnum], value: int, unknown: Callable[[int], str] = str) -> str:
+    """The name of `value` in `enum`, else unknown(value)."""
+    try:
+        return enum(value).name
+    except ValueError:
+        return unknown(value)
+
+
+def queue_name(q: int) -> str:
+    return "kernel queue" if q == KERNEL_QUEUE else f"queue {q}"
+
+
+def reg_name(offset: int) -> str:
+    """A BAR0 offset as a register name: "ID", "queue 3 TAIL", "kernel queue HEAD"."""
+    if QUEUE_BASE <= offset < QUEUE_BASE + NUM_QUEUES * QUEUE_STRIDE:
+        q, reg = divmod(offset - QUEUE_BASE, QUEUE_STRIDE)
+        return f"{queue_name(q)} {name_of(QReg, reg, hex)}"
+    return name_of(Reg, offset, hex)
+
 
 def _defines() -> list[tuple[str, int]]:
     out = [

@@ -57,6 +57,9 @@ class Sanitizer:
         self.count = 0
         self._lock = threading.Lock()
         self._seen: set[tuple[int, int, int]] = set()  # (check, ctx, page): one report each
+        # (ctx, va) of TLB entries used after their PTE was cleared -> the
+        # (queue, command) that used one first
+        self._cleared: dict[tuple[int, int], tuple[int, int]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -95,9 +98,15 @@ class Sanitizer:
                             NONE if ctx is None else ctx, command or 0, addr=addr,
                             aux=int(check))
 
+    def first_use_of_cleared(self, ctx: int, va: int, queue: int, command: int) -> bool:
+        """A TLB entry whose PTE was cleared is used: is this still the command
+        that used it first since (the driver's invalidation may be on its way)?"""
+        return self._cleared.setdefault((ctx, va), (queue, command)) == (queue, command)
+
     def invalidated(self, ctx: int) -> None:
-        """TLB_INVALIDATE: stale-TLB reports for the context may come again."""
+        """TLB_INVALIDATE: the context's stale-TLB state starts over."""
         self._seen = {k for k in self._seen if not (k[0] == SanCheck.STALE_TLB and k[1] == ctx)}
+        self._cleared = {k: v for k, v in self._cleared.items() if k[0] != ctx}
 
     def vram_page_freed(self, offset: int, size: int) -> bool:
         held = self.vram_held

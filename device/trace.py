@@ -164,9 +164,6 @@ class Recorder:
         self._writer: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def clock(self) -> int:
-        return time.monotonic_ns() - self.t0_ns
-
     # ---- hooks -------------------------------------------------------------------
 
     def emit(self, kind: int, queue: int = NONE, ctx: int = NONE, cmd: int = 0, flags: int = 0,

@@ -318,6 +318,18 @@ class Lab:
     def pci_info(self) -> list[dict[str, Any]]:
         return self.qmp.cmd("query-pci")
 
+    def sanitizer_reports(self, clear: bool = False) -> list[str]:
+        """Every live GPU's driver-sanitizer reports, one line each; `clear`
+        empties them."""
+        out = []
+        for gpu in self.gpus:
+            if gpu.alive:
+                for r in gpu.trace.sanitizer(clear=clear)["reports"]:
+                    out.append(f"{gpu.id} {r['check']} queue {r['queue']} ctx {r['ctx']} "
+                               f"command {r['command']} addr {r['addr']:#x} at "
+                               f"{r['t_ns'] / 1e9:.6f} s: {r['detail']}")
+        return out
+
     def gpu_bars(self) -> list[dict[str, int]]:
         """Each GPU's BAR0 as the guest programmed it: [{"gpu", "base", "size"}]."""
         ids = {g.id: g.index for g in self.gpus}

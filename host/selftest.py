@@ -82,7 +82,7 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
     report = parse(r.stdout)
     json_path = lab.run_dir / f"selftest-{mode}.json"
     result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
-                            kernel_failure, sanitizer_reports(lab, clear=True))
+                            kernel_failure, lab.sanitizer_reports(clear=True))
     json_path.write_text(json.dumps({
         "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),
         "command": cmd, "exit_code": r.exit_code, "ok": result.ok,
@@ -90,17 +90,6 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
         **report.to_dict()}, indent=2))
     return result
 
-
-def sanitizer_reports(lab: Lab, clear: bool = False) -> list[str]:
-    """Every live GPU's driver-sanitizer reports, one line each."""
-    out = []
-    for gpu in lab.gpus:
-        if gpu.alive:
-            for r in gpu.trace.sanitizer(clear=clear)["reports"]:
-                out.append(f"{gpu.id} {r['check']} queue {r['queue']} ctx {r['ctx']} "
-                           f"command {r['command']} addr {r['addr']:#x} at "
-                           f"{r['t_ns'] / 1e9:.6f} s: {r['detail']}")
-    return out
 
 
 def run_selftest(modes: list[str], accel: str = "auto", verbose: bool = False,

@@ -19,17 +19,6 @@ from .cputrace import BarAccess
 PAGE = hw.PAGE_SIZE
 
 
-def _opname(op: int) -> str:
-    try:
-        return hw.Opcode(op).name
-    except ValueError:
-        return f"op{op}"
-
-
-def _queue_name(q: int) -> str:
-    return "kernel queue" if q == hw.KERNEL_QUEUE else f"queue {q}"
-
-
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -53,7 +42,7 @@ def stats(t: TraceFile) -> dict[str, Any]:
                                                        strict=True)},
         "faults": len(faults),
         "faults_per_s": len(faults) / span if span else 0.0,
-        "commands": Counter(_opname(int(a)) for a in r[r["kind"] == Kind.CMD_DONE]["flags"]),
+        "commands": Counter(hw.opcode_name(int(a)) for a in r[r["kind"] == Kind.CMD_DONE]["flags"]),
     }
     by_dir: Counter[str] = Counter()
     by_ctx: Counter[str] = Counter()
@@ -135,14 +124,14 @@ def perfetto(traces: list[tuple[str, TraceFile]],
             ts = us(ts_ns)
             kind = Kind(kind)
             if queue != NONE:
-                tids.setdefault(queue, _queue_name(queue))
+                tids.setdefault(queue, hw.queue_name(queue))
             if kind == Kind.CMD_START:
                 open_cmds.setdefault((queue, cmd), (ts, aux))
             elif kind == Kind.CMD_DONE:
                 start, op = open_cmds.pop((queue, cmd), (ts, flags))
                 events.append({"ph": "X", "pid": pid, "tid": queue, "ts": start,
-                               "dur": max(ts - start, 0.001), "name": _opname(op),
-                               "args": {"command": cmd, "status": _status(aux),
+                               "dur": max(ts - start, 0.001), "name": hw.opcode_name(op),
+                               "args": {"command": cmd, "status": hw.name_of(hw.ErrorCode, aux),
                                         "ctx": ctx}})
             elif kind in (Kind.DMA_READ, Kind.DMA_WRITE):
                 where = "VRAM" if flags & DMA_VRAM else "sys"
@@ -157,7 +146,7 @@ def perfetto(traces: list[tuple[str, TraceFile]],
                 pending_faults.setdefault(queue, []).append(flow_id)
                 events += [{"ph": "X", "pid": pid, "tid": queue, "ts": ts, "dur": 0.5,
                             "name": "fault", "args": {"va": hex(va), "ctx": ctx,
-                                                      "reason": _reason(aux),
+                                                      "reason": hw.name_of(hw.FaultReason, aux),
                                                       "access": flags}},
                            {"ph": "s", "pid": pid, "tid": queue, "ts": ts, "id": flow_id,
                             "name": "fault", "cat": "fault", "bp": "e"}]
@@ -181,7 +170,7 @@ def perfetto(traces: list[tuple[str, TraceFile]],
             elif kind in (Kind.MMIO_READ, Kind.MMIO_WRITE):
                 events.append({"ph": "i", "s": "t", "pid": pid, "tid": MMIO_TID, "ts": ts,
                                "name": f"{'rd' if kind == Kind.MMIO_READ else 'wr'} "
-                                       f"{hw_reg_name(addr)}",
+                                       f"{hw.reg_name(addr)}",
                                "args": {"offset": hex(addr), "value": hex(va)}})
             elif kind == Kind.IRQ:
                 events.append({"ph": "i", "s": "t", "pid": pid, "tid": IRQ_TID, "ts": ts,
@@ -205,40 +194,13 @@ def perfetto(traces: list[tuple[str, TraceFile]],
         for a in cpu:
             events.append({"ph": "i", "s": "t", "pid": pid, "tid": a.gpu,
                            "ts": (a.t_ns - t0) / 1000,
-                           "name": f"{'wr' if a.store else 'rd'} {hw_reg_name(a.offset)}",
+                           "name": f"{'wr' if a.store else 'rd'} {hw.reg_name(a.offset)}",
                            "args": {"value": hex(a.value), "pc": hex(a.pc),
                                     "function": a.symbol, "gpu": a.gpu}})
         for g in sorted({a.gpu for a in cpu}):
             events.append({"ph": "M", "pid": pid, "tid": g, "name": "thread_name",
                            "args": {"name": f"gpu{g} BAR0"}})
     return {"traceEvents": events, "displayTimeUnit": "ns"}
-
-
-def hw_reg_name(offset: int) -> str:
-    if hw.QUEUE_BASE <= offset < hw.QUEUE_BASE + hw.NUM_QUEUES * hw.QUEUE_STRIDE:
-        q, reg = divmod(offset - hw.QUEUE_BASE, hw.QUEUE_STRIDE)
-        try:
-            return f"{_queue_name(q)} {hw.QReg(reg).name}"
-        except ValueError:
-            return f"{_queue_name(q)} +{reg:#x}"
-    try:
-        return hw.Reg(offset).name
-    except ValueError:
-        return hex(offset)
-
-
-def _status(code: int) -> str:
-    try:
-        return hw.ErrorCode(code).name
-    except ValueError:
-        return str(code)
-
-
-def _reason(code: int) -> str:
-    try:
-        return hw.FaultReason(code).name
-    except ValueError:
-        return str(code)
 
 
 def write_perfetto(traces: list[tuple[str, TraceFile]], out: Path,

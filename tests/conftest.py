@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engine_rig import Rig
 
 from hmmgpu.host.lab import Lab, LabConfig
 from hmmgpu.host.paths import Paths
 from hmmgpu.host.provision import Provisioner
-from hmmgpu.host.selftest import sanitizer_reports
 
 # hmmgpu_trace: a failing VM test gets the GPUs' DMA trace in its report
 pytest_plugins = ["hmmgpu.host.pytest_plugin", "pytester"]
@@ -36,6 +36,12 @@ def libvfio_user(paths: Paths) -> str:
     from hmmgpu.device import pyvfio
     pyvfio.load(paths.libvfio_user)
     return str(paths.libvfio_user)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    """An in-process GPU with the Python reference driver (tests/engine_rig.py)."""
+    return Rig()
 
 
 @pytest.fixture
@@ -77,5 +83,5 @@ def _no_guest_kernel_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     since = lab.console.size()
     yield
     lab.check_console(since)
-    reports = sanitizer_reports(lab, clear=True)
+    reports = lab.sanitizer_reports(clear=True)
     assert not reports, "driver sanitizer:\n" + "\n".join(reports)

@@ -7,11 +7,14 @@ import numpy as np
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device.gpu import Gpu
-from hmmgpu.device.hwdef import Reg
+from hmmgpu.device.hwdef import Pte, Reg
 from hmmgpu.device.memory import GuestMemory
 from hmmgpu.host.userdrv import ModelMmio, UserDriver
 
 BUS = 0x1_0000_0000
+
+
+RW = Pte.READ | Pte.WRITE
 
 
 class Rig:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+from clirun import hmmgpu
 
 from hmmgpu.host import provision
 from hmmgpu.host.errors import SetupError
 from hmmgpu.host.paths import Paths
-
-
-def hmmgpu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("args", [["frobnicate"], ["boot", "--gpus", "two"],

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_rig import BUS, Rig
+from engine_rig import BUS, RW, Rig
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device.hwdef import Access, Aperture, ErrorCode, Opcode, Pte, QReg, Reg
 from hmmgpu.device.memory import DeviceError, GuestMemory
 from hmmgpu.device.mmu import Fault
 
-RW = Pte.READ | Pte.WRITE
 K = hw.KERNEL_QUEUE
 
-
-@pytest.fixture
-def rig() -> Rig:
-    return Rig()
 
 
 # ---- page-table walks -------------------------------------------------------------

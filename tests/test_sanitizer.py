@@ -3,20 +3,14 @@ for, names context, address, command and time, and stays quiet on correct use.""
 
 from __future__ import annotations
 
-import pytest
-from engine_rig import Rig
+from engine_rig import RW, Rig
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device.hwdef import Aperture, Opcode, Pte, Reg, SanCheck
 from hmmgpu.device.trace import Kind
 
-RW = Pte.READ | Pte.WRITE
 VA = 0x5000_0000
 
-
-@pytest.fixture
-def rig() -> Rig:
-    return Rig()
 
 
 def read_va(rig: Rig, ctx: int, va: int, n: int = 64) -> int:

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_rig import Rig
+from engine_rig import RW, Rig
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device import trace
-from hmmgpu.device.hwdef import Aperture, ErrorCode, Opcode, Pte
+from hmmgpu.device.hwdef import Aperture, ErrorCode, Opcode
 from hmmgpu.device.trace import Kind
-
-RW = Pte.READ | Pte.WRITE
-
-
-@pytest.fixture
-def rig() -> Rig:
-    return Rig()
 
 
 def copy_va_to_sys(rig: Rig, ctx: int, va: int, dst: int, n: int) -> None:

@@ -4,27 +4,18 @@ export, diff; the CLI on files and on a live device server's control socket."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from engine_rig import Rig
+from clirun import hmmgpu
+from engine_rig import RW, Rig
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device import trace
-from hmmgpu.device.hwdef import Aperture, Opcode, Pte
+from hmmgpu.device.hwdef import Aperture, Opcode
 from hmmgpu.host import tracetools
 from hmmgpu.host.errors import HmmgpuError
 from hmmgpu.host.trace_ctl import TraceControl
-
-RW = Pte.READ | Pte.WRITE
-
-
-def hmmgpu(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 def record(tmp_path: Path, name: str, pages: int) -> Path:

@@ -131,6 +131,30 @@ static int hmmgpu_mirror_release(struct inode *inode, struct file *filp)
 }
 
 /*
+ * Run one command on the mirror's context queue. A fault the driver cancelled
+ * comes back as the reason the fault path gave (fault_err), any other device
+ * error as -EIO.
+ */
+static int hmmgpu_mirror_submit(struct hmmgpu_mirror *mirror, struct hmmgpu_command *c)
+{
+	u64 status;
+	int ret;
+
+	WRITE_ONCE(mirror->fault_err, 0);
+	ret = hmmgpu_queue_run(&mirror->gpu->cq[mirror->ctx], c, 1, &status);
+	if (ret)
+		return ret;
+	if (status == HMMGPU_ERR_FAULT_CANCELLED)
+		return READ_ONCE(mirror->fault_err) ?: -EFAULT;
+	if (status) {
+		dev_err_ratelimited(&mirror->gpu->pdev->dev, "ctx %u: command failed with error %llu\n",
+				    mirror->ctx, status);
+		return -EIO;
+	}
+	return 0;
+}
+
+/*
  * Move [start, start + size) between the process and @kbuf through the
  * device: READ (device VA -> bounce) or WRITE (bounce -> device VA).
  */
@@ -144,7 +168,6 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 	struct hmmgpu_command cmd;
 	dma_addr_t bounce_dma;
 	void *bounce;
-	u64 status;
 	int ret = 0;
 
 	/* a large bounce buffer saves round trips; settle for less if needed */
@@ -164,21 +187,10 @@ static int hmmgpu_mirror_rw(struct hmmgpu_mirror *mirror, u32 opcode, unsigned l
 		chunk = min_t(unsigned long, size - done, bounce_size);
 		if (opcode == HMMGPU_OP_WRITE)
 			memcpy(bounce, kbuf + done, chunk);
-		WRITE_ONCE(mirror->fault_err, 0);
 		hmmgpu_cmd(&cmd, opcode, 0, mirror->ctx, start + done, bounce_dma, chunk);
-		ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &cmd, 1, &status);
+		ret = hmmgpu_mirror_submit(mirror, &cmd);
 		if (ret)
 			break;
-		if (status == HMMGPU_ERR_FAULT_CANCELLED) {
-			ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
-			break;
-		}
-		if (status) {
-			dev_err_ratelimited(dev, "ctx %u: command failed with error %llu\n",
-					    mirror->ctx, status);
-			ret = -EIO;
-			break;
-		}
 		if (opcode == HMMGPU_OP_READ)
 			memcpy(kbuf + done, bounce, chunk);
 	}
@@ -202,10 +214,8 @@ static int hmmgpu_mirror_copy_direct(struct hmmgpu_mirror *mirror, struct hmm_dm
 	unsigned long range = cmd->addr, buf = cmd->ptr;
 	u32 va_to_va = HMMGPU_APERTURE_VA << HMMGPU_SRC_APERTURE_SHIFT |
 		       HMMGPU_APERTURE_VA << HMMGPU_DST_APERTURE_SHIFT;
-	struct hmmgpu *gpu = mirror->gpu;
 	struct hmmgpu_command c;
 	unsigned long done, n;
-	u64 status;
 	int ret = 0;
 
 	if (buf + size < buf || range + size < range)
@@ -216,18 +226,13 @@ static int hmmgpu_mirror_copy_direct(struct hmmgpu_mirror *mirror, struct hmm_dm
 	WRITE_ONCE(mirror->buf_end, buf + size);
 	for (done = 0; done < size && !ret; done += n) {
 		n = min(size - done, HMMGPU_DIRECT_CHUNK);
-		WRITE_ONCE(mirror->fault_err, 0);
 		if (opcode == HMMGPU_OP_READ)
 			hmmgpu_cmd(&c, HMMGPU_OP_COPY, va_to_va, mirror->ctx, range + done,
 				   buf + done, n);
 		else
 			hmmgpu_cmd(&c, HMMGPU_OP_COPY, va_to_va, mirror->ctx, buf + done,
 				   range + done, n);
-		ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &c, 1, &status);
-		if (!ret && status == HMMGPU_ERR_FAULT_CANCELLED)
-			ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
-		else if (!ret && status)
-			ret = -EIO;
+		ret = hmmgpu_mirror_submit(mirror, &c);
 	}
 	WRITE_ONCE(mirror->req_end, 0);
 	WRITE_ONCE(mirror->buf_end, 0);
@@ -448,7 +453,7 @@ static int hmmgpu_mirror_atomic(struct hmmgpu_mirror *mirror, void __user *uarg)
 	struct hmmgpu_atomic a;
 	struct hmmgpu_command c;
 	dma_addr_t old_dma;
-	u64 *old, status;
+	u64 *old;
 	int ret;
 
 	if (copy_from_user(&a, uarg, sizeof(a)))
@@ -458,14 +463,9 @@ static int hmmgpu_mirror_atomic(struct hmmgpu_mirror *mirror, void __user *uarg)
 	old = dma_alloc_coherent(&gpu->pdev->dev, sizeof(*old), &old_dma, GFP_KERNEL);
 	if (!old)
 		return -ENOMEM;
-	WRITE_ONCE(mirror->fault_err, 0);
 	hmmgpu_cmd(&c, HMMGPU_OP_ATOMIC, a.op << HMMGPU_ATOMIC_OP_SHIFT, mirror->ctx, a.addr,
 		   a.operand, old_dma);
-	ret = hmmgpu_queue_run(&gpu->cq[mirror->ctx], &c, 1, &status);
-	if (!ret && status == HMMGPU_ERR_FAULT_CANCELLED)
-		ret = READ_ONCE(mirror->fault_err) ?: -EFAULT;
-	else if (!ret && status)
-		ret = -EIO;
+	ret = hmmgpu_mirror_submit(mirror, &c);
 	a.old = READ_ONCE(*old);
 	a.faults = atomic_read(&mirror->faults) - faults;
 	dma_free_coherent(&gpu->pdev->dev, sizeof(*old), old, old_dma);

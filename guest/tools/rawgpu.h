@@ -142,20 +142,35 @@ static inline uint32_t raw_submit(uint32_t q, struct hmmgpu_command *ring, uint3
 	return done + n;
 }
 
+/* After 10 s of waiting: say where queue @q stands, return -1. */
+static inline int raw_timeout(uint32_t q)
+{
+	fprintf(stderr, "timeout: queue %u head %u status 0x%x error %u\n", q,
+		rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_HEAD)),
+		rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_STATUS)),
+		rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_ERROR)));
+	return -1;
+}
+
 /* Wait until queue @q's COMPLETED reaches @target; 0, or -1 after 10 s. */
 static inline int raw_wait(uint32_t q, uint32_t target)
 {
 	double t0 = now_us();
 
-	while ((int32_t)(rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_COMPLETED)) - target) < 0) {
-		if (now_us() - t0 > 10e6) {
-			fprintf(stderr, "timeout: queue %u head %u status 0x%x error %u\n", q,
-				rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_HEAD)),
-				rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_STATUS)),
-				rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_ERROR)));
-			return -1;
-		}
-	}
+	while ((int32_t)(rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_COMPLETED)) - target) < 0)
+		if (now_us() - t0 > 10e6)
+			return raw_timeout(q);
+	return 0;
+}
+
+/* Wait until queue @q's STATUS shows @bit; 0, or -1 after 10 s. */
+static inline int raw_wait_status(uint32_t q, uint32_t bit)
+{
+	double t0 = now_us();
+
+	while (!(rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_STATUS)) & bit))
+		if (now_us() - t0 > 10e6)
+			return raw_timeout(q);
 	return 0;
 }
 

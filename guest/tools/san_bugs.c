@@ -55,21 +55,6 @@ static uint32_t read_va(uint64_t len)
 	return raw_submit(CTX, ring, 1);
 }
 
-/* Wait up to 10 s for queue @q's STATUS to show @bit. */
-static int wait_status(uint32_t q, uint32_t bit)
-{
-	double t0 = now_us();
-
-	while (!(rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_STATUS)) & bit)) {
-		if (now_us() - t0 > 10e6) {
-			fprintf(stderr, "timeout: queue %u status 0x%x\n", q,
-				rd(HMMGPU_QUEUE_REG(q, HMMGPU_QREG_STATUS)));
-			return -1;
-		}
-	}
-	return 0;
-}
-
 static int bug(const char *name)
 {
 	uint64_t vram = (uint64_t)rd(HMMGPU_REG_VRAM_SIZE_HI) << 32 | rd(HMMGPU_REG_VRAM_SIZE_LO);
@@ -109,7 +94,7 @@ static int bug(const char *name)
 		wr(HMMGPU_REG_FAULT_BASE_HI, (uint32_t)(fb >> 32));
 		wr(HMMGPU_REG_FAULT_SIZE, 2);
 		target = read_va(8 * PAGE);
-		if (wait_status(CTX, HMMGPU_QSTATUS_STALLED))
+		if (raw_wait_status(CTX, HMMGPU_QSTATUS_STALLED))
 			return 1;
 		qwr(CTX, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 		wr(HMMGPU_REG_FAULT_SIZE, 0);
@@ -120,7 +105,7 @@ static int bug(const char *name)
 		command(&ring[0], HMMGPU_OP_NOP, 0, 0, 0, 0);
 		raw_submit(HMMGPU_KERNEL_QUEUE, ring, 1);
 		/* the queue halts instead of running the command */
-		if (wait_status(HMMGPU_KERNEL_QUEUE, HMMGPU_QSTATUS_HALTED)) {
+		if (raw_wait_status(HMMGPU_KERNEL_QUEUE, HMMGPU_QSTATUS_HALTED)) {
 			raw_set_bus_master(1);
 			return 1;
 		}

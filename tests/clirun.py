@@ -1,0 +1,12 @@
+"""Running the `hmmgpu` CLI as a user would, for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def hmmgpu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
