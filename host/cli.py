@@ -26,9 +26,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
+    from .pins import LOCK_FILE, Versions, dump_lock, load_lock
+    paths = Paths.default()
+    if args.print_versions:
+        print(f"pinned in {LOCK_FILE}; installed per {paths.versions}")
+        print(Versions(paths.versions).table(load_lock()))
+        return 0
+    if args.update_lock:
+        from .provision import lock_from_installed
+        LOCK_FILE.write_text(dump_lock(lock_from_installed(paths)))
+        print(f"hmmgpu: wrote {LOCK_FILE} from what is installed; review it with git diff")
+        return 0
     from .provision import Provisioner
-    Provisioner(Paths.default(), verbose=args.verbose).ensure()
-    print(f"hmmgpu: provisioned in {Paths.default().cache}")
+    Provisioner(paths, verbose=args.verbose, pins=args.pins).ensure()
+    print(f"hmmgpu: provisioned in {paths.cache} (versions: hmmgpu setup --print-versions)")
     return 0
 
 
@@ -187,6 +198,14 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     s = sub.add_parser("setup", help="provision toolbox, libvfio-user, guest image (idempotent)")
+    s.add_argument("--pins", choices=["locked", "strict", "latest"], default=None,
+                   help="locked (default, $HMMGPU_PINS): the versions in hmmgpu.lock, falling "
+                   "back to the newest (reported) when the archive dropped one; strict: stop "
+                   "instead; latest: ignore the lock")
+    s.add_argument("--print-versions", action="store_true",
+                   help="show what hmmgpu.lock pins and what is installed, then exit")
+    s.add_argument("--update-lock", action="store_true",
+                   help="write what is installed into hmmgpu.lock (after --pins latest)")
     s.set_defaults(fn=cmd_setup)
 
     accel = {"choices": ["auto", "kvm", "tcg"], "default": "auto",

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -126,6 +127,8 @@ class Lab:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.run_dir = self.paths.runs / f"{stamp}-{os.getpid()}-{id(self) % 10000}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.paths.versions.exists():  # which pinned (or fallback) inputs this run used
+            shutil.copy(self.paths.versions, self.run_dir / "versions.json")
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
         self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,

@@ -78,6 +78,11 @@ class Paths:
         return self.cache / "image"
 
     @property
+    def versions(self) -> Path:
+        """What setup installed, against hmmgpu.lock (host/pins.py)."""
+        return self.cache / "versions.json"
+
+    @property
     def stamps(self) -> Path:
         return self.cache / "stamps"
 

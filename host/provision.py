@@ -24,20 +24,39 @@ from pathlib import Path
 
 from .errors import CommandFailed, SetupError
 from .paths import REPO, Paths
+from .pins import (
+    LOCK_FILE,
+    Lock,
+    Package,
+    Source,
+    Versions,
+    archive_packages,
+    archive_sources,
+    choose_packages,
+    installed_name,
+    load_lock,
+    sha256_file,
+    source_order,
+    tree_sha256,
+)
 from .shell import run
-from .toolbox import Toolbox
+from .toolbox import Toolbox, isolated, safe_rmtree
 
-HOST_PACKAGES = ["mmdebstrap", "meson", "ninja-build", "pkg-config", "libjson-c-dev", "gcc",
-                 "xz-utils", "dpkg-dev"]
+# What the host itself runs; everything else runs in the toolbox. Installed
+# without recommends, so each build's requirements are listed explicitly.
+HOST_PACKAGES = [
+    "mmdebstrap",                       # makes the toolbox
+    "meson", "ninja-build", "pkg-config",  # libvfio-user's build
+    "gcc", "libc6-dev",                 # its compiler; gcc alone brings no crt1.o/libc headers
+    "libjson-c-dev", "libcmocka-dev",   # its dependencies (cmocka: meson.build needs it always)
+    "xz-utils",                         # unpacking the .orig.tar.xz and linux-source
+    "perl",                             # checkpatch.pl in the tests (perl-base lacks modules)
+]
 
-# The guest kernel, QEMU and compiler come from trixie(-backports). Packages
-# that exist in both suites need the /trixie-backports pin, and so do their
-# versioned dependencies.
+# The rest of the toolbox: trixie's own packages, for building the guest
+# side. QEMU, seabios and the kernel come from hmmgpu.lock (host/pins.py).
 TOOLBOX_PACKAGES = [
-    "qemu-system-x86/trixie-backports", "qemu-system-common/trixie-backports",
-    "qemu-system-data/trixie-backports", "seabios/trixie-backports",
-    "linux-base/trixie-backports", "linux-image-cloud-amd64/trixie-backports",
-    "linux-headers-cloud-amd64/trixie-backports", "gcc", "libc6-dev", "make",
+    "gcc", "libc6-dev", "make",
     "libglib2.0-dev", "pkg-config",  # the TCG plugin (qemu-plugin.h includes glib.h)
     "initramfs-tools", "kmod", "busybox-static", "cpio", "xz-utils", "dropbear-bin",
 ]
@@ -82,20 +101,25 @@ class Step:
 
 
 class Provisioner:
-    def __init__(self, paths: Paths | None = None, verbose: bool = False) -> None:
+    def __init__(self, paths: Paths | None = None, verbose: bool = False,
+                 pins: str | None = None) -> None:
         self.paths = paths or Paths.default()
         self.tb = Toolbox(self.paths.toolbox)
         self.verbose = verbose
         self.logs = self.paths.cache / "logs"
+        self.pins = pins or os.environ.get("HMMGPU_PINS") or "locked"
+        self.lock = load_lock()
+        self.versions = Versions(self.paths.versions)
 
     # ---- the plan ------------------------------------------------------------
 
     def steps(self) -> list[Step]:
         return [
             Step("host-packages", lambda: "1", self.host_packages),
-            Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES), self.toolbox),
-            Step("sources", lambda: "4", self.sources),
-            Step("libvfio-user", lambda: "2-release", self.libvfio_user),
+            Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES) + self.lock.key() + self.pins,
+                 self.toolbox),
+            Step("sources", lambda: "5", self.sources),
+            Step("libvfio-user", lambda: "3-release", self.libvfio_user),
             Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest"),
                  self.guest_build),
             Step("guest-image", lambda: self.tb_kernel() + tree_hash(REPO / "guest" / "image")
@@ -141,6 +165,8 @@ class Provisioner:
                 key = self.keys(steps)[i - 1]
                 if stamp.exists() and stamp.read_text() == key:
                     continue
+                # an interrupted step must not look done on the next run
+                stamp.unlink(missing_ok=True)
                 logfile = self.logs / f"setup-{step.name}.log"
                 logfile.parent.mkdir(parents=True, exist_ok=True)
                 logfile.write_text("")
@@ -153,6 +179,10 @@ class Provisioner:
                 stamp.parent.mkdir(parents=True, exist_ok=True)
                 stamp.write_text(key)
                 say(f"[{i}/{len(steps)}] {step.name} done in {time.monotonic() - t0:.0f} s")
+            for name in self.versions.drifted():
+                v = self.versions.data[name]
+                say(f"not pinned: {name} {v['installed']} ({v['status']}: {v['reason']}); "
+                    f"see 'hmmgpu setup --print-versions'")
 
     # ---- steps ------------------------------------------------------------------
 
@@ -184,24 +214,62 @@ class Provisioner:
                              "(is the package registry reachable?)", logfile) from e
 
     def toolbox(self, logfile: Path) -> None:
+        """A trixie root by mmdebstrap, then the pinned packages (or their
+        reported fallbacks) installed into it by exact version."""
         mirror = debian_mirror()
         root = self.paths.toolbox
         tmp = root.with_name("toolbox.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        safe_rmtree(tmp)
         mode = "root" if os.geteuid() == 0 else "unshare"
         try:
-            run(["mmdebstrap", "--variant=apt", f"--mode={mode}",
-                 "--aptopt=Apt::Install-Recommends \"false\"",
-                 "--include=" + ",".join(TOOLBOX_PACKAGES), "trixie", tmp,
-                 f"deb {mirror} trixie main", f"deb {mirror} trixie-backports main"],
-                logfile, timeout=1800)
+            # the lists stay, for choosing the pinned versions below
+            cmd = ["mmdebstrap", "--variant=apt", f"--mode={mode}", "--skip=cleanup/apt/lists",
+                   "--aptopt=Apt::Install-Recommends \"false\"",
+                   "--include=" + ",".join(TOOLBOX_PACKAGES), "trixie", str(tmp),
+                   f"deb {mirror} trixie main", f"deb {mirror} trixie-backports main"]
+            # as root, mmdebstrap's binds live in a namespace that dies with setup
+            run(isolated(cmd) if mode == "root" else cmd, logfile, timeout=1800)
         except CommandFailed as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            safe_rmtree(tmp)
             raise SetupError("mmdebstrap could not build the trixie toolbox (is the Debian "
                              "archive reachable? is there disk space?)", logfile) from e
-        shutil.rmtree(root, ignore_errors=True)
+        tb = Toolbox(tmp)
+        names = " ".join(p.name for p in self.lock.packages)
+        tb.chroot(f"for p in {names}; do apt-cache show $p || true; done > /tmp/archive.txt",
+                  logfile)
+        served = archive_packages((tmp / "tmp" / "archive.txt").read_text())
+        choices = choose_packages(self.lock, served, self.pins)
+        for c in choices:
+            if c.status == "fallback":
+                say(f"pin not served: {c.reason}; using the newest instead "
+                    f"({c.spec or 'as a dependency'})")
+        install = {p.name for p in self.lock.packages if p.install}
+        specs = [c.spec for c in choices if c.spec and c.name in install]
+        tb.chroot("DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+                  + " ".join(f"'{s}'" for s in specs)
+                  + " && dpkg-query -W -f '${Package}\\t${Version}\\n' > /tmp/installed.txt",
+                  logfile)
+        installed = dict(line.split("\t") for line in
+                         (tmp / "tmp" / "installed.txt").read_text().splitlines() if "\t" in line)
+        abi = tb.kernel_version
+        self.versions.data = {}
+        for c in choices:
+            name = installed_name(self.lock, c.name, abi) if c.status != "pinned" else c.name
+            if c.name in install:
+                got = installed.get(name, "missing")
+                self.versions.record(c.name, c.pinned, f"{name} {got}" if name != c.name else got,
+                                     c.status, c.reason)
+            else:  # fetched by the sources step, to match the kernel installed here
+                spec = c.spec.format(kernel_majmin=".".join(abi.split(".")[:2]),
+                                     kernel_version=installed[f"linux-image-{abi}"])
+                self.versions.data[c.name] = {"pinned": c.pinned, "installed": "not fetched yet",
+                                              "status": c.status, "reason": c.reason,
+                                              "spec": spec}
+        self.versions.save()
+        safe_rmtree(root)
         tmp.rename(root)
-        say(f"toolbox ready: Linux {self.tb.kernel_version}")
+        say(f"toolbox ready: Linux {self.tb.kernel_version}, QEMU "
+            f"{installed.get('qemu-system-x86', '?')} (versions: {self.paths.versions})")
 
     def sources(self, logfile: Path) -> None:
         """Fetch Debian's qemu source package (for libvfio-user and qemu-plugin.h)
@@ -212,21 +280,47 @@ class Provisioner:
         dl = self.paths.toolbox / "build" / "dl"
         shutil.rmtree(dl, ignore_errors=True)
         dl.mkdir(parents=True)
+        qemu = self.lock.source("qemu")
         # sid's Release file can be past its Valid-Until on a snapshot mirror;
         # the source packages themselves are still verified by hash.
-        script = f"""
-echo 'deb-src [check-valid-until=no] {mirror} sid main' > /etc/apt/sources.list.d/hmmgpu-src.list
+        src_list = "/etc/apt/sources.list.d/hmmgpu-src.list"
+        self.tb.chroot(f"""
+echo 'deb-src [check-valid-until=no] {mirror} {qemu.suite} main' > {src_list}
 apt-get update
-cd /build/dl
-ok=
-for v in $(apt-cache showsrc qemu | sed -n 's/^Version: //p' | sort -urV); do
-    if apt-get source --download-only "qemu=$v"; then ok=$v; break; fi
-    rm -f qemu_*
-done
-test -n "$ok" || {{ echo 'no qemu source package could be downloaded'; exit 1; }}
-apt-get download linux-source-{majmin}/trixie-backports
-"""
-        self.tb.chroot(script, logfile, timeout=1800)
+apt-cache showsrc qemu > /tmp/showsrc.txt
+""", logfile)
+        served = archive_sources((self.paths.toolbox / "tmp" / "showsrc.txt").read_text())
+        got = None
+        for version, status in source_order(qemu, served, self.pins):
+            try:
+                self.tb.chroot(f"cd /build/dl && rm -f qemu_* && "
+                               f"apt-get source --download-only 'qemu={version}'", logfile)
+            except CommandFailed:
+                say(f"qemu source {version} could not be downloaded")
+                continue
+            got = (version, status)
+            break
+        if got is None:
+            raise SetupError(f"no qemu source package could be downloaded (pinned {qemu.version}"
+                             + (", --pins strict" if self.pins == "strict" else "") + ")", logfile)
+        if got[1] == "pinned":
+            for f, h in qemu.files.items():
+                if sha256_file(dl / f) != h:
+                    raise SetupError(f"{f} does not match its sha256 in {LOCK_FILE.name}", logfile)
+        else:
+            say(f"pinned qemu source {qemu.version} not available; using {got[0]}")
+        self.versions.record("qemu (source)", qemu.version, got[0], got[1],
+                             "" if got[1] == "pinned" else f"{qemu.version} could not be fetched")
+        src_pin = self.lock.package("linux-source-")
+        spec = self.versions.data[src_pin.name]["spec"]
+        self.tb.chroot(f"cd /build/dl && apt-get download '{spec}'", logfile)
+        deb = sorted(dl.glob("linux-source-*.deb"))[-1]
+        status = self.versions.data[src_pin.name]["status"]
+        if status == "pinned" and sha256_file(deb) != src_pin.sha256:
+            raise SetupError(f"{deb.name} does not match its sha256 in {LOCK_FILE.name}", logfile)
+        self.versions.record(src_pin.name, src_pin.version, spec.partition("=")[2], status,
+                             self.versions.data[src_pin.name]["reason"], spec=spec)
+
         srcs = self.paths.sources
         shutil.rmtree(srcs, ignore_errors=True)
         srcs.mkdir(parents=True)
@@ -237,7 +331,16 @@ apt-get download linux-source-{majmin}/trixie-backports
              f"qemu-{top}/VERSION"], logfile)
         (srcs / f"qemu-{top}").rename(self.paths.qemu_src)
         (self.paths.qemu_src / "subprojects" / "libvfio-user").rename(self.paths.libvfio_user_src)
-        deb = sorted(dl.glob("linux-source-*.deb"))[-1]
+        tree = tree_sha256(self.paths.libvfio_user_src)
+        if tree == self.lock.libvfio_user_tree:
+            self.versions.record("libvfio-user", self.lock.libvfio_user_tree, tree, "pinned")
+        elif got[1] == "pinned":
+            raise SetupError(f"libvfio-user in qemu {got[0]} differs from {LOCK_FILE.name}",
+                             logfile)
+        else:
+            self.versions.record("libvfio-user", self.lock.libvfio_user_tree, tree, got[1],
+                                 f"from qemu {got[0]}")
+        self.versions.save()
         tarball = f"./usr/src/linux-source-{majmin}.tar.xz"
         extract = (f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO '{tarball}' | "
                    f"tar -xJ -C '{srcs}' --wildcards "
@@ -342,3 +445,37 @@ def _userns_works() -> bool:
                               timeout=10).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+def lock_from_installed(paths: Paths) -> Lock:
+    """A lock that pins exactly what `hmmgpu setup` installed last, with the
+    archive's sha256s (for `hmmgpu setup --update-lock`)."""
+    old = load_lock()
+    versions = Versions(paths.versions)
+    tb = Toolbox(paths.toolbox)
+    if not versions.data or not paths.libvfio_user_src.exists():
+        raise SetupError("nothing installed to pin: run 'hmmgpu setup --pins latest' first")
+    abi = tb.kernel_version
+    names = {p.name: installed_name(old, p.name, abi) for p in old.packages}
+    names[old.package("linux-source-").name] = "linux-source-" + ".".join(abi.split(".")[:2])
+    logfile = paths.cache / "logs" / "update-lock.log"
+    logfile.write_text("")
+    tb.chroot("for p in " + " ".join(names.values()) + "; do apt-cache show $p; done"
+              " > /tmp/archive.txt; dpkg-query -W -f '${Package}\\t${Version}\\n'"
+              " > /tmp/installed.txt; apt-cache showsrc qemu > /tmp/showsrc.txt", logfile)
+    served = archive_packages((paths.toolbox / "tmp" / "archive.txt").read_text())
+    installed = dict(line.split("\t") for line in
+                     (paths.toolbox / "tmp" / "installed.txt").read_text().splitlines())
+    packages = []
+    for p in old.packages:
+        name = names[p.name]
+        version = installed.get(name) or versions.data[p.name]["installed"]
+        if (name, version) not in served:
+            raise SetupError(f"{name} {version} is not in the archive's lists: cannot pin it")
+        packages.append(Package(name, version, served[(name, version)], p.group, p.fallback,
+                                p.install))
+    qemu = old.source("qemu")
+    version = versions.data["qemu (source)"]["installed"]
+    files = archive_sources((paths.toolbox / "tmp" / "showsrc.txt").read_text())
+    return Lock(packages, [Source(qemu.name, version, qemu.suite, files[("qemu", version)])],
+                tree_sha256(paths.libvfio_user_src))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shlex
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,15 @@ from pathlib import Path
 from .errors import CommandFailed
 
 log = logging.getLogger("hmmgpu")
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when hmmgpu dies, so a killed
+    setup leaves no build (or mount namespace) running behind it."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run(cmd: Sequence[str], logfile: Path, *, cwd: Path | None = None,
@@ -28,7 +39,7 @@ def run(cmd: Sequence[str], logfile: Path, *, cwd: Path | None = None,
             p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, stdout=f,
                                stderr=subprocess.STDOUT, timeout=timeout,
                                stdin=subprocess.DEVNULL if input is None else None,
-                               input=input)
+                               input=input, preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired as e:
             raise CommandFailed(f"timed out after {timeout:.0f} s: {line}", logfile) from e
         except FileNotFoundError as e:

@@ -49,11 +49,8 @@ class Toolbox:
         r = str(self.root)
         mount = (f"mount -t proc proc {r}/proc && mount -t sysfs sys {r}/sys && "
                  f"mount --rbind /dev {r}/dev && exec chroot {r} /bin/sh -ec \"$1\"")
-        unshare = ["unshare", "-m", "--propagation", "private"]
-        if os.geteuid() != 0:
-            unshare = ["unshare", "-r", "-m", "--propagation", "private", "--pid", "--fork"]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
-        run([*unshare, "sh", "-c", mount, "sh", script], logfile, env=env, timeout=timeout)
+        run(isolated(["sh", "-c", mount, "sh", script]), logfile, env=env, timeout=timeout)
 
     # ---- QEMU -------------------------------------------------------------------
 
@@ -71,6 +68,39 @@ class Toolbox:
 
     def qemu_env(self) -> dict[str, str]:
         return {"QEMU_MODULE_DIR": str(self.root / "usr/lib/x86_64-linux-gnu/qemu")}
+
+
+def isolated(cmd: list[str]) -> list[str]:
+    """Run `cmd` in its own mount and PID namespace: whatever it mounts (a
+    chroot's /proc, /dev, mmdebstrap's binds) vanishes with it, even when
+    setup is killed (--kill-child: the namespace's init dies with us)."""
+    ns = ["unshare", "-m", "--propagation", "private", "--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        ns.insert(1, "-r")
+    return [*ns, *cmd]
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` in this mount namespace."""
+    prefix = str(path.resolve()).rstrip("/") + "/"
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if (point + "/").startswith(prefix):
+            out.append(point)
+    return out
+
+
+def safe_rmtree(path: Path) -> None:
+    """Remove a tree that a chroot once used, refusing while anything is
+    mounted inside it (a bound /dev would take the host's with it)."""
+    if not path.exists():
+        return
+    busy = mounts_under(path)
+    if busy:
+        raise SetupError(f"{busy[0]} is still mounted: unmount it (umount -R {busy[0]}) "
+                         "before hmmgpu removes that tree")
+    shutil.rmtree(path)
 
 
 def qemu_version(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, int]:
