@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from clirun import hmmgpu
 
@@ -45,3 +47,27 @@ def test_mirror_comes_from_the_hosts_apt_sources() -> None:
 def test_hwdef_prints_the_c_header() -> None:
     r = hmmgpu("hwdef")
     assert r.returncode == 0 and "#define HMMGPU_REG_ID" in r.stdout
+
+
+def test_print_versions_shows_every_pin_before_anything_is_installed(tmp_path) -> None:
+    from hmmgpu.host.pins import load_lock
+    r = hmmgpu("setup", "--print-versions", env={"HMMGPU_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    for p in load_lock().packages:
+        assert f"{p.name} " in r.stdout and p.version in r.stdout
+    assert r.stdout.count("not installed") == len(load_lock().packages) + 2
+
+
+def test_print_versions_of_the_provisioned_cache_are_the_pins(paths: Paths) -> None:
+    r = hmmgpu("setup", "--print-versions")
+    assert r.returncode == 0, r.stderr
+    rows = [re.split(r"\s{2,}", line) for line in r.stdout.splitlines()[2:]]
+    assert len(rows) >= 12
+    for name, _pinned, installed, status in rows:
+        assert installed != "not installed", name
+        assert status.split()[0] in ("pinned", "fallback", "latest"), (name, status)
+
+
+def test_unknown_pin_mode_is_one_line() -> None:
+    r = hmmgpu("setup", "--pins", "newest")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
