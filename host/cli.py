@@ -40,6 +40,10 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from .provision import Provisioner
     Provisioner(paths, verbose=args.verbose, pins=args.pins).ensure()
     print(f"hmmgpu: provisioned in {paths.cache} (versions: hmmgpu setup --print-versions)")
+    if args.debian_kernel:
+        from .flavours import fetch_flavour
+        image, mods = fetch_flavour(paths, args.debian_kernel)
+        print(f"hmmgpu: boot it with --kernel {image} --modules {mods}")
     return 0
 
 
@@ -68,40 +72,92 @@ def cmd_hwdef(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab_config(args: argparse.Namespace, **kw: object):
+    """The LabConfig of boot, selftest and demo: their kernel, modules,
+    share, timeout and gdb options (bad paths refused here, in one line)."""
+    from .kernel import resolve_kernel
+    from .lab import LabConfig
+    from .ssh import free_port
+    kernel = resolve_kernel(Paths.default(), args.kernel, args.modules) \
+        if args.kernel or args.modules else None
+    modules = []
+    for m in args.module or []:
+        p = Path(m).expanduser().absolute()
+        if not p.is_file():
+            raise HmmgpuError(f"--module {m}: no such file")
+        modules.append(p)
+    share = None
+    if args.share:
+        share = Path(args.share).expanduser().absolute()
+        if not share.is_dir():
+            raise HmmgpuError(f"--share {args.share}: no such directory (create it first)")
+    extra: dict[str, object] = {}
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise HmmgpuError(f"--timeout {args.timeout:g}: give the run's limit in seconds")
+        extra["max_lifetime_s"] = args.timeout
+    gdb = None
+    if args.gdb is not None:
+        gdb = args.gdb or free_port()
+    return LabConfig(accel=args.accel, verbose=args.verbose, kernel=kernel, modules=modules,
+                     share=share, gdb_port=gdb, fail_fast=not args.no_fail_fast,
+                     **extra, **kw)
+
+
+def print_gdb(lab) -> None:
+    if lab.config.gdb_port:
+        print(f"hmmgpu: gdb stub on 127.0.0.1:{lab.config.gdb_port}; attach with:\n"
+              f"  {lab.gdb_command()}", flush=True)
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .lab import Lab, LabConfig
-    cfg = LabConfig(gpus=args.gpus, memory_mb=args.memory, accel=args.accel,
-                    verbose=args.verbose, vram_mb=args.vram, trace=args.trace,
-                    cpu_trace=args.cpu_trace)
+    from .lab import SHARE_MOUNT, Lab
+    cfg = lab_config(args, gpus=args.gpus, memory_mb=args.memory, vram_mb=args.vram,
+                     trace=args.trace, cpu_trace=args.cpu_trace)
     with Lab(cfg) as lab:
         lab.boot()
-        print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}); "
-              f"logs in {lab.run_dir}")
+        print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}, {lab.kernel.label});"
+              f" logs in {lab.run_dir}")
         if args.trace:
             print("hmmgpu: DMA traces: " + ", ".join(str(g.trace_file) for g in lab.gpus))
+        if cfg.share:
+            print(f"hmmgpu: {cfg.share} is {SHARE_MOUNT} in the guest (read-write)")
         for dev in lab.guest_pci_devices():
             print(f"  guest PCI {dev['slot']}: {dev['vendor']}:{dev['device']} "
                   f"driver={dev['driver'] or '-'}")
+        if cfg.gdb_port:
+            if cfg.gpus:  # the driver's symbols belong in the gdb command
+                lab.ssh(f"test -d /sys/module/hmmgpu || insmod {lab.guest_bin('hmmgpu.ko')}")
+            print_gdb(lab)
+        code = 0
         if args.command:
-            print(lab.ssh(args.command).stdout, end="")
-        if args.hold:
+            r = lab.ssh(args.command, check=False, timeout=None)
+            sys.stdout.write(r.stdout)
+            sys.stderr.write(r.stderr)
+            code = r.exit_code  # the guest command's status is ours
+        if args.hold or (cfg.gdb_port and not args.command):
             print("hmmgpu: holding the VM (e.g. for 'hmmgpu trace ...'); Ctrl-C stops it")
             while lab.qemu_alive():
                 time.sleep(1)
-    return 0
+            if lab.killed_by_watchdog:
+                raise HmmgpuError(f"the VM was stopped: {lab.killed_by_watchdog}",
+                                  lab.console.path)
+    return code
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     from .selftest import compare, run_selftest
     modes = ["reference"] if args.reference else ["hmmgpu", "reference"] if args.compare \
         else ["hmmgpu"]
-    results = run_selftest(modes, accel=args.accel, verbose=args.verbose,
-                           hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"])
+    results = run_selftest(modes, lab_config(args),
+                           hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"],
+                           on_boot=print_gdb)
     for r in results:
         print(r.summary())
     if len(results) > 1:
         print(compare(results))
-    print(f"hmmgpu: results in {', '.join(str(r.json_path) for r in results)}")
+    print(f"hmmgpu: results in {', '.join(str(r.json_path) for r in results)} "
+          f"(JUnit: {', '.join(str(r.junit_path) for r in results)})")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -109,7 +165,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job today: boot the lab, show the device answers, run the
     reference selftest."""
     from .demo import run_demo
-    return run_demo(accel=args.accel, verbose=args.verbose)
+    return run_demo(lab_config(args))
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .lab import DUMP_FORMATS, USER_QMP
+    from .qmp import Qmp, write_dump
+    paths = Paths.default()
+    runs = [Path(args.run)] if args.run else sorted(
+        (p for p in paths.runs.glob("*") if (p / USER_QMP).exists()), reverse=True)
+    if args.format not in DUMP_FORMATS:
+        raise HmmgpuError(f"--format {args.format}: use one of {', '.join(DUMP_FORMATS)}")
+    for run in runs:
+        try:
+            qmp = Qmp(run / USER_QMP, "hmmgpu-dump", connect_timeout=3)
+        except HmmgpuError:
+            continue
+        out = Path(args.output or run / f"vmcore.{args.format}").absolute()
+        try:
+            print(f"hmmgpu: dumping the guest of {run} into {out} (the guest pauses)",
+                  flush=True)
+            write_dump(qmp, out, args.format)
+        finally:
+            qmp.close()
+        kernel = json.loads((run / "kernel.json").read_text()) \
+            if (run / "kernel.json").exists() else {}
+        vm = kernel.get("vmlinux") or "VMLINUX"
+        print(f"hmmgpu: wrote {out} ({out.stat().st_size >> 20} MiB); open it with\n"
+              f"  drgn -c {out} -s {vm}\n  crash {vm} {out}")
+        return 0
+    raise HmmgpuError(f"no running lab to dump in {args.run or paths.runs} (boot one, e.g. "
+                      "'hmmgpu boot --hold')")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .devloop import DevLoop
+    from .lab import Lab
+    if args.share:
+        raise HmmgpuError("dev shares its build directory into the guest; --share does not "
+                          "go with it")
+    mod_dir = None
+    if args.dir:
+        mod_dir = Path(args.dir).expanduser().absolute()
+        if not (mod_dir / "Kbuild").exists() and not (mod_dir / "Makefile").exists():
+            raise HmmgpuError(f"--dir {args.dir}: no Kbuild or Makefile there (a module "
+                              "directory builds with make -C <kernel> M=<dir>)")
+    cases = [a for a in args.hmm_tests_args if a != "--"]
+    names = [cases[i + 1] for i, a in enumerate(cases[:-1]) if a == "-t"]
+    if len(names) * 2 != len(cases):
+        raise HmmgpuError("after '--' dev takes hmm-tests cases as -t NAME ... "
+                          f"(got: {' '.join(cases)})")
+    cfg = lab_config(args, gpus=args.gpus)
+    paths = Paths.default()
+    release = cfg.kernel.release if cfg.kernel else "default"
+    cfg.share = DevLoop.share_dir(paths.cache, release)
+    with Lab(cfg) as lab:
+        lab.boot()
+        print(f"hmmgpu: VM ready in {lab.boot_seconds:.1f} s ({lab.accel}, {lab.kernel.label});"
+              f" logs in {lab.run_dir}", flush=True)
+        print_gdb(lab)
+        loop = DevLoop(lab, mod_dir, names, args.run or "",
+                       out=lambda s: print(s, flush=True))
+        loop.watch(cycles=args.cycles)
+    return 0
+
+
+def cmd_kconfig(args: argparse.Namespace) -> int:
+    from .kconfig import check, fragment, parse_config
+    if args.check:
+        cfg = Path(args.check)
+        if cfg.is_dir():
+            cfg = cfg / ".config"
+        if not cfg.is_file():
+            raise HmmgpuError(f"--check {args.check}: no such .config")
+        check(parse_config(cfg.read_text()), cfg, share=True)
+        print(f"hmmgpu: {cfg} has every option the lab needs")
+        return 0
+    sys.stdout.write(fragment(args.debug))
+    return 0
 
 
 def _live_control(args: argparse.Namespace):
@@ -206,25 +339,50 @@ def build_parser() -> ArgumentParser:
                    help="show what hmmgpu.lock pins and what is installed, then exit")
     s.add_argument("--update-lock", action="store_true",
                    help="write what is installed into hmmgpu.lock (after --pins latest)")
+    s.add_argument("--debian-kernel", metavar="FLAVOUR",
+                   help="also fetch another Debian flavour of the pinned kernel (e.g. amd64) "
+                        "and print the --kernel/--modules that boot it")
     s.set_defaults(fn=cmd_setup)
 
     accel = {"choices": ["auto", "kvm", "tcg"], "default": "auto",
              "help": "accelerator (auto: KVM when a probe boots a guest, else TCG)"}
 
-    s = sub.add_parser("boot", help="boot the lab VM, print its PCI devices, run a command")
+    kern = ArgumentParser(add_help=False)
+    kern.add_argument("--accel", **accel)
+    kern.add_argument("--kernel", metavar="PATH",
+                      help="boot this kernel: a built kernel tree, or a bzImage with --modules "
+                           "(default: the pinned Debian kernel)")
+    kern.add_argument("--modules", metavar="DIR",
+                      help="the /lib/modules/<release> directory of a --kernel bzImage")
+    kern.add_argument("--module", metavar="FILE.ko", action="append",
+                      help="load your module in the guest before the command (repeatable, "
+                           "in order; its dmesg is checked like ours)")
+    kern.add_argument("--share", metavar="DIR",
+                      help="share this host directory read-write at /host in the guest")
+    kern.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="stop the whole run after this long (non-zero exit)")
+    kern.add_argument("--gdb", type=int, nargs="?", const=0, metavar="PORT",
+                      help="start QEMU's gdb stub (on PORT, else a free port; implies "
+                           "nokaslr) and print the gdb command")
+    kern.add_argument("--no-fail-fast", action="store_true",
+                      help="keep the VM running after a guest Oops/panic/hung task instead "
+                           "of ending the run at once")
+
+    s = sub.add_parser("boot", parents=[kern],
+                       help="boot the lab VM, print its PCI devices, run a command")
     s.add_argument("--gpus", type=int, default=1, help="emulated GPUs to attach")
     s.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
     s.add_argument("--vram", type=int, default=512, help="VRAM per GPU in MiB")
-    s.add_argument("--accel", **accel)
     s.add_argument("--trace", action="store_true",
                    help="record each GPU's DMA trace from the start into the run directory")
     s.add_argument("--hold", action="store_true", help="keep the VM running until Ctrl-C")
     s.add_argument("--cpu-trace", action="store_true",
                    help="record guest CPU accesses to the GPU BARs with their PCs (TCG only)")
-    s.add_argument("command", nargs="?", help="guest shell command to run over SSH")
+    s.add_argument("command", nargs="?",
+                   help="guest shell command to run over SSH (its exit status is ours)")
     s.set_defaults(fn=cmd_boot)
 
-    s = sub.add_parser("selftest", help="run the kernel's hmm-tests in the lab VM")
+    s = sub.add_parser("selftest", parents=[kern], help="run the kernel's hmm-tests in the lab VM")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--reference", action="store_true",
                       help="against the kernel's own test_hmm.ko (the baseline) only")
@@ -232,12 +390,41 @@ def build_parser() -> ArgumentParser:
                       help="against the emulated GPUs, then test_hmm.ko, side by side")
     s.add_argument("hmm_tests_args", nargs=argparse.REMAINDER,
                    help="arguments passed to hmm-tests after '--', e.g. -- -t open_close")
-    s.add_argument("--accel", **accel)
     s.set_defaults(fn=cmd_selftest)
 
-    s = sub.add_parser("demo", help="the main job: boot with the GPU, poke it, run selftests")
-    s.add_argument("--accel", **accel)
+    s = sub.add_parser("demo", parents=[kern],
+                       help="the main job: boot with the GPU, poke it, run selftests")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("dev", parents=[kern],
+                       help="the edit loop: keep the VM up; on each save rebuild, reload the "
+                            "module and rerun the chosen hmm-tests cases")
+    s.add_argument("--dir", help="your module directory with its own Kbuild (default: "
+                   "hmmgpu's guest/driver)")
+    s.add_argument("--gpus", type=int, default=2, help="emulated GPUs to attach (default 2)")
+    s.add_argument("--run", metavar="CMD", help="run this guest command after each reload "
+                   "instead of hmm-tests")
+    s.add_argument("--cycles", type=int, help=argparse.SUPPRESS)  # tests: stop after N
+    s.add_argument("hmm_tests_args", nargs=argparse.REMAINDER,
+                   help="the hmm-tests cases after '--': -- -t open_close -t anon_read")
+    s.set_defaults(fn=cmd_dev)
+
+    s = sub.add_parser("dump", help="write a running lab's guest memory (ELF or kdump) "
+                       "for drgn and crash")
+    s.add_argument("--run", help="run directory of the lab (default: the newest live one)")
+    s.add_argument("-o", "--output", help="the dump file (default: RUN/vmcore.FORMAT)")
+    s.add_argument("--format", default="elf", help="elf (default), kdump-zlib, kdump-lzo, "
+                   "kdump-snappy")
+    s.set_defaults(fn=cmd_dump)
+
+    s = sub.add_parser("kconfig", help="the kernel config fragment the lab needs "
+                       "(for scripts/kconfig/merge_config.sh)")
+    s.add_argument("--debug", action="store_true",
+                   help="add the debug profile: KASAN, lockdep, DEBUG_VM, DEBUG_PAGEALLOC, "
+                        "DEBUG_OBJECTS")
+    s.add_argument("--check", metavar="CONFIG",
+                   help="instead, check a .config (or a tree) for what the lab needs")
+    s.set_defaults(fn=cmd_kconfig)
 
     s = sub.add_parser("device", help="the device server")
     dsub = s.add_subparsers(dest="dcmd", required=True, parser_class=ArgumentParser)

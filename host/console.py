@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Lines the kernel prints when something went wrong. "WARNING:" covers WARN()
-# ("WARNING: CPU: 0 PID: ..." and "WARNING: at ...").
+# ("WARNING: CPU: 0 PID: ..." and "WARNING: at ..."); hung tasks and RCU
+# stalls are how a hang shows.
 FAILURE = re.compile(
     r"(Oops[: ]|BUG: |kernel BUG at|WARNING: |Kernel panic|general protection fault"
-    r"|Unable to handle kernel|UBSAN: |KASAN: |watchdog: BUG)"
+    r"|Unable to handle kernel|UBSAN: |KASAN: |watchdog: BUG"
+    r"|INFO: task .* blocked for more than|rcu: INFO: rcu_\w+ detected stalls)"
 )
 CONTEXT_AFTER = 30
 

@@ -9,6 +9,7 @@ reference passed; the emulated GPUs' failures are printed, not hidden."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from ..device import hwdef as hw
 from .errors import HmmgpuError
@@ -52,11 +53,10 @@ def exercise_gpu(lab: Lab) -> list[str]:
     return [f"  ok  {msg}" for _, msg in checks]
 
 
-def run_demo(accel: str = "auto", verbose: bool = False) -> int:
-    with Lab(LabConfig(gpus=2, memory_mb=SELFTEST_MEMORY_MB, accel=accel,
-                       verbose=verbose)) as lab:
+def run_demo(cfg: LabConfig | None = None) -> int:
+    with Lab(replace(cfg or LabConfig(), gpus=2, memory_mb=SELFTEST_MEMORY_MB)) as lab:
         lab.boot()
-        print(f"VM ready in {lab.boot_seconds:.1f} s ({lab.accel})")
+        print(f"VM ready in {lab.boot_seconds:.1f} s ({lab.accel}, {lab.kernel.label})")
         print(f"emulated GPU {hw.PCI_VENDOR_ID:04x}:{hw.PCI_DEVICE_ID:04x} in the guest:")
         print("\n".join(exercise_gpu(lab)))
         results = []
@@ -65,9 +65,13 @@ def run_demo(accel: str = "auto", verbose: bool = False) -> int:
             print(f"hmm-tests against {what} ...", flush=True)
             results.append(run_in_lab(lab, mode))
             print(results[-1].summary())
+            if not lab.qemu_alive():
+                break
         print(compare(results))
-        print("results: " + ", ".join(str(r.json_path) for r in results))
+        print("results: " + ", ".join(f"{r.json_path} {r.junit_path.name}" for r in results))
         print(f"logs: {lab.run_dir}")
+        if len(results) < 2:
+            return 1
         gpu, ref = results
         completed = all(r.report.complete and not r.kernel_failure for r in results)
         return 0 if completed and ref.ok else 1

@@ -1,14 +1,14 @@
 """The guest image: a busybox initramfs with dropbear, built from the toolbox.
 
 Two cpio archives are concatenated into the initrd (the kernel unpacks them in
-turn): the base image (busybox, dropbear and its libraries, network modules,
-/init) built once by provisioning, and a small per-lab overlay with the SSH
-key and the guest binaries, written at every boot.
+turn): the base image (busybox, dropbear and its libraries, /init), built once
+by provisioning and the same for every kernel, and a per-lab overlay with what
+depends on the kernel and the run: the network modules /init loads (when that
+kernel has them as modules), the SSH key, and the guest binaries.
 """
 
 from __future__ import annotations
 
-import lzma
 import os
 import shutil
 import stat
@@ -18,8 +18,6 @@ from pathlib import Path
 from .errors import SetupError
 from .toolbox import Toolbox
 
-BOOT_MODULES = ["kernel/net/core/failover.ko.xz", "kernel/drivers/net/net_failover.ko.xz",
-                "kernel/drivers/net/virtio_net.ko.xz"]
 DROPBEAR_LIBS = ["libtomcrypt.so.1", "libtommath.so.1", "libz.so.1", "libcrypt.so.1",
                  "libc.so.6", "libgmp.so.10"]
 GUEST_BIN_DIR = "/opt/hmmgpu"  # where the guest finds modules and test binaries
@@ -92,9 +90,6 @@ def build_base_image(tb: Toolbox, image_src: Path, out_dir: Path, logfile: Path)
         if not src.exists():
             raise SetupError(f"dropbear needs {lib}, missing from the toolbox", logfile)
         c.file(f"/usr/lib/x86_64-linux-gnu/{lib}", src.resolve().read_bytes(), 0o755)
-    for m in BOOT_MODULES:
-        ko = lzma.decompress((tb.modules_dir / m).read_bytes())
-        c.file(f"/usr/lib/boot-modules/{os.path.basename(m).removesuffix('.xz')}", ko)
     c.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("/etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
     c.file("/etc/group", b"root:x:0:\n")
@@ -113,13 +108,21 @@ def build_base_image(tb: Toolbox, image_src: Path, out_dir: Path, logfile: Path)
                 f"{(out_dir / 'base.cpio').stat().st_size} bytes\n")
 
 
-def write_initrd(base: Path, dest: Path, authorized_key: str, binaries: Path) -> Path:
-    """The lab's initrd: base image followed by an overlay with the SSH key and
-    every guest binary provisioning built."""
+def write_initrd(base: Path, dest: Path, authorized_key: str, binaries: dict[str, Path],
+                 boot_modules: list[Path] = (), files: dict[str, bytes] | None = None) -> Path:
+    """The lab's initrd: the base image followed by an overlay with the boot
+    modules, the SSH key, the guest binaries (name -> file) and `files`
+    (guest path -> contents)."""
+    from .kernel import read_module
     c = Cpio()
     c.file("/root/.ssh/authorized_keys", authorized_key.encode(), 0o600)
-    for f in sorted(binaries.iterdir()):
-        c.file(f"{GUEST_BIN_DIR}/{f.name}", f.read_bytes(), 0o755)
+    for m in boot_modules:
+        name = m.name.split(".ko")[0]
+        c.file(f"/usr/lib/boot-modules/{name}.ko", read_module(m))
+    for name, f in sorted(binaries.items()):
+        c.file(f"{GUEST_BIN_DIR}/{name}", f.read_bytes(), 0o755)
+    for path, body in sorted((files or {}).items()):
+        c.file(path, body, 0o755)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as out, open(base, "rb") as b:
         shutil.copyfileobj(b, out)

@@ -29,10 +29,12 @@ from typing import Any
 from .accel import kvm_works
 from .console import Console
 from .cputrace import BARS_FILE, CPU_FILE, SYMBOLS_FILE
-from .errors import GuestKernelError, HmmgpuError, VmError
+from .errors import GuestCommandFailed, GuestKernelError, HmmgpuError, VmError
 from .image import GUEST_BIN_DIR, write_initrd
+from .kconfig import check as check_kconfig
+from .kernel import GuestKernel, check_module_for, default_kernel, read_module
 from .paths import Paths
-from .qmp import Qmp
+from .qmp import Qmp, write_dump
 from .ssh import Guest, Result, free_port, make_key
 from .toolbox import Toolbox
 from .trace_ctl import TraceControl
@@ -41,6 +43,11 @@ log = logging.getLogger("hmmgpu")
 
 BOOT_TIMEOUT_TCG = 180
 BOOT_TIMEOUT_KVM = 60
+SHARE_MOUNT = "/host"
+SHARE_TAG = "hmmgpu-share"
+USER_MODULE_DIR = f"{GUEST_BIN_DIR}/user"
+USER_QMP = "qmp-user.sock"
+DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
 
 
 @dataclass
@@ -63,6 +70,17 @@ class LabConfig:
     # plugin; TCG only): cpu-mmio.bin, gpu-bars.json, kallsyms.txt in the run dir
     cpu_trace: bool = False
     extra_qemu_args: list[str] = field(default_factory=list)
+    # the guest kernel (host/kernel.py); None: the pinned Debian kernel
+    kernel: GuestKernel | None = None
+    # the user's modules, loaded in this order once the guest is up
+    modules: list[Path] = field(default_factory=list)
+    # a host directory shared read-write into the guest at SHARE_MOUNT (virtiofs)
+    share: Path | None = None
+    # QEMU's gdb stub on this loopback port (and nokaslr, so vmlinux matches)
+    gdb_port: int | None = None
+    # end the run as soon as the console shows an Oops, BUG, panic, hung task
+    # or WARNING (CI): the command in flight fails at once with the excerpt
+    fail_fast: bool = False
 
 
 class GpuProcess:
@@ -138,6 +156,9 @@ class Lab:
         self.qmp: Qmp | None = None
         self.guest: Guest | None = None
         self.accel = ""
+        self.kernel: GuestKernel | None = None
+        self.virtiofs = None
+        self.bins: dict[str, Path] = {}
         self.boot_seconds = 0.0
         self._watchdog_stop = threading.Event()
         self.killed_by_watchdog = ""
@@ -169,6 +190,12 @@ class Lab:
         accel = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else \
             ["-accel", "tcg", "-cpu", "max"]
         mem = f"{c.memory_mb}M"
+        # a task stuck in D state is reported (and ends a fail-fast run) after
+        # 60 s, not 120; kernel_args given later override it
+        cmdline = ("console=ttyS0 panic=-1 sysctl.kernel.hung_task_timeout_secs=60 "
+                   f"{c.kernel_args}")
+        if c.gdb_port:
+            cmdline += " nokaslr"  # symbols of vmlinux at their link addresses
         args = [
             *self.tb.qemu_command(), *accel, "-smp", str(c.cpus), "-m", mem,
             "-nographic", "-nodefaults", "-no-reboot",
@@ -176,11 +203,20 @@ class Lab:
             "-machine", "q35,memory-backend=mem",
             "-chardev", f"file,id=con,path={self.console.path}", "-serial", "chardev:con",
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
+            # a second monitor for tools outside the lab ('hmmgpu dump', yours)
+            "-qmp", f"unix:{self.run_dir / USER_QMP},server=on,wait=off",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
             "-device", "virtio-net-pci,netdev=n0",
-            "-kernel", str(self.tb.vmlinuz), "-initrd", str(initrd),
-            "-append", f"console=ttyS0 panic=-1 {c.kernel_args}".strip(),
+            # the guest's vmcoreinfo reaches dump-guest-memory (drgn, crash)
+            "-device", "vmcoreinfo",
+            "-kernel", str(self.kernel.image), "-initrd", str(initrd),
+            "-append", cmdline.strip(),
         ]
+        if c.gdb_port:
+            args += ["-gdb", f"tcp:127.0.0.1:{c.gdb_port}"]
+        if self.virtiofs is not None:
+            args += ["-chardev", f"socket,id=share,path={self.virtiofs.socket}",
+                     "-device", f"vhost-user-fs-pci,chardev=share,tag={SHARE_TAG}"]
         for g in self.gpus:
             args += ["-device", f"pcie-root-port,id=rp{g.index},chassis={g.index + 1},"
                                 f"slot={g.index + 1}"]
@@ -189,27 +225,51 @@ class Lab:
             args += ["-plugin", f"{self.paths.qemu_plugin},out={self.run_dir / CPU_FILE}"]
         return args + c.extra_qemu_args
 
+    def prepare_kernel(self) -> dict[str, Path]:
+        """Check the guest kernel and build what it needs; the guest binaries
+        for its overlay (name -> file)."""
+        k = self.kernel = self.config.kernel or default_kernel(self.paths)
+        check_kconfig(k.config, k.config_path or k.image, share=self.config.share is not None)
+        bins = {p.name: p for p in self.paths.artifacts.iterdir()}
+        if not k.default:
+            from .kbuild import KernelBuild
+            bins.update({p.name: p for p in KernelBuild(self.paths, k).ensure().iterdir()})
+        return bins
+
     def boot(self) -> None:
         """Start device servers and QEMU, then wait until SSH answers."""
         from .provision import Provisioner
         Provisioner(self.paths).ensure()
+        c = self.config
+        bins = self.bins = self.prepare_kernel()
+        user = [(check_module_for(self.kernel, m), m) for m in c.modules]
+        if c.share is not None and not c.share.is_dir():
+            raise HmmgpuError(f"--share {c.share}: no such directory")
         self.accel = self.choose_accel()
-        if self.config.cpu_trace and self.accel != "tcg":
+        if c.cpu_trace and self.accel != "tcg":
             raise HmmgpuError("the CPU-side trace needs TCG (the plugin instruments translated "
                               "code); this lab runs under KVM: use accel='tcg'")
         t0 = time.monotonic()
         self.say(f"accelerator: {self.accel}" + ("" if self.accel == "kvm" else
-                 " (KVM does not run guests here)" if self.config.accel == "auto" else ""))
+                 " (KVM does not run guests here)" if c.accel == "auto" else ""))
+        if not self.kernel.default:
+            self.say(f"kernel: {self.kernel.label}")
+        (self.run_dir / "kernel.json").write_text(json.dumps(self.kernel.describe(), indent=2))
         key_file = self.run_dir / "id_ed25519"
         pub = make_key(key_file)
+        files = {f"{USER_MODULE_DIR}/{name}.ko": read_module(m) for name, m in user}
         initrd = write_initrd(self.paths.image / "base.cpio", self.run_dir / "initrd.cpio", pub,
-                              self.paths.artifacts)
+                              bins, self.kernel.boot_modules(), files)
         for g in self.gpus:
             g.start()
+        if c.share is not None:
+            from .virtiofs import Virtiofsd
+            self.virtiofs = Virtiofsd(self.tb, c.share, self.run_dir)
+            self.virtiofs.start()
         port = free_port()
         args = self.qemu_args(port, initrd)
         (self.run_dir / "qemu.cmd").write_text(shlex.join(args) + "\n")
-        if self.config.verbose:
+        if c.verbose:
             self.say("$ " + shlex.join(args))
         self.say(f"booting ({len(self.gpus)} GPU(s)); logs in {self.run_dir}")
         with open(self.qemu_log, "ab") as out:
@@ -219,33 +279,65 @@ class Lab:
         threading.Thread(target=self._watchdog, name="qemu-watchdog", daemon=True).start()
         try:
             self.qmp = Qmp(self.run_dir / "qmp.sock", f"lab-{self.run_dir.name}")
-            self.guest = Guest(port, key_file, verbose=self.config.verbose)
+            self.guest = Guest(port, key_file, verbose=c.verbose)
             timeout = BOOT_TIMEOUT_KVM if self.accel == "kvm" else BOOT_TIMEOUT_TCG
             self.guest.wait(timeout, alive=self.qemu_alive)
         except VmError as e:
             self.check_console()
-            raise VmError(f"{e}\nconsole tail:\n{self.console.tail()}", self.qemu_log) from e
+            raise VmError(f"{self._stopped_why() or e}\nconsole tail:\n{self.console.tail()}",
+                          self.qemu_log) from e
         self.boot_seconds = time.monotonic() - t0
         self.check_console()
+        if c.share is not None:
+            self.ssh(f"mkdir -p {SHARE_MOUNT} && mount -t virtiofs {SHARE_TAG} {SHARE_MOUNT}")
+        for name, m in user:
+            r = self.ssh(f"insmod {USER_MODULE_DIR}/{name}.ko", check=False)
+            if not r.ok:
+                raise HmmgpuError(f"insmod {m} failed in the guest: "
+                                  f"{(r.stderr or r.stdout).strip()}", self.console.path)
+
+    def _stopped_why(self) -> str:
+        return f"the run was stopped: {self.killed_by_watchdog}" if self.killed_by_watchdog \
+            else ""
 
     def qemu_alive(self) -> bool:
         return self.qemu is not None and self.qemu.poll() is None
 
     def _watchdog(self) -> None:
         deadline = time.monotonic() + self.config.max_lifetime_s
+        scanned = 0  # console bytes already searched (whole lines only)
         while not self._watchdog_stop.wait(0.5):
             if not self.qemu_alive():
                 return
             reason = ""
             if time.monotonic() > deadline:
-                reason = f"ran longer than {self.config.max_lifetime_s:.0f} s"
+                reason = f"ran longer than {self.config.max_lifetime_s:.0f} s (--timeout)"
             elif b"KVM internal error" in self.qemu_log.read_bytes()[-4096:]:
                 reason = "KVM internal error (QEMU paused)"
+            elif self.config.fail_fast:
+                text = self.console.text(scanned)
+                done = text.rfind("\n") + 1
+                found = self.console.failures(scanned)
+                scanned += len(text[:done].encode(errors="replace"))
+                if found:
+                    self._settle_console()
+                    reason = f"guest kernel: {found[0].line}"
             if reason:
                 self.killed_by_watchdog = reason
                 log.error("watchdog: killing QEMU: %s", reason)
                 self.kill()
                 return
+
+    def _settle_console(self, quiet_s: float = 0.5, most_s: float = 3.0) -> None:
+        """Let the rest of a splat reach the console log before QEMU dies."""
+        end = time.monotonic() + most_s
+        size = self.console.size()
+        while time.monotonic() < end:
+            time.sleep(quiet_s)
+            now = self.console.size()
+            if now == size:
+                return
+            size = now
 
     # ---- guest access ----------------------------------------------------------
 
@@ -256,7 +348,21 @@ class Lab:
             raise VmError("the lab is not booted")
         since = self.console.size()
         try:
-            return self.guest.run(command, check=check, timeout=timeout)
+            try:
+                r = self.guest.run(command, check=False, timeout=timeout)
+            except Exception:
+                if self.qemu_alive():
+                    raise
+                r = None
+            if r is None or (self.killed_by_watchdog and not self.qemu_alive()):
+                # QEMU is gone: say why (the console's report, the watchdog's reason)
+                self.check_console(since)
+                raise VmError(f"{self._stopped_why() or 'QEMU exited'} while running: "
+                              f"{command}\nconsole tail:\n{self.console.tail()}",
+                              self.console.path)
+            if check and not r.ok:
+                raise GuestCommandFailed(command, r.exit_code, r.stdout, r.stderr)
+            return r
         finally:
             self.check_console(since)
 
@@ -317,6 +423,43 @@ class Lab:
         finally:
             if self.qemu_alive():
                 self.qmp.cmd("set-action", reboot="shutdown")
+
+    def dump(self, path: Path, fmt: str = "elf") -> Path:
+        """Write the guest's memory to `path` with QMP dump-guest-memory: an ELF
+        core or a kdump file, with the guest's vmcoreinfo, for drgn and crash."""
+        if fmt not in DUMP_FORMATS:
+            raise HmmgpuError(f"dump format {fmt!r}: use one of {', '.join(DUMP_FORMATS)}")
+        write_dump(self.qmp, path, fmt)
+        return path
+
+    def gdb_command(self) -> str:
+        """The gdb command line that attaches to this lab's gdb stub with the
+        kernel's vmlinux and the symbols of our (and the user's) loaded modules."""
+        k = self.kernel
+        vm = k.vmlinux if k else None
+        cmd = ["gdb", "-q", str(vm) if vm else "VMLINUX",
+               "-ex", f"target remote 127.0.0.1:{self.config.gdb_port}"]
+        for name, path in self.module_files().items():
+            r = self.ssh(f"cat /sys/module/{name}/sections/.text "
+                         f"/sys/module/{name}/sections/.data "
+                         f"/sys/module/{name}/sections/.bss 2>/dev/null", check=False)
+            addrs = r.stdout.split()
+            if len(addrs) == 3:
+                cmd += ["-ex", f"add-symbol-file {path} {addrs[0]} -s .data {addrs[1]} "
+                        f"-s .bss {addrs[2]}"]
+        line = shlex.join(cmd)
+        if vm is None:
+            line += (f"\n  (no vmlinux with symbols for {k.release if k else 'this kernel'}: "
+                     "Debian ships it as linux-image-<release>-dbg; a --kernel tree brings its "
+                     "own)")
+        return line
+
+    def module_files(self) -> dict[str, Path]:
+        """Module name -> the host file the guest loaded it from."""
+        out = {Path(n).stem: p for n, p in self.bins.items() if n.endswith(".ko")}
+        out.update({Path(m).name.split(".ko")[0].replace("-", "_"): m
+                    for m in self.config.modules})
+        return out
 
     def pci_info(self) -> list[dict[str, Any]]:
         return self.qmp.cmd("query-pci")
@@ -391,3 +534,5 @@ class Lab:
         self.kill()
         for g in self.gpus:
             g.stop()
+        if self.virtiofs is not None:
+            self.virtiofs.stop()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CommandFailed, SetupError
+from .kbuild import hmm_tests_script, modules_script, prepare_sources, tools_script, tree_hash
 from .paths import REPO, Paths
 from .pins import (
     LOCK_FILE,
@@ -51,6 +52,7 @@ HOST_PACKAGES = [
     "libjson-c-dev", "libcmocka-dev",   # its dependencies (cmocka: meson.build needs it always)
     "xz-utils",                         # unpacking the .orig.tar.xz and linux-source
     "perl",                             # checkpatch.pl in the tests (perl-base lacks modules)
+    "make",                             # our modules against a --kernel tree built with this gcc
 ]
 
 # The rest of the toolbox: trixie's own packages, for building the guest
@@ -59,6 +61,7 @@ TOOLBOX_PACKAGES = [
     "gcc", "libc6-dev", "make",
     "libglib2.0-dev", "pkg-config",  # the TCG plugin (qemu-plugin.h includes glib.h)
     "initramfs-tools", "kmod", "busybox-static", "cpio", "xz-utils", "dropbear-bin",
+    "virtiofsd",  # --share: a host directory in the guest
 ]
 MIN_FREE_BYTES = 3 << 30
 
@@ -115,7 +118,7 @@ class Provisioner:
 
     def steps(self) -> list[Step]:
         return [
-            Step("host-packages", lambda: "1", self.host_packages),
+            Step("host-packages", lambda: ",".join(HOST_PACKAGES), self.host_packages),
             Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES) + self.lock.key() + self.pins,
                  self.toolbox),
             Step("sources", lambda: "5", self.sources),
@@ -365,38 +368,16 @@ apt-cache showsrc qemu > /tmp/showsrc.txt
         """Build in the toolbox: our guest modules, the reference test_hmm.ko and
         the static hmm-tests binary."""
         work = self.paths.toolbox / "build" / "hmmgpu"
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(REPO / "guest", work / "guest",
-                        ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*.cmd"))
-        # the dmirror ABI comes from the kernel source itself, never from us
-        shutil.copy(self.paths.linux_src / "lib" / "test_hmm_uapi.h",
-                    work / "guest" / "driver" / "test_hmm_uapi.h")
-        ref = work / "test_hmm"
-        ref.mkdir()
-        for f in ["test_hmm.c", "test_hmm_uapi.h"]:
-            shutil.copy(self.paths.linux_src / "lib" / f, ref / f)
-        (ref / "Kbuild").write_text("obj-m := test_hmm.o\n")
+        prepare_sources(work, self.paths.linux_src)
         shutil.copytree(self.paths.linux_src, work / "linux")
-        kdir = self.tb.headers
-        script = f"""
-make -C {kdir} M=/build/hmmgpu/guest/driver modules W=1
-make -C {kdir} M=/build/hmmgpu/guest/testmod modules W=1
-make -C {kdir} M=/build/hmmgpu/test_hmm modules
-mkdir -p /build/hmmgpu/out
-cd /build/hmmgpu/linux/tools/testing/selftests/mm
-gcc -static -O2 -I/build/hmmgpu/linux -I/build/hmmgpu/linux/tools/testing/selftests \
-    -U_FORTIFY_SOURCE -no-pie hmm-tests.c vm_util.c hugepage_settings.c \
-    -lrt -lpthread -lm -o /build/hmmgpu/out/hmm-tests
-for tool in mmio_bench gpu_smoke fault_bench gpu_atomic san_bugs; do
-    gcc -static -O2 -Wall -Werror -I/build/hmmgpu/guest/include -I/build/hmmgpu/guest/driver \
-        -o /build/hmmgpu/out/$tool /build/hmmgpu/guest/tools/$tool.c
-done
-"""
+        w, o = "/build/hmmgpu", "/build/hmmgpu/out"
+        script = (modules_script(self.tb.headers, w) + hmm_tests_script(f"{w}/linux", o)
+                  + tools_script(w, o))
         self.tb.chroot(script, logfile, timeout=1800)
         out = self.paths.artifacts
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        for ko in [*work.glob("guest/*/*.ko"), ref / "test_hmm.ko"]:
+        for ko in [*work.glob("guest/*/*.ko"), work / "test_hmm" / "test_hmm.ko"]:
             shutil.copy(ko, out / ko.name)
         for tool in (work / "out").iterdir():
             shutil.copy(tool, out / tool.name)
@@ -420,17 +401,6 @@ done
     def guest_image(self, logfile: Path) -> None:
         from .image import build_base_image
         build_base_image(self.tb, REPO / "guest" / "image", self.paths.image, logfile)
-
-
-def tree_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if p.suffix in (".o", ".ko", ".cmd", ".so") or p.name.startswith("."):
-            continue
-        h.update(str(p.relative_to(path.parent)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _dpkg_installed(pkg: str) -> bool:

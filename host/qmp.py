@@ -99,3 +99,17 @@ class Qmp:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
             self.loop.close()
+
+
+def write_dump(qmp: Qmp, path: Path, fmt: str, timeout: float = 600) -> None:
+    """dump-guest-memory into `path` (the guest pauses while it is written).
+    Detached, then awaited through DUMP_COMPLETED, so a large guest cannot
+    run into the command timeout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    since = len(qmp.events)
+    qmp.cmd("dump-guest-memory", paging=False, protocol=f"file:{path}", format=fmt,
+            detach=True)
+    ev = qmp.wait_event("DUMP_COMPLETED", timeout, since=since)
+    err = ev.get("data", {}).get("error")
+    if err:
+        raise VmError(f"dump-guest-memory into {path} failed: {err}")

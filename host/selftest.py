@@ -1,8 +1,9 @@
 """`hmmgpu selftest`: the kernel's hmm-tests in the lab VM.
 
 hmm-tests runs directly (test_hmm.sh always exits 0), its TAP is parsed, and
-the result is saved as JSON next to the run's logs. A guest kernel WARNING,
-Oops or panic during the run fails it whatever the TAP says.
+the result is saved as JSON and as JUnit XML (what CI systems display) next to
+the run's logs. A guest kernel WARNING, Oops or panic during the run fails it
+whatever the TAP says.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import GuestKernelError, HmmgpuError
 from .lab import Lab, LabConfig
-from .tap import TapReport, parse
+from .ssh import Result
+from .tap import TapReport, parse, to_junit
 
 SELFTEST_MEMORY_MB = 4096
 SELFTEST_TIMEOUT_S = 1800
@@ -29,6 +32,7 @@ class SelftestResult:
     run_dir: Path
     json_path: Path
     exit_code: int
+    junit_path: Path | None = None
     kernel_failure: str = ""
     sanitizer: list[str] = field(default_factory=list)  # the device's driver-sanitizer reports
 
@@ -58,20 +62,30 @@ class SelftestResult:
 MODULES = {"reference": "test_hmm.ko", "hmmgpu": "hmmgpu.ko"}
 
 
-def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
+def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
+               load: bool = True) -> SelftestResult:
     """Run hmm-tests in a booted lab against test_hmm.ko ("reference") or the
     emulated GPUs ("hmmgpu"); only one of the two modules is loaded at a time,
-    as both provide /dev/hmm_dmirror*."""
+    as both provide /dev/hmm_dmirror*. `load=False`: against whatever driver
+    the caller loaded (the edit loop's build of the user's module)."""
     if mode not in MODULES:
         raise HmmgpuError(f"unknown selftest mode {mode!r}")
-    for other in set(MODULES.values()) - {MODULES[mode]}:
-        lab.ssh(f"rmmod {other.removesuffix('.ko')} 2>/dev/null || true")
-    lab.ssh(f"test -d /sys/module/{MODULES[mode].removesuffix('.ko')} || "
-            f"insmod {lab.guest_bin(MODULES[mode])}")
+    if load:
+        for other in set(MODULES.values()) - {MODULES[mode]}:
+            lab.ssh(f"rmmod {other.removesuffix('.ko')} 2>/dev/null || true")
+        lab.ssh(f"test -d /sys/module/{MODULES[mode].removesuffix('.ko')} || "
+                f"insmod {lab.guest_bin(MODULES[mode])}")
+    if lab.config.gdb_port and mode == "hmmgpu":
+        print(f"hmmgpu: hmmgpu.ko loaded; gdb: {lab.gdb_command()}", flush=True)
     since = lab.console.size()
     t0 = time.monotonic()
     cmd = f"cd /tmp && {lab.guest_bin('hmm-tests')} {hmm_tests_args}".strip()
-    r = lab.guest.run(cmd, check=False, timeout=SELFTEST_TIMEOUT_S)
+    try:
+        r = lab.guest.run(cmd, check=False, timeout=SELFTEST_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - QEMU died under it (fail-fast, --timeout)
+        if lab.qemu_alive():
+            raise
+        r = Result(cmd, "", f"connection lost: {e}", -1, time.monotonic() - t0)
     wall = time.monotonic() - t0
     (lab.run_dir / f"hmm-tests-{mode}.tap").write_text(r.stdout + r.stderr)
     kernel_failure = ""
@@ -79,10 +93,16 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
         lab.check_console(since)
     except GuestKernelError as e:
         kernel_failure = f"{e.args[0]}\n{e.excerpt}"
+    if not kernel_failure and not lab.qemu_alive():
+        kernel_failure = (f"{lab.killed_by_watchdog or 'QEMU exited'} during hmm-tests\n"
+                          f"{lab.console.tail()}")
     report = parse(r.stdout)
     json_path = lab.run_dir / f"selftest-{mode}.json"
+    sanitizer = lab.sanitizer_reports(clear=True) if lab.qemu_alive() else []
     result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
-                            kernel_failure, lab.sanitizer_reports(clear=True))
+                            lab.run_dir / f"selftest-{mode}.xml", kernel_failure, sanitizer)
+    result.junit_path.write_text(to_junit(report, f"hmm-tests.{mode}", wall, kernel_failure,
+                                          sanitizer))
     json_path.write_text(json.dumps({
         "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),
         "command": cmd, "exit_code": r.exit_code, "ok": result.ok,
@@ -92,16 +112,25 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "") -> SelftestResult:
 
 
 
-def run_selftest(modes: list[str], accel: str = "auto", verbose: bool = False,
-                 hmm_tests_args: list[str] | None = None) -> list[SelftestResult]:
+def run_selftest(modes: list[str], cfg: LabConfig | None = None,
+                 hmm_tests_args: list[str] | None = None,
+                 on_boot: Callable[[Lab], None] | None = None) -> list[SelftestResult]:
     """Boot one lab (two GPUs when the emulated GPU is tested) and run
-    hmm-tests once per mode, in order."""
-    gpus = 2 if "hmmgpu" in modes else 0
-    cfg = LabConfig(gpus=gpus, memory_mb=SELFTEST_MEMORY_MB, accel=accel, verbose=verbose)
+    hmm-tests once per mode, in order; a mode whose run ended the VM (a
+    fail-fast kernel failure, --timeout) is the last."""
+    cfg = replace(cfg or LabConfig(), gpus=2 if "hmmgpu" in modes else 0,
+                  memory_mb=SELFTEST_MEMORY_MB)
     with Lab(cfg) as lab:
         lab.boot()
+        if on_boot:
+            on_boot(lab)
         args = " ".join(shlex.quote(a) for a in hmm_tests_args or [])
-        return [run_in_lab(lab, mode, args) for mode in modes]
+        results = []
+        for mode in modes:
+            results.append(run_in_lab(lab, mode, args))
+            if not lab.qemu_alive():
+                break
+        return results
 
 
 def compare(results: list[SelftestResult]) -> str:

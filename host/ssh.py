@@ -74,14 +74,11 @@ class Guest:
         """Retry until SSH answers; returns seconds waited."""
         t0 = time.monotonic()
         # While the guest boots, QEMU's port forward accepts and resets
-        # connections; paramiko logs each as an error with a traceback.
-        quiet = logging.getLogger("paramiko.transport")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        try:
-            return self._wait(t0, timeout, alive)
-        finally:
-            quiet.setLevel(level)
+        # connections; paramiko logs each as an error with a traceback, from
+        # its transport thread, also after we stopped waiting: keep it quiet
+        # (failures that matter reach us as exceptions).
+        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+        return self._wait(t0, timeout, alive)
 
     def _wait(self, t0: float, timeout: float, alive) -> float:
         last: Exception | None = None

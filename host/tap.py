@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -58,3 +59,39 @@ def parse(text: str) -> TapReport:
             status = "fail" if negated else "pass"
         report.cases.append(Case(int(num), name, status, (reason or "").strip()))
     return report
+
+
+def to_junit(report: TapReport, suite: str, wall_s: float, kernel_failure: str = "",
+             sanitizer: list[str] | None = None) -> str:
+    """The report as JUnit XML: one testcase per TAP case; a guest kernel
+    failure or sanitizer report is a failed testcase of its own, and cases
+    the run never reached are errors, so CI shows what did not run."""
+    root = ET.Element("testsuites")
+    ts = ET.SubElement(root, "testsuite", name=suite, time=f"{wall_s:.1f}")
+    counts = Counter[str]()
+    for c in report.cases:
+        tc = ET.SubElement(ts, "testcase", classname=suite, name=c.name)
+        if c.status == "fail":
+            ET.SubElement(tc, "failure", message=f"not ok {c.number} {c.name}")
+            counts["failures"] += 1
+        elif c.status in ("skip", "xfail"):
+            ET.SubElement(tc, "skipped", message=c.reason or c.status)
+            counts["skipped"] += 1
+    missing = max(report.planned - len(report.cases), 0) if report.planned else 1
+    if missing:
+        tc = ET.SubElement(ts, "testcase", classname=suite, name="incomplete")
+        ET.SubElement(tc, "error", message=f"{missing} planned case(s) did not run "
+                      f"({len(report.cases)} of {report.planned or '?'} reported)")
+        counts["errors"] += 1
+    for name, text in (("guest-kernel", kernel_failure),
+                       ("driver-sanitizer", "\n".join(sanitizer or []))):
+        if text:
+            tc = ET.SubElement(ts, "testcase", classname=suite, name=name)
+            f = ET.SubElement(tc, "failure", message=text.splitlines()[0])
+            f.text = text
+            counts["failures"] += 1
+    ts.set("tests", str(len(ts)))
+    for k in ("failures", "errors", "skipped"):
+        ts.set(k, str(counts[k]))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

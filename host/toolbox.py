@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import SetupError
@@ -44,11 +46,29 @@ class Toolbox:
     def modules_dir(self) -> Path:
         return self.root / "lib" / "modules" / self.kernel_version
 
-    def chroot(self, script: str, logfile: Path, timeout: float = 1800) -> None:
-        """Run a shell script inside the toolbox with /proc, /sys and /dev."""
+    def inside(self, path: Path) -> str:
+        """`path` as a build in the toolbox sees it: relative to its root when it
+        is inside, else the same path (bound in by chroot(binds=...))."""
+        try:
+            return "/" + str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def chroot(self, script: str, logfile: Path, timeout: float = 1800,
+               binds: Sequence[Path] = (), ro: Sequence[Path] = ()) -> None:
+        """Run a shell script inside the toolbox with /proc, /sys and /dev.
+        `binds` (read-write) and `ro` (read-only: a user's kernel tree) are
+        host directories outside the toolbox, seen inside at the same path."""
         r = str(self.root)
-        mount = (f"mount -t proc proc {r}/proc && mount -t sysfs sys {r}/sys && "
-                 f"mount --rbind /dev {r}/dev && exec chroot {r} /bin/sh -ec \"$1\"")
+        mounts = [f"mount -t proc proc {r}/proc", f"mount -t sysfs sys {r}/sys",
+                  f"mount --rbind /dev {r}/dev"]
+        for p in [*binds, *ro]:
+            q = shlex.quote(str(p))
+            t = shlex.quote(r + str(p))
+            mounts += [f"mkdir -p {t}", f"mount --bind {q} {t}"]
+            if p in ro:
+                mounts.append(f"mount -o remount,bind,ro {t}")
+        mount = " && ".join([*mounts, 'exec chroot ' + r + ' /bin/sh -ec "$1"'])
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
         run(isolated(["sh", "-c", mount, "sh", script]), logfile, env=env, timeout=timeout)
 

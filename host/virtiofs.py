@@ -1,0 +1,53 @@
+"""A host directory shared read-write into the guest: the toolbox's
+virtiofsd serving it on a vhost-user socket, QEMU's vhost-user-fs-pci on the
+other end (guest RAM is a shared memfd already, which vhost-user needs), and
+`mount -t virtiofs` in the guest."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from .errors import VmError
+from .toolbox import Toolbox
+
+
+class Virtiofsd:
+    def __init__(self, tb: Toolbox, shared: Path, run_dir: Path) -> None:
+        self.tb = tb
+        self.shared = shared.resolve()
+        self.socket = run_dir / "virtiofs.sock"
+        self.log = run_dir / "virtiofsd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        r = self.tb.root
+        # as root it sandboxes itself in namespaces; a user runs it without
+        # (files then belong to that user, as on the host)
+        sandbox = "namespace" if os.geteuid() == 0 else "none"
+        return [str(r / "lib64/ld-linux-x86-64.so.2"), "--library-path",
+                str(r / "usr/lib/x86_64-linux-gnu"), str(r / "usr/libexec/virtiofsd"),
+                f"--socket-path={self.socket}", f"--shared-dir={self.shared}",
+                f"--sandbox={sandbox}", "--cache=auto"]
+
+    def start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise VmError(f"virtiofsd for {self.shared} did not start", self.log)
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
