@@ -413,8 +413,9 @@ def build_parser() -> ArgumentParser:
                        "for drgn and crash")
     s.add_argument("--run", help="run directory of the lab (default: the newest live one)")
     s.add_argument("-o", "--output", help="the dump file (default: RUN/vmcore.FORMAT)")
-    s.add_argument("--format", default="elf", help="elf (default), kdump-zlib, kdump-lzo, "
-                   "kdump-snappy")
+    s.add_argument("--format", default="elf", help="elf (default; drgn and crash), "
+                   "kdump-raw-zlib|lzo|snappy (compressed, crash), kdump-zlib|lzo|snappy "
+                   "(flattened: makedumpfile -R first)")
     s.set_defaults(fn=cmd_dump)
 
     s = sub.add_parser("kconfig", help="the kernel config fragment the lab needs "

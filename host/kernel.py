@@ -50,10 +50,11 @@ class GuestKernel:
 
     @property
     def vmlinux(self) -> Path | None:
-        """The ELF with symbols, for gdb, drgn and crash."""
+        """The ELF with debug info, for gdb, drgn and crash (Debian's headers
+        carry a vmlinux too, but with BTF only)."""
         for cand in [self.tree / "vmlinux" if self.tree else None,
                      self.build / "vmlinux" if self.build else None]:
-            if cand and cand.is_file():
+            if cand and cand.is_file() and ".debug_info" in elf_section_names(cand):
                 return cand
         return None
 
@@ -160,6 +161,56 @@ def modinfo(data: bytes, what: Path) -> dict[str, str]:
     except struct.error:
         pass
     raise HmmgpuError(f"{what} has no .modinfo section: not a kernel module")
+
+
+def elf_section_names(path: Path) -> set[str]:
+    """Section names of a 64-bit little-endian ELF file, reading only its
+    headers (a debug vmlinux is hundreds of MiB)."""
+    try:
+        with open(path, "rb") as f:
+            hdr = f.read(64)
+            if hdr[:4] != b"\x7fELF" or hdr[4] != 2:
+                return set()
+            shoff, = struct.unpack_from("<Q", hdr, 0x28)
+            shentsize, shnum, shstrndx = struct.unpack_from("<HHH", hdr, 0x3a)
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            _n, _t, _f, _a, stroff, strsize = struct.unpack_from("<IIQQQQ", table,
+                                                                 shstrndx * shentsize)
+            f.seek(stroff)
+            names = f.read(strsize)
+    except (OSError, struct.error):
+        return set()
+    out = set()
+    for i in range(shnum):
+        name, = struct.unpack_from("<I", table, i * shentsize)
+        out.add(names[name:].split(b"\0", 1)[0].decode(errors="replace"))
+    return out
+
+
+def elf_symbols(data: bytes) -> dict[str, tuple[str, int, int]]:
+    """A relocatable ELF's (a module's) symbols: name -> (section, offset in
+    it, size). With the section addresses in /sys/module/<name>/sections,
+    that places a module variable in guest memory (what gdb's
+    add-symbol-file does)."""
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3a)
+    secs = [struct.unpack_from("<IIQQQQII", data, shoff + i * shentsize) for i in range(shnum)]
+
+    def cstr(off: int) -> str:
+        return data[off:data.index(b"\0", off)].decode(errors="replace")
+
+    shstr = secs[shstrndx][4]
+    out = {}
+    for _name, typ, _f, _a, off, size, link, _i in secs:
+        if typ != 2:  # SHT_SYMTAB
+            continue
+        strtab = secs[link][4]
+        for j in range(0, size, 24):
+            st_name, _info, _other, shndx, value, sz = struct.unpack_from("<IBBHQQ", data, off + j)
+            if st_name and 0 < shndx < shnum:
+                out[cstr(strtab + st_name)] = (cstr(shstr + secs[shndx][0]), value, sz)
+    return out
 
 
 def check_module_for(kernel: GuestKernel, path: Path) -> str:

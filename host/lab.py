@@ -47,7 +47,10 @@ SHARE_MOUNT = "/host"
 SHARE_TAG = "hmmgpu-share"
 USER_MODULE_DIR = f"{GUEST_BIN_DIR}/user"
 USER_QMP = "qmp-user.sock"
-DUMP_FORMATS = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy")
+# kdump-raw-*: a plain kdump file crash reads; kdump-* (no raw) is the
+# "flattened" stream, which needs makedumpfile -R first
+DUMP_FORMATS = ("elf", "kdump-raw-zlib", "kdump-raw-lzo", "kdump-raw-snappy",
+                "kdump-zlib", "kdump-lzo", "kdump-snappy")
 
 
 @dataclass
@@ -301,7 +304,9 @@ class Lab:
             else ""
 
     def qemu_alive(self) -> bool:
-        return self.qemu is not None and self.qemu.poll() is None
+        # once the watchdog decided, QEMU is as good as dead (and while its
+        # thread reaps it, poll() cannot tell)
+        return self.qemu is not None and not self.killed_by_watchdog and self.qemu.poll() is None
 
     def _watchdog(self) -> None:
         deadline = time.monotonic() + self.config.max_lifetime_s
@@ -354,7 +359,8 @@ class Lab:
                 if self.qemu_alive():
                     raise
                 r = None
-            if r is None or (self.killed_by_watchdog and not self.qemu_alive()):
+            # (the watchdog may still be reaping QEMU, when poll() says "alive")
+            if r is None or self.killed_by_watchdog:
                 # QEMU is gone: say why (the console's report, the watchdog's reason)
                 self.check_console(since)
                 raise VmError(f"{self._stopped_why() or 'QEMU exited'} while running: "

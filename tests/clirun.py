@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 
-def hmmgpu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hmmgpu(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hmmgpu.host.cli", *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
