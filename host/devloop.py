@@ -4,9 +4,10 @@ reloaded in the running guest, and the chosen hmm-tests cases (or a command)
 run again; the result is printed with any Oops/WARN and sanitizer report.
 
 The build directory is shared into the guest (virtiofs), so a rebuilt .ko is
-there for insmod without copying. Sources are mirrored into the build
-directory file by file, only when their bytes change, so kbuild recompiles
-only what the edit touched.
+there for insmod without copying. A user's module directory is built where
+it is, read-only, with its objects in the cache (kbuild's MO=); hmmgpu's own
+driver is mirrored file by file (only when bytes change, so kbuild recompiles
+only what the edit touched) next to the kernel's test_hmm_uapi.h.
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ class DevLoop:
             own = tree is not None and (tree / "lib" / "test_hmm_uapi.h").exists()
             prepare_sources(self.work / "tree", tree if own else lab.paths.linux_src)
             self.build_dir = self.work / "tree" / "guest" / "driver"
-        else:
+        else:  # built from where it is (read-only) into the cache (kbuild's MO=)
             self.build_dir = self.work / "module"
             shutil.rmtree(self.build_dir, ignore_errors=True)
+            self.build_dir.mkdir()
         self.loaded: list[str] = []
 
     @staticmethod
@@ -99,13 +101,14 @@ class DevLoop:
         return [self.src, REPO / "guest" / "include"] if self.ours else [self.src]
 
     def build(self) -> list[Path]:
-        if self.ours:
+        self.log.write_text("")
+        if self.ours:  # our sources plus the kernel's test_hmm_uapi.h, mirrored
             mirror(self.src, self.build_dir)
             mirror(REPO / "guest" / "include", self.work / "tree" / "guest" / "include")
+            make_modules(self.lab.tb, self.lab.kernel, [self.build_dir], self.log, [self.work])
         else:
-            mirror(self.src, self.build_dir)
-        self.log.write_text("")
-        make_modules(self.lab.tb, self.lab.kernel, [self.build_dir], self.log, [self.work])
+            make_modules(self.lab.tb, self.lab.kernel, [self.src], self.log, [self.work],
+                         out=self.build_dir)
         order = self.build_dir / "modules.order"
         names = [Path(line.strip()).with_suffix(".ko").name
                  for line in order.read_text().splitlines() if line.strip()] \
@@ -141,7 +144,8 @@ class DevLoop:
         try:
             kos = self.build()
         except CommandFailed:
-            tail = self.log.read_text(errors="replace").splitlines()[-20:]
+            tail = [line for line in self.log.read_text(errors="replace").splitlines()
+                    if not line.startswith("$ ")][-20:]
             return Cycle(time.monotonic() - t0, time.monotonic() - t0, False,
                          "BUILD FAILED:\n" + "\n".join(tail))
         build_s = time.monotonic() - t0

@@ -94,20 +94,35 @@ def host_compiler_matches(kernel: GuestKernel) -> bool:
     return bool(got) and got[0].strip() == want
 
 
+def source_root(d: Path) -> Path:
+    """What a module directory's build may read: its git work tree, else its
+    parent (a Kbuild's -I$(src)/../include)."""
+    for p in [d, *d.parents]:
+        if (p / ".git").exists():
+            return p
+    return d.parent
+
+
 def make_modules(tb: Toolbox, kernel: GuestKernel, dirs: list[Path], log: Path,
-                 binds: list[Path]) -> None:
+                 binds: list[Path], out: Path | None = None) -> None:
     """`make -C <kernel build dir> M=<dir> modules` for each dir: on the host
     when the kernel was built with the host's gcc, else in the toolbox (the
-    kernel's tree bound read-only, `binds` read-write)."""
+    kernel's tree bound read-only, `binds` read-write). With `out`, the
+    objects go there (kbuild's MO=, Linux >= 6.13) and the sources, bound
+    read-only, stay untouched."""
     if kernel.build is None:
         raise HmmgpuError(f"no build directory for {kernel.release}")
     kdir = kernel.build
+    mo = [f"MO={tb.inside(out)}"] if out else []
     outside = [p for p in {kernel.build, kernel.tree} if p and tb.inside(p) == str(p)]
+    if out:  # relative includes may reach up: bind the source's repository
+        outside += [source_root(d) for d in dirs if tb.inside(d) == str(d)]
     if tb.inside(kdir) == str(kdir) and host_compiler_matches(kernel):
         for d in dirs:
-            run(["make", "-C", kdir, f"M={d}", "modules", "W=1"], log, timeout=900)
+            run(["make", "-C", kdir, f"M={d}", *mo, "modules", "W=1"], log, timeout=900)
         return
-    script = "".join(f"make -C {tb.inside(kdir)} M={tb.inside(d)} modules W=1\n" for d in dirs)
+    script = "".join(f"make -C {tb.inside(kdir)} M={tb.inside(d)} {' '.join(mo)} modules W=1\n"
+                     for d in dirs)
     tb.chroot(script, log, binds=[b for b in binds if tb.inside(b) == str(b)], ro=outside)
 
 
