@@ -101,6 +101,7 @@ def lab_config(args: argparse.Namespace, **kw: object):
         gdb = args.gdb or free_port()
     return LabConfig(accel=args.accel, verbose=args.verbose, kernel=kernel, modules=modules,
                      share=share, gdb_port=gdb, fail_fast=not args.no_fail_fast,
+                     kernel_args=args.append,
                      **extra, **kw)
 
 
@@ -364,6 +365,9 @@ def build_parser() -> ArgumentParser:
     kern.add_argument("--gdb", type=int, nargs="?", const=0, metavar="PORT",
                       help="start QEMU's gdb stub (on PORT, else a free port; implies "
                            "nokaslr) and print the gdb command")
+    kern.add_argument("--append", metavar="ARGS", default="",
+                      help="extra guest kernel command line (e.g. "
+                           "sysctl.kernel.hung_task_timeout_secs=10)")
     kern.add_argument("--no-fail-fast", action="store_true",
                       help="keep the VM running after a guest Oops/panic/hung task instead "
                            "of ending the run at once")

@@ -162,6 +162,7 @@ class Lab:
         self.kernel: GuestKernel | None = None
         self.virtiofs = None
         self.bins: dict[str, Path] = {}
+        self.boot_started = 0.0  # wall clock, for "what changed since the boot"
         self.boot_seconds = 0.0
         self._watchdog_stop = threading.Event()
         self.killed_by_watchdog = ""
@@ -242,6 +243,7 @@ class Lab:
     def boot(self) -> None:
         """Start device servers and QEMU, then wait until SSH answers."""
         from .provision import Provisioner
+        self.boot_started = time.time()
         Provisioner(self.paths).ensure()
         c = self.config
         bins = self.bins = self.prepare_kernel()
