@@ -1,0 +1,96 @@
+"""A kernel built from the pinned linux-source with `hmmgpu kconfig --debug`
+(KASAN, lockdep, DEBUG_VM, DEBUG_PAGEALLOC, DEBUG_OBJECTS), booted through
+--kernel TREE: hmm-tests from that tree against hmmgpu.ko and the tree's own
+test_hmm.ko, and drgn with the tree's vmlinux on a dump.
+
+Marked kernel_build: the build takes ~35 min on 2 cores, so `./hmmgpu test`
+leaves it out; run `./hmmgpu test -m kernel_build`. The tree is kept in
+$HMMGPU_DEBUG_TREE (default $CACHE/kernels/src/linux-debug) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import drgn
+import pytest
+from drgn.helpers.linux.module import for_each_module
+from drgn.helpers.linux.pid import for_each_task
+from kernel_tree import build_debug_tree
+from test_selftest_vm import IMPLEMENTED, IMPLEMENTED_HMM2, TIMING_ONLY
+
+from hmmgpu.host.kconfig import DEBUG, LAB, missing, parse_config
+from hmmgpu.host.kernel import resolve_kernel
+from hmmgpu.host.lab import Lab, LabConfig
+from hmmgpu.host.selftest import SELFTEST_MEMORY_MB, run_in_lab
+
+pytestmark = [pytest.mark.vm, pytest.mark.kernel_build]
+
+
+@pytest.fixture(scope="module")
+def tree(paths) -> Path:
+    where = Path(os.environ.get("HMMGPU_DEBUG_TREE") or
+                 paths.cache / "kernels" / "src" / "linux-debug")
+    if not (where / "hmmgpu-build.json").exists():
+        build_debug_tree(paths, where)
+    print(f"debug tree build: {json.loads((where / 'hmmgpu-build.json').read_text())}")
+    return where
+
+
+@pytest.fixture(scope="module")
+def debug_lab(paths, tree):
+    kernel = resolve_kernel(paths, str(tree), None)
+    with Lab(LabConfig(gpus=2, memory_mb=SELFTEST_MEMORY_MB, kernel=kernel), paths) as lab:
+        lab.boot()
+        yield lab
+
+
+def test_the_debug_config_has_every_option_it_asked_for(tree) -> None:
+    config = parse_config((tree / ".config").read_text())
+    assert missing(config, LAB + DEBUG, required_only=False) == []
+
+
+def test_nothing_is_written_into_the_tree(debug_lab, tree) -> None:
+    # our modules and hmm-tests were built against it (bound read-only)
+    newer = [p for p in tree.iterdir() if p.stat().st_mtime > debug_lab.boot_started]
+    assert newer == []
+    assert (debug_lab.bins["hmm-tests"]).is_relative_to(debug_lab.paths.cache)
+
+
+def test_hmmgpu_does_as_the_trees_test_hmm_under_kasan_and_lockdep(debug_lab) -> None:
+    """No KASAN, lockdep or other kernel report in either run, and every
+    device-private case hmmgpu fails, the tree's own test_hmm.ko fails too on
+    this kernel (migrate_remap_fault fails for both on this debug build)."""
+    assert "KernelAddressSanitizer initialized" in debug_lab.console.text()
+    args = " ".join([f"-r hmm.hmm_device_private.{name}" for name in IMPLEMENTED] +
+                    [f"-r hmm2.hmm2_device_private.{name}" for name in IMPLEMENTED_HMM2])
+    ours = run_in_lab(debug_lab, "hmmgpu", args)
+    ref = run_in_lab(debug_lab, "reference", " ".join(TIMING_ONLY))
+    print(ours.summary())
+    print(ref.summary())
+    for r in (ours, ref):
+        assert not r.kernel_failure, r.kernel_failure  # a KASAN or lockdep report
+        assert r.report.complete, r.summary()
+    ref_failed = {c.name for c in ref.report.failed}
+    assert {c.name for c in ours.report.failed} <= ref_failed, ours.summary()
+    assert ours.report.count()["pass"] >= len(IMPLEMENTED + IMPLEMENTED_HMM2) - len(ref_failed)
+
+
+def test_drgn_reads_tasks_and_modules_from_a_dump_with_the_trees_vmlinux(debug_lab,
+                                                                           tmp_path) -> None:
+    lab = debug_lab
+    lab.ssh(f"test -d /sys/module/hmmgpu || insmod {lab.guest_bin('hmmgpu.ko')}")
+    major = int(lab.ssh("awk '$2 == \"hmm_dmirror\" {print $1}' /proc/devices").stdout)
+    t0 = time.monotonic()
+    core = lab.dump(tmp_path / "vmcore.elf")
+    print(f"dump of {SELFTEST_MEMORY_MB} MiB in {time.monotonic() - t0:.1f} s")
+    prog = drgn.Program()
+    prog.set_core_dump(str(core))
+    prog.load_debug_info([str(lab.kernel.vmlinux), str(lab.bins["hmmgpu.ko"])])
+    comms = {t.comm.string_().decode() for t in for_each_task(prog)}
+    assert "dropbear" in comms
+    assert "hmmgpu" in {m.name.string_().decode() for m in for_each_module(prog)}
+    assert prog["hmmgpu_devt"].value_() >> 20 == major
