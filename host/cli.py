@@ -169,6 +169,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(lab_config(args))
 
 
+def _listening(path: Path) -> bool:
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     from .lab import DUMP_FORMATS, USER_QMP
     from .qmp import Qmp, write_dump
@@ -178,6 +188,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
     if args.format not in DUMP_FORMATS:
         raise HmmgpuError(f"--format {args.format}: use one of {', '.join(DUMP_FORMATS)}")
     for run in runs:
+        if not args.run and not _listening(run / USER_QMP):
+            continue  # a finished run's socket: nobody answers
         try:
             qmp = Qmp(run / USER_QMP, "hmmgpu-dump", connect_timeout=3)
         except HmmgpuError:
