@@ -54,7 +54,8 @@ def server_socket(paths: Paths, tmp_path: Path) -> Iterator[Path]:
                              str(paths.libvfio_user), "--control",
                              str(sock.with_suffix(".ctl"))])
     deadline = time.monotonic() + 20
-    while not sock.exists():
+    # the control socket comes up after the vfio-user one: wait for both
+    while not sock.exists() or not sock.with_suffix(".ctl").exists():
         assert proc.poll() is None, f"server died: {log.read_text() if log.exists() else ''}"
         assert time.monotonic() < deadline, "server did not create its socket"
         time.sleep(0.02)

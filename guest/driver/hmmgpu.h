@@ -113,8 +113,6 @@ struct hmmgpu_mirror {
 	struct mmu_interval_notifier notifier;
 	struct mutex mutex;		/* the device page table below */
 	struct hmmgpu_pt *root;
-	struct list_head spare_pts;	/* tables reserved outside the mutex */
-	unsigned int nr_spare;
 	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
 	unsigned long req_end;
 	unsigned long buf_start;	/* its user buffer, when the device copies to/from it */
@@ -164,7 +162,6 @@ struct hmmgpu_pt;
 int hmmgpu_pt_create(struct hmmgpu_mirror *mirror);
 void hmmgpu_pt_destroy(struct hmmgpu_mirror *mirror);
 dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror);
-int hmmgpu_pt_reserve(struct hmmgpu_mirror *mirror, unsigned int n);
 int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 		  unsigned int order, bool *replaced);
 bool hmmgpu_pt_clear(struct hmmgpu_mirror *mirror, unsigned long start,

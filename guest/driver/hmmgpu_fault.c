@@ -110,8 +110,6 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		.dev_private_owner = mirror->gpu,
 	};
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
-	/* the most tables the range can need: per 2 MiB, per 1 GiB, per 512 GiB span */
-	unsigned int tables = min_t(unsigned long, npages / HMMGPU_PT_ENTRIES + 3, 64);
 	bool replaced = false;
 	int ret;
 
@@ -122,11 +120,6 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		ret = -EFAULT;
 		goto free;
 	}
-again:
-	/* no allocation with reclaim under mirror->mutex (see hmmgpu_pt.c) */
-	ret = hmmgpu_pt_reserve(mirror, tables);
-	if (ret)
-		goto put;
 	for (;;) {
 		if (time_after(jiffies, timeout)) {
 			ret = -EBUSY;
@@ -152,11 +145,6 @@ again:
 	}
 	ret = hmmgpu_map_range(mirror, &range, &replaced);
 	mutex_unlock(&mirror->mutex);
-	if (ret == -ENOMEM && tables < npages / HMMGPU_PT_ENTRIES + 3) {
-		/* a large range used the reserve up: reserve for all of it, fault again */
-		tables = npages / HMMGPU_PT_ENTRIES + 3;
-		goto again;
-	}
 	/* a permission upgrade: the device may still cache the old entry */
 	if (!ret && replaced)
 		ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, end - start);

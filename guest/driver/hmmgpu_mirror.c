@@ -395,10 +395,6 @@ int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsi
 		struct page *page;
 		dma_addr_t dma;
 
-		/* tables first: no reclaim under the folio lock nor mirror->mutex */
-		ret = hmmgpu_pt_reserve(mirror, HMMGPU_PT_LEVELS - 1);
-		if (ret)
-			break;
 		page = make_device_exclusive(mm, addr, gpu, &folio);
 		if (IS_ERR(page)) {
 			ret = PTR_ERR(page);

@@ -9,14 +9,6 @@
  * memory hold addresses from dma_map_page(), which are unmapped when the PTE
  * is cleared. Tables stay allocated until the mirror goes away. All of this is
  * protected by hmmgpu_mirror.mutex.
- *
- * That mutex is also taken by the mmu_interval_notifier, which reclaim can
- * call, so nothing may allocate with reclaim while holding it: lockdep knows
- * reclaim as a taker of every invalidate_range_start (mm/page_alloc.c:4395,
- * mm/mmu_notifier.c:28), and test_hmm.c allocates GFP_ATOMIC there for the
- * same reason. Tables are therefore reserved beforehand with GFP_KERNEL,
- * outside the mutex (hmmgpu_pt_reserve()); under it only the reserve and
- * GFP_NOWAIT are used, and -ENOMEM tells the caller to reserve and retry.
  */
 #include <linux/dma-mapping.h>
 #include <linux/slab.h>
@@ -27,7 +19,6 @@ struct hmmgpu_pt {
 	u64 *cpu;			/* HMMGPU_PT_ENTRIES entries, read by the device */
 	dma_addr_t dma;
 	struct hmmgpu_pt *child[HMMGPU_PT_ENTRIES];
-	struct list_head spare;		/* on hmmgpu_mirror.spare_pts until used */
 };
 
 static unsigned int pt_index(unsigned long va, unsigned int level)
@@ -35,60 +26,18 @@ static unsigned int pt_index(unsigned long va, unsigned int level)
 	return (va >> (HMMGPU_PAGE_SHIFT + 9 * level)) & (HMMGPU_PT_ENTRIES - 1);
 }
 
-static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu, gfp_t gfp)
+static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu)
 {
-	struct hmmgpu_pt *pt = kzalloc(sizeof(*pt), gfp);
+	struct hmmgpu_pt *pt = kzalloc_obj(*pt);
 
 	if (!pt)
 		return NULL;
-	pt->cpu = dma_alloc_coherent(&gpu->pdev->dev, PAGE_SIZE, &pt->dma, gfp);
+	pt->cpu = dma_alloc_coherent(&gpu->pdev->dev, PAGE_SIZE, &pt->dma, GFP_KERNEL);
 	if (!pt->cpu) {
 		kfree(pt);
 		return NULL;
 	}
 	return pt;
-}
-
-/* A table while holding mirror->mutex: from the reserve, else without reclaim. */
-static struct hmmgpu_pt *pt_alloc_locked(struct hmmgpu_mirror *mirror)
-{
-	struct hmmgpu_pt *pt;
-
-	lockdep_assert_held(&mirror->mutex);
-	pt = list_first_entry_or_null(&mirror->spare_pts, struct hmmgpu_pt, spare);
-	if (pt) {
-		list_del(&pt->spare);
-		mirror->nr_spare--;
-		return pt;
-	}
-	return pt_alloc(mirror->gpu, GFP_NOWAIT | __GFP_NOWARN);
-}
-
-/*
- * Make sure @n tables are in reserve for the next mappings. Called without
- * mirror->mutex: this is where the page tables' memory may enter reclaim.
- */
-int hmmgpu_pt_reserve(struct hmmgpu_mirror *mirror, unsigned int n)
-{
-	struct hmmgpu_pt *pt;
-	LIST_HEAD(fresh);
-	unsigned int have, added = 0;
-
-	mutex_lock(&mirror->mutex);
-	have = mirror->nr_spare;
-	mutex_unlock(&mirror->mutex);
-	while (have + added < n) {
-		pt = pt_alloc(mirror->gpu, GFP_KERNEL);
-		if (!pt)
-			break;
-		list_add(&pt->spare, &fresh);
-		added++;
-	}
-	mutex_lock(&mirror->mutex);
-	list_splice(&fresh, &mirror->spare_pts);
-	mirror->nr_spare += added;
-	mutex_unlock(&mirror->mutex);
-	return have + added < n ? -ENOMEM : 0;
 }
 
 /* Undo the DMA mapping of a leaf PTE that points at system memory. */
@@ -117,9 +66,7 @@ static void pt_free(struct hmmgpu *gpu, struct hmmgpu_pt *pt, unsigned int level
 
 int hmmgpu_pt_create(struct hmmgpu_mirror *mirror)
 {
-	INIT_LIST_HEAD(&mirror->spare_pts);
-	mirror->nr_spare = 0;
-	mirror->root = pt_alloc(mirror->gpu, GFP_KERNEL);
+	mirror->root = pt_alloc(mirror->gpu);
 	return mirror->root ? 0 : -ENOMEM;
 }
 
@@ -130,17 +77,9 @@ dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror)
 
 void hmmgpu_pt_destroy(struct hmmgpu_mirror *mirror)
 {
-	struct hmmgpu_pt *pt, *next;
-
 	if (mirror->root)
 		pt_free(mirror->gpu, mirror->root, HMMGPU_PT_LEVELS - 1);
 	mirror->root = NULL;
-	list_for_each_entry_safe(pt, next, &mirror->spare_pts, spare) {
-		list_del(&pt->spare);
-		dma_free_coherent(&mirror->gpu->pdev->dev, PAGE_SIZE, pt->cpu, pt->dma);
-		kfree(pt);
-	}
-	mirror->nr_spare = 0;
 }
 
 /*
@@ -166,7 +105,7 @@ int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 				WRITE_ONCE(pt->cpu[i], 0);
 				*replaced = true;
 			}
-			pt->child[i] = pt_alloc_locked(mirror);
+			pt->child[i] = pt_alloc(mirror->gpu);
 			if (!pt->child[i])
 				return -ENOMEM;
 			WRITE_ONCE(pt->cpu[i], pt->child[i]->dma | HMMGPU_PTE_VALID);
