@@ -38,17 +38,22 @@ class Console:
             return f.read().decode(errors="replace")
 
     def failures(self, since: int = 0) -> list[KernelFailure]:
-        lines = self.text(since).splitlines()
-        found = []
-        i = 0
-        while i < len(lines):
-            if FAILURE.search(lines[i]):
-                excerpt = "\n".join(lines[max(0, i - 2): i + CONTEXT_AFTER])
-                found.append(KernelFailure(lines[i].strip(), excerpt))
-                i += CONTEXT_AFTER  # one report per splat
-            else:
-                i += 1
-        return found
+        return scan(self.text(since))
 
     def tail(self, n: int = 20) -> str:
         return "\n".join(self.text().splitlines()[-n:])
+
+
+def scan(text: str) -> list[KernelFailure]:
+    """The kernel failure reports in console text, one per splat."""
+    lines = text.splitlines()
+    found = []
+    i = 0
+    while i < len(lines):
+        if FAILURE.search(lines[i]):
+            excerpt = "\n".join(lines[max(0, i - 2): i + CONTEXT_AFTER])
+            found.append(KernelFailure(lines[i].strip(), excerpt))
+            i += CONTEXT_AFTER  # one report per splat
+        else:
+            i += 1
+    return found

@@ -37,23 +37,22 @@ class Cycle:
     text: str
 
 
+def sources(d: Path) -> list[Path]:
+    """The files under `d` a module build reads (C, headers, Kbuild, Makefile)."""
+    return [p for p in d.rglob("*")
+            if p.is_file() and (p.suffix in WATCHED or p.name in WATCHED_NAMES)]
+
+
 def snapshot(dirs: list[Path]) -> dict[Path, int]:
     """mtime of every source file under `dirs`."""
-    out = {}
-    for d in dirs:
-        for p in d.rglob("*"):
-            if p.is_file() and (p.suffix in WATCHED or p.name in WATCHED_NAMES):
-                out[p] = p.stat().st_mtime_ns
-    return out
+    return {p: p.stat().st_mtime_ns for d in dirs for p in sources(d)}
 
 
 def mirror(src: Path, dest: Path) -> int:
     """Copy the sources of `src` into `dest` where their bytes differ; returns
     how many files were written (kbuild then rebuilds just those)."""
     n = 0
-    for p in src.rglob("*"):
-        if not p.is_file() or not (p.suffix in WATCHED or p.name in WATCHED_NAMES):
-            continue
+    for p in sources(src):
         q = dest / p.relative_to(src)
         body = p.read_bytes()
         if not q.exists() or q.read_bytes() != body:

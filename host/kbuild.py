@@ -10,6 +10,7 @@ rather than modify it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -83,15 +84,21 @@ done
 """
 
 
+@functools.cache
+def host_gcc() -> str:
+    """The host gcc's version line (asked once: the edit loop builds often)."""
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.splitlines()
+    except OSError:
+        return ""
+    return out[0].strip() if out else ""
+
+
 def host_compiler_matches(kernel: GuestKernel) -> bool:
     """Was the kernel built with this host's gcc (CONFIG_CC_VERSION_TEXT)?"""
     want = kernel.config.get("CC_VERSION_TEXT", "").strip('"')
-    try:
-        got = subprocess.run(["gcc", "--version"], capture_output=True, text=True,
-                             timeout=30).stdout.splitlines()
-    except OSError:
-        return False
-    return bool(got) and got[0].strip() == want
+    return bool(want) and host_gcc() == want
 
 
 def source_root(d: Path) -> Path:

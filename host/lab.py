@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .accel import kvm_works
-from .console import Console
+from .child import start_serving
+from .child import stop as stop_child
+from .console import Console, scan
 from .cputrace import BARS_FILE, CPU_FILE, SYMBOLS_FILE
 from .errors import GuestCommandFailed, GuestKernelError, HmmgpuError, VmError
 from .image import GUEST_BIN_DIR, write_initrd
@@ -105,7 +107,6 @@ class GpuProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
                "--log-file", str(self.log), "--library", str(self.library),
                "--vram", f"{self.vram_mb}M", "--control", str(self.control)]
@@ -113,23 +114,10 @@ class GpuProcess:
             cmd += ["--trace", str(self.trace_file)]
         if not self.msix:
             cmd.append("--no-msix")
-        with open(self.log, "ab") as out:  # for anything printed outside logging
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise VmError(f"device server {self.id} did not start", self.log)
-            time.sleep(0.02)
+        self.proc = start_serving(cmd, self.socket, self.log, f"device server {self.id}", 20)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc)
 
     @property
     def alive(self) -> bool:
@@ -323,8 +311,8 @@ class Lab:
                 reason = "KVM internal error (QEMU paused)"
             elif self.config.fail_fast:
                 text = self.console.text(scanned)
-                done = text.rfind("\n") + 1
-                found = self.console.failures(scanned)
+                done = text.rfind("\n") + 1  # whole lines; the rest next time
+                found = scan(text[:done])
                 scanned += len(text[:done].encode(errors="replace"))
                 if found:
                     self._settle_console()

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
-from .errors import VmError
+from .child import start_serving, stop
 from .toolbox import Toolbox
 
 
@@ -33,21 +32,8 @@ class Virtiofsd:
                 f"--sandbox={sandbox}", "--cache=auto"]
 
     def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise VmError(f"virtiofsd for {self.shared} did not start", self.log)
-            time.sleep(0.02)
+        self.proc = start_serving(self.command(), self.socket, self.log,
+                                  f"virtiofsd for {self.shared}", 10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
