@@ -23,7 +23,8 @@ from .paths import REPO, Paths
 from .shell import run
 from .toolbox import Toolbox
 
-GUEST_TOOLS = ["mmio_bench", "gpu_smoke", "fault_bench", "gpu_atomic", "san_bugs"]
+GUEST_TOOLS = ["mmio_bench", "gpu_smoke", "fault_bench", "gpu_atomic", "san_bugs",
+               "mirror_threads", "mirror_remove"]
 MODULE_DIRS = ["driver", "testmod"]  # under guest/
 SELFTEST_MM = "tools/testing/selftests/mm"
 

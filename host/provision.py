@@ -69,6 +69,7 @@ SELFTEST_FILES = [
     "lib/test_hmm.c", "lib/test_hmm_uapi.h", "mm/gup_test.h",
     "tools/testing/selftests/mm/*", "tools/testing/selftests/kselftest*",
     "scripts/checkpatch.pl", "scripts/spelling.txt", "scripts/const_structs.checkpatch",
+    "tools/docs/kernel-doc", "tools/lib/python/*",  # the tests check the driver's kernel-doc
 ]
 
 
@@ -121,7 +122,7 @@ class Provisioner:
             Step("host-packages", lambda: ",".join(HOST_PACKAGES), self.host_packages),
             Step("toolbox", lambda: ",".join(TOOLBOX_PACKAGES) + self.lock.key() + self.pins,
                  self.toolbox),
-            Step("sources", lambda: "5", self.sources),
+            Step("sources", lambda: "5" + ",".join(SELFTEST_FILES), self.sources),
             Step("libvfio-user", lambda: "3-release", self.libvfio_user),
             Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest"),
                  self.guest_build),

@@ -1,32 +1,50 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * hmmgpu: driver for the emulated hmmgpu device. Shared definitions.
- *
+ */
+
+/**
  * DOC: structure
- * hmmgpu_main.c   PCI probe/remove, interrupts, sysfs, the dmirror char device
+ *
+ * hmmgpu_main.c   PCI probe/remove, lifetime, interrupts, sysfs, the char device
  * hmmgpu_queue.c  command submission and fence waits (kernel and context queues)
  * hmmgpu_pt.c     the device page tables of one mirror
  * hmmgpu_fault.c  device page faults: drain the fault buffer, fault in, replay
  * hmmgpu_mirror.c the dmirror ABI of lib/test_hmm.c on top of the device
  * hmmgpu_devmem.c VRAM as DEVICE_PRIVATE memory; migration with the copy engine
- *
+ */
+
+/**
  * DOC: locking
+ *
+ * Outermost first; a lock is only taken with the ones above it, never below.
+ *
+ * hmmgpu_mirror.req_lock      one ioctl at a time per open file: the fault
+ *                             work reads that request's range from the mirror
+ * hmmgpu.mirrors_lock         ctx_mirror[] entries are added or removed
+ *                             (open, release, PCI removal)
+ * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
+ *                             path around mmu_interval_read_retry() and by the
+ *                             invalidate callback (trylock when non-blockable).
+ *                             Reclaim takes it through the notifier, so nothing
+ *                             under it allocates with reclaim (hmmgpu_pt.c)
  * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
  * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
  * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts,
  *                             and the sanitizer runs not yet sent (san_runs)
- * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
- *                             path around mmu_interval_read_retry() and by the
- *                             invalidate callback (trylock when non-blockable)
+ *
  * Fence words and status words are written by the device and read with
  * READ_ONCE(); the fence wait queue is woken by the completion and error
- * interrupts.
+ * interrupts. Lifetime: struct hmmgpu is refcounted (the PCI binding and each
+ * open file); ioctls run inside hmmgpu_dev_enter()/hmmgpu_dev_exit() (SRCU), which
+ * fails once removal has begun.
  */
 #ifndef HMMGPU_H
 #define HMMGPU_H
 
 #include <linux/pci.h>
 #include <linux/cdev.h>
+#include <linux/kref.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
@@ -44,6 +62,7 @@
 #define HMMGPU_BOUNCE_MIN	PAGE_SIZE
 #define HMMGPU_DIRECT_CHUNK	(64UL << 20)	/* VA-to-VA READ/WRITE: bytes per COPY */
 #define HMMGPU_FENCE_TIMEOUT_MS	30000
+#define HMMGPU_PT_RETIRE_MAX	256	/* PTEs retired before a forced TLB flush */
 
 struct hmmgpu;
 
@@ -65,6 +84,9 @@ struct hmmgpu_vector {
 };
 
 struct hmmgpu {
+	struct kref ref;		/* the PCI binding and each open file */
+	bool gone;			/* removal has begun: no new requests */
+	struct mutex mirrors_lock;	/* ctx_mirror[] entries come and go */
 	struct pci_dev *pdev;
 	void __iomem *bar0;
 	int nvec;			/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
@@ -102,7 +124,7 @@ struct hmmgpu {
 	} san_runs[32];
 	unsigned int san_nruns;
 
-	struct cdev cdev;
+	struct cdev *cdev;		/* outlives us while files are open */
 	struct device *chardev;
 };
 
@@ -111,8 +133,14 @@ struct hmmgpu_mirror {
 	struct hmmgpu *gpu;
 	unsigned int ctx;
 	struct mmu_interval_notifier notifier;
+	struct mutex req_lock;		/* one ioctl at a time: req_* below */
 	struct mutex mutex;		/* the device page table below */
 	struct hmmgpu_pt *root;
+	struct list_head spare_pts;	/* tables reserved outside the mutex */
+	unsigned int nr_spare;
+	u64 *retired;			/* leaf PTEs cleared, to unmap after the TLB flush */
+	unsigned int nr_retired;
+	bool tlb_stale;			/* the device TLB may hold a cleared PTE */
 	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
 	unsigned long req_end;
 	unsigned long buf_start;	/* its user buffer, when the device copies to/from it */
@@ -147,6 +175,12 @@ static inline u32 hmmgpu_qread(struct hmmgpu_queue *q, u32 reg)
 	return hmmgpu_read(q->gpu, HMMGPU_QUEUE_REG(q->index, reg));
 }
 
+/* hmmgpu_main.c */
+bool hmmgpu_dev_enter(struct hmmgpu *gpu, int *idx);
+void hmmgpu_dev_exit(int idx);
+struct hmmgpu *hmmgpu_get_by_minor(unsigned int minor);
+void hmmgpu_put(struct hmmgpu *gpu);
+
 /* hmmgpu_queue.c */
 int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int index);
 void hmmgpu_queue_fini(struct hmmgpu_queue *q);
@@ -162,10 +196,14 @@ struct hmmgpu_pt;
 int hmmgpu_pt_create(struct hmmgpu_mirror *mirror);
 void hmmgpu_pt_destroy(struct hmmgpu_mirror *mirror);
 dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror);
+int hmmgpu_pt_reserve(struct hmmgpu_mirror *mirror, unsigned int n);
 int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
-		  unsigned int order, bool *replaced);
+		  unsigned int order);
 bool hmmgpu_pt_clear(struct hmmgpu_mirror *mirror, unsigned long start,
 		     unsigned long end);
+bool hmmgpu_pt_mapped(struct hmmgpu_mirror *mirror, unsigned long start,
+		      unsigned long end);
+int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len);
 u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 
 /* hmmgpu_fault.c */
@@ -188,5 +226,6 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 
 /* hmmgpu_mirror.c */
 extern const struct file_operations hmmgpu_mirror_fops;
+void hmmgpu_mirrors_detach(struct hmmgpu *gpu);
 
 #endif /* HMMGPU_H */

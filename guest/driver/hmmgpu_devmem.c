@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: VRAM as DEVICE_PRIVATE memory, and migration with the copy engine.
- *
+ */
+
+/**
  * DOC: device memory
+ *
  * The whole VRAM is registered with memremap_pages() as MEMORY_DEVICE_PRIVATE
  * over a free physical range (request_free_mem_region()); device page N is
  * VRAM offset N * PAGE_SIZE. A bitmap of free pages and a free count per 2 MiB
@@ -10,8 +13,11 @@
  * whole free chunk, a 4 KiB page comes from a partly used chunk first, and
  * folio_free() gives pages back, so a chunk is whole again once all its pages
  * are freed. Chunks that held a THP serve only THPs afterwards.
- *
+ */
+
+/**
  * DOC: migration
+ *
  * Every copy is done by the device's COPY engine on the kernel queue, never
  * by the CPU: system -> VRAM for MIGRATE_TO_DEV, VRAM -> system for
  * MIGRATE_TO_SYS, for migrate_to_ram() (a CPU touching a device page) and for

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: device page faults.
- *
+ */
+
+/**
  * DOC: fault path
+ *
  * The fault interrupt schedules hmmgpu_fault_work(). It drains the fault
  * buffer, keeping per context the lowest faulting address and whether any
  * access wrote, then serves each context as one batch: hmm_range_fault() from
@@ -60,8 +63,7 @@ static bool hmmgpu_can_map_2m(struct hmmgpu *gpu, unsigned long hpfn, unsigned l
 }
 
 /* Write the device PTEs for a faulted range. Called with mirror->mutex held. */
-static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *range,
-			    bool *replaced)
+static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *range)
 {
 	unsigned long npages = (range->end - range->start) >> PAGE_SHIFT;
 	unsigned long i = 0;
@@ -80,14 +82,14 @@ static int hmmgpu_map_range(struct hmmgpu_mirror *mirror, struct hmm_range *rang
 		pte = hmmgpu_pte_for(mirror->gpu, hpfn, order);
 		if (!pte)
 			return -ENOMEM;
-		ret = hmmgpu_pt_map(mirror, va, pte, order, replaced);
+		ret = hmmgpu_pt_map(mirror, va, pte, order);
 		if (ret == -EEXIST) {
 			if (!(pte & HMMGPU_PTE_VRAM))
 				dma_unmap_page(&mirror->gpu->pdev->dev, pte & HMMGPU_PTE_ADDR_MASK,
 					       PAGE_SIZE << order, DMA_BIDIRECTIONAL);
 			pte = hmmgpu_pte_for(mirror->gpu, hpfn, 0);
 			order = 0;
-			ret = pte ? hmmgpu_pt_map(mirror, va, pte, 0, replaced) : -ENOMEM;
+			ret = pte ? hmmgpu_pt_map(mirror, va, pte, 0) : -ENOMEM;
 		}
 		if (ret)
 			return ret;
@@ -110,8 +112,9 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		.dev_private_owner = mirror->gpu,
 	};
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
-	bool replaced = false;
-	int ret;
+	/* the most tables the range can need: per 2 MiB, per 1 GiB, per 512 GiB span */
+	unsigned int tables = min_t(unsigned long, npages / HMMGPU_PT_ENTRIES + 3, 64);
+	int ret, sync;
 
 	range.hmm_pfns = kvcalloc(npages, sizeof(*range.hmm_pfns), GFP_KERNEL);
 	if (!range.hmm_pfns)
@@ -120,6 +123,11 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		ret = -EFAULT;
 		goto free;
 	}
+again:
+	/* no allocation with reclaim under mirror->mutex (see hmmgpu_pt.c) */
+	ret = hmmgpu_pt_reserve(mirror, tables);
+	if (ret)
+		goto put;
 	for (;;) {
 		if (time_after(jiffies, timeout)) {
 			ret = -EBUSY;
@@ -143,11 +151,16 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 			break;
 		mutex_unlock(&mirror->mutex);
 	}
-	ret = hmmgpu_map_range(mirror, &range, &replaced);
+	ret = hmmgpu_map_range(mirror, &range);
+	/* a permission upgrade replaced entries the device TLB may still hold */
+	sync = hmmgpu_pt_sync(mirror, start, end - start);
 	mutex_unlock(&mirror->mutex);
-	/* a permission upgrade: the device may still cache the old entry */
-	if (!ret && replaced)
-		ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, end - start);
+	ret = ret ?: sync;
+	if (ret == -ENOMEM && tables < npages / HMMGPU_PT_ENTRIES + 3) {
+		/* a large range used the reserve up: reserve for all of it, fault again */
+		tables = npages / HMMGPU_PT_ENTRIES + 3;
+		goto again;
+	}
 put:
 	mmput(mm);
 free:

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: PCI driver for the emulated hmmgpu device.
- *
+ */
+
+/**
  * DOC: overview
+ *
  * Probe maps BAR0, checks the ID register, resets the device, enables bus
  * mastering, allocates one MSI-X vector per interrupt cause (see
  * hmmgpu_hw.h), sets up the kernel queue, the 16 context queues and the fault
@@ -25,12 +28,65 @@
 #include <linux/dma-mapping.h>
 #include <linux/idr.h>
 #include <linux/io.h>
+#include <linux/slab.h>
 
 #include "hmmgpu.h"
 
 static dev_t hmmgpu_devt;
 static const struct class hmmgpu_class = { .name = "hmmgpu" };
 static DEFINE_IDA(hmmgpu_minors);
+/* minor -> GPU, for open(); an entry goes when its PCI device is removed */
+static DEFINE_MUTEX(hmmgpu_devices_lock);
+static struct hmmgpu *hmmgpu_devices[HMMGPU_MAX_DEVICES];
+DEFINE_STATIC_SRCU(hmmgpu_srcu);
+
+/*
+ * Sections that use the GPU on behalf of user space (the ioctls) run between
+ * hmmgpu_dev_enter() and hmmgpu_dev_exit(); once removal has begun, hmmgpu_dev_enter()
+ * fails and the caller returns -ENODEV. Removal waits for the sections in
+ * flight (synchronize_srcu()) before it takes the device apart - the same
+ * scheme as drm_dev_enter()/drm_dev_unplug() (drivers/gpu/drm/drm_drv.c:452).
+ */
+bool hmmgpu_dev_enter(struct hmmgpu *gpu, int *idx)
+{
+	*idx = srcu_read_lock(&hmmgpu_srcu);
+	if (!READ_ONCE(gpu->gone))
+		return true;
+	srcu_read_unlock(&hmmgpu_srcu, *idx);
+	return false;
+}
+
+void hmmgpu_dev_exit(int idx)
+{
+	srcu_read_unlock(&hmmgpu_srcu, idx);
+}
+
+static void hmmgpu_free(struct kref *ref)
+{
+	struct hmmgpu *gpu = container_of(ref, struct hmmgpu, ref);
+
+	pci_dev_put(gpu->pdev);
+	kfree(gpu);
+}
+
+void hmmgpu_put(struct hmmgpu *gpu)
+{
+	kref_put(&gpu->ref, hmmgpu_free);
+}
+
+/* The GPU behind a minor, with a reference; NULL once it is removed. */
+struct hmmgpu *hmmgpu_get_by_minor(unsigned int minor)
+{
+	struct hmmgpu *gpu = NULL;
+
+	mutex_lock(&hmmgpu_devices_lock);
+	if (minor < HMMGPU_MAX_DEVICES && hmmgpu_devices[minor]) {
+		gpu = hmmgpu_devices[minor];
+		kref_get(&gpu->ref);
+	}
+	mutex_unlock(&hmmgpu_devices_lock);
+	return gpu;
+}
 
 static irqreturn_t hmmgpu_irq(int irq, void *data)
 {
@@ -182,14 +238,14 @@ static int hmmgpu_engine_init(struct hmmgpu *gpu)
 	return ret;
 }
 
-static void hmmgpu_free_vectors(struct hmmgpu *gpu)
+/* Free the first @nreq requested interrupts and the vectors themselves. */
+static void hmmgpu_free_vectors(struct hmmgpu *gpu, int nreq)
 {
 	int i;
 
-	for (i = 0; i < gpu->nvec; i++)
-		devm_free_irq(&gpu->pdev->dev, pci_irq_vector(gpu->pdev, i), &gpu->vec[i]);
-	if (gpu->nvec)
-		pci_free_irq_vectors(gpu->pdev);
+	for (i = 0; i < nreq; i++)
+		free_irq(pci_irq_vector(gpu->pdev, i), &gpu->vec[i]);
+	pci_free_irq_vectors(gpu->pdev);
 	gpu->nvec = 0;
 }
 
@@ -207,12 +263,11 @@ static int hmmgpu_setup_vectors(struct hmmgpu *gpu)
 	}
 	for (i = 0; i < nvec; i++) {
 		gpu->vec[i].gpu = gpu;
-		ret = devm_request_irq(&pdev->dev, pci_irq_vector(pdev, i), hmmgpu_irq, 0,
-				       "hmmgpu", &gpu->vec[i]);
+		/* not devm: the handler's data goes with the kref'd gpu, not the binding */
+		ret = request_irq(pci_irq_vector(pdev, i), hmmgpu_irq, 0, "hmmgpu",
+				  &gpu->vec[i]);
 		if (ret) {
-			gpu->nvec = i;
-			hmmgpu_free_vectors(gpu);
-			pci_free_irq_vectors(pdev);
+			hmmgpu_free_vectors(gpu, i);
 			return ret;
 		}
 	}
@@ -220,6 +275,11 @@ static int hmmgpu_setup_vectors(struct hmmgpu *gpu)
 	return 0;
 }
 
+/*
+ * The char device is allocated on its own (cdev_alloc()): open files keep it
+ * alive after removal, and __fput() drops its reference only after our
+ * ->release (fs/file_table.c:515), so it must not live inside struct hmmgpu.
+ */
 static int hmmgpu_chardev_add(struct hmmgpu *gpu)
 {
 	dev_t devt;
@@ -229,30 +289,47 @@ static int hmmgpu_chardev_add(struct hmmgpu *gpu)
 	if (gpu->minor < 0)
 		return gpu->minor;
 	devt = MKDEV(MAJOR(hmmgpu_devt), gpu->minor);
-	cdev_init(&gpu->cdev, &hmmgpu_mirror_fops);
-	gpu->cdev.owner = THIS_MODULE;
-	ret = cdev_add(&gpu->cdev, devt, 1);
-	if (ret)
+	gpu->cdev = cdev_alloc();
+	if (!gpu->cdev) {
+		ret = -ENOMEM;
 		goto free_minor;
+	}
+	gpu->cdev->ops = &hmmgpu_mirror_fops;
+	gpu->cdev->owner = THIS_MODULE;
+	mutex_lock(&hmmgpu_devices_lock);
+	hmmgpu_devices[gpu->minor] = gpu;
+	mutex_unlock(&hmmgpu_devices_lock);
+	ret = cdev_add(gpu->cdev, devt, 1);
+	if (ret) {
+		kobject_put(&gpu->cdev->kobj);	/* nobody else has it yet */
+		goto unlist;
+	}
 	/* the name the kernel's hmm-tests open */
 	gpu->chardev = device_create(&hmmgpu_class, &gpu->pdev->dev, devt, gpu,
 				     "hmm_dmirror%d", gpu->minor);
 	if (IS_ERR(gpu->chardev)) {
 		ret = PTR_ERR(gpu->chardev);
-		goto del;
+		cdev_del(gpu->cdev);
+		goto unlist;
 	}
 	return 0;
-del:
-	cdev_del(&gpu->cdev);
+unlist:
+	mutex_lock(&hmmgpu_devices_lock);
+	hmmgpu_devices[gpu->minor] = NULL;
+	mutex_unlock(&hmmgpu_devices_lock);
 free_minor:
 	ida_free(&hmmgpu_minors, gpu->minor);
 	return ret;
 }
 
+/* No new opens; files already open keep the cdev (and their gpu reference). */
 static void hmmgpu_chardev_del(struct hmmgpu *gpu)
 {
+	mutex_lock(&hmmgpu_devices_lock);
+	hmmgpu_devices[gpu->minor] = NULL;
+	mutex_unlock(&hmmgpu_devices_lock);
 	device_destroy(&hmmgpu_class, MKDEV(MAJOR(hmmgpu_devt), gpu->minor));
-	cdev_del(&gpu->cdev);
+	cdev_del(gpu->cdev);
 	ida_free(&hmmgpu_minors, gpu->minor);
 }
 
@@ -262,25 +339,31 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	u32 magic;
 	int ret;
 
-	gpu = devm_kzalloc(&pdev->dev, sizeof(*gpu), GFP_KERNEL);
+	/* refcounted: open files outlive an unbind (hmmgpu_remove()) */
+	gpu = kzalloc_obj(*gpu);
 	if (!gpu)
 		return -ENOMEM;
-	gpu->pdev = pdev;
+	kref_init(&gpu->ref);
+	gpu->pdev = pci_dev_get(pdev);
+	mutex_init(&gpu->mirrors_lock);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
-		return ret;
+		goto put;
 	gpu->bar0 = pcim_iomap_region(pdev, 0, "hmmgpu");
-	if (IS_ERR(gpu->bar0))
-		return PTR_ERR(gpu->bar0);
+	if (IS_ERR(gpu->bar0)) {
+		ret = PTR_ERR(gpu->bar0);
+		goto put;
+	}
 	magic = hmmgpu_read(gpu, HMMGPU_REG_ID);
 	if (magic != HMMGPU_ID_MAGIC) {
 		dev_err(&pdev->dev, "bad ID register 0x%08x\n", magic);
-		return -ENODEV;
+		ret = -ENODEV;
+		goto put;
 	}
 	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(52));
 	if (ret)
-		return ret;
+		goto put;
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	gpu->vram_size = (u64)hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_HI) << 32 |
 			 hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_LO);
@@ -310,24 +393,39 @@ devmem_fini:
 engine_fini:
 	hmmgpu_engine_fini(gpu);
 free_vectors:
-	hmmgpu_free_vectors(gpu);
+	if (gpu->nvec)
+		hmmgpu_free_vectors(gpu, gpu->nvec);
 clear_master:
 	pci_clear_master(pdev);
+put:
+	hmmgpu_put(gpu);
 	return ret;
 }
 
+/*
+ * Unbind or removal, possibly while processes hold /dev/hmm_dmirrorN open.
+ * The order: no new opens; no new requests, and the ones in flight finish
+ * (SRCU); every open mirror loses its device page table while the GPU can
+ * still flush its TLB; VRAM is evicted with the copy engine; only then the
+ * hardware goes. Files still open see -ENODEV and free their mirror on close;
+ * the last of them drops the final reference to struct hmmgpu.
+ */
 static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
 
 	hmmgpu_chardev_del(gpu);
-	/* no mirror is left: every file holds a module reference */
+	WRITE_ONCE(gpu->gone, true);
+	synchronize_srcu(&hmmgpu_srcu);
+	hmmgpu_mirrors_detach(gpu);
 	hmmgpu_devmem_fini(gpu);
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	cancel_work_sync(&gpu->fault_work);
-	hmmgpu_free_vectors(gpu);
+	if (gpu->nvec)
+		hmmgpu_free_vectors(gpu, gpu->nvec);
 	hmmgpu_engine_fini(gpu);
 	pci_clear_master(pdev);
+	hmmgpu_put(gpu);
 }
 
 static const struct pci_device_id hmmgpu_ids[] = {

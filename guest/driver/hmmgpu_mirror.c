@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: the dmirror ABI of lib/test_hmm.c, executed by the device.
- *
+ */
+
+/**
  * DOC: mirrors
+ *
  * Each open of /dev/hmm_dmirrorN takes one of the GPU's 16 contexts and
  * mirrors the opening process: an mmu_interval_notifier over the whole
  * address space keeps the context's device page table coherent with the CPU
@@ -26,34 +29,39 @@
 #include "hmmgpu_uapi.h"
 #include "test_hmm_uapi.h"
 
+/*
+ * The CPU page tables of [range->start, range->end) change: clear the device
+ * PTEs, flush the device TLB, and only then let the pages go (hmmgpu_pt.c).
+ * Flushing waits for the device, so a non-blockable invalidation that finds
+ * anything mapped must return false and let the caller retry blockable
+ * (include/linux/mmu_notifier.h:263, mm/mmu_notifier.c:487 in the pinned
+ * linux-source; the OOM reaper is such a caller).
+ */
 static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
 			      const struct mmu_notifier_range *range, unsigned long cur_seq)
 {
 	struct hmmgpu_mirror *mirror = container_of(mni, struct hmmgpu_mirror, notifier);
-	bool cleared;
 
 	/* our own make_device_exclusive(): the mapping is being set up, not lost */
 	if (range->event == MMU_NOTIFY_EXCLUSIVE && range->owner == mirror->gpu) {
 		mmu_interval_set_seq(mni, cur_seq);
 		return true;
 	}
-	if (mmu_notifier_range_blockable(range))
-		mutex_lock(&mirror->mutex);
-	else if (!mutex_trylock(&mirror->mutex))
-		return false;
-	mmu_interval_set_seq(mni, cur_seq);
-	if (!mmu_notifier_range_blockable(range) &&
-	    hmmgpu_pt_lookup(mirror, range->start)) {
-		/* flushing the device TLB sleeps; let the caller retry blockable */
+	if (!mmu_notifier_range_blockable(range)) {
+		if (!mutex_trylock(&mirror->mutex))
+			return false;
+		if (hmmgpu_pt_mapped(mirror, range->start, range->end)) {
+			mutex_unlock(&mirror->mutex);
+			return false;
+		}
+		mmu_interval_set_seq(mni, cur_seq);
 		mutex_unlock(&mirror->mutex);
-		return false;
+		return true;
 	}
-	cleared = hmmgpu_pt_clear(mirror, range->start, range->end);
-	/* the PTEs are gone from memory; the device must forget them too */
-	if (cleared && hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, range->start,
-					     range->end - range->start))
-		dev_err(&mirror->gpu->pdev->dev, "ctx %u: TLB invalidation failed\n",
-			mirror->ctx);
+	mutex_lock(&mirror->mutex);
+	mmu_interval_set_seq(mni, cur_seq);
+	if (hmmgpu_pt_clear(mirror, range->start, range->end))
+		hmmgpu_pt_sync(mirror, range->start, range->end - range->start);
 	mutex_unlock(&mirror->mutex);
 	return true;
 }
@@ -62,54 +70,117 @@ static const struct mmu_interval_notifier_ops hmmgpu_mirror_ops = {
 	.invalidate = hmmgpu_invalidate,
 };
 
+static void hmmgpu_mirror_unlist(struct hmmgpu_mirror *mirror);
+
 static int hmmgpu_mirror_open(struct inode *inode, struct file *filp)
 {
-	struct hmmgpu *gpu = container_of(inode->i_cdev, struct hmmgpu, cdev);
 	struct hmmgpu_mirror *mirror;
+	struct hmmgpu *gpu;
 	unsigned int ctx;
 	int ret;
 
+	gpu = hmmgpu_get_by_minor(iminor(inode));
+	if (!gpu)
+		return -ENODEV;
 	mirror = kzalloc_obj(*mirror);
-	if (!mirror)
-		return -ENOMEM;
-	mirror->gpu = gpu;
+	if (!mirror) {
+		ret = -ENOMEM;
+		goto put;
+	}
+	mirror->gpu = gpu;	/* the reference taken above, dropped at release */
 	mutex_init(&mirror->mutex);
+	mutex_init(&mirror->req_lock);
 	ret = hmmgpu_pt_create(mirror);
 	if (ret)
 		goto free;
 
+	/* the gone check and the table entry under mirrors_lock: see hmmgpu_mirrors_detach() */
+	mutex_lock(&gpu->mirrors_lock);
+	ret = -ENODEV;
+	if (READ_ONCE(gpu->gone))
+		goto unlock;
+	ret = -EBUSY;	/* every context is in use */
 	spin_lock(&gpu->ctx_lock);
 	for (ctx = 0; ctx < HMMGPU_NUM_CONTEXTS && gpu->ctx_mirror[ctx]; ctx++)
 		;
 	if (ctx < HMMGPU_NUM_CONTEXTS)
 		gpu->ctx_mirror[ctx] = mirror;
 	spin_unlock(&gpu->ctx_lock);
-	if (ctx == HMMGPU_NUM_CONTEXTS) {
-		ret = -EBUSY;	/* every context is in use */
-		goto destroy;
-	}
+	if (ctx == HMMGPU_NUM_CONTEXTS)
+		goto unlock;
 	mirror->ctx = ctx;
 	hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_PT_BASE_LO,
 		      lower_32_bits(hmmgpu_pt_root_dma(mirror)));
 	hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_PT_BASE_HI,
 		      upper_32_bits(hmmgpu_pt_root_dma(mirror)));
+	mutex_unlock(&gpu->mirrors_lock);
 
 	ret = mmu_interval_notifier_insert(&mirror->notifier, current->mm, 0,
 					   ULONG_MAX & PAGE_MASK, &hmmgpu_mirror_ops);
-	if (ret)
-		goto release_ctx;
+	if (ret) {
+		hmmgpu_mirror_unlist(mirror);
+		goto destroy;
+	}
 	filp->private_data = mirror;
 	return 0;
 
-release_ctx:
-	spin_lock(&gpu->ctx_lock);
-	gpu->ctx_mirror[ctx] = NULL;
-	spin_unlock(&gpu->ctx_lock);
+unlock:
+	mutex_unlock(&gpu->mirrors_lock);
 destroy:
 	hmmgpu_pt_destroy(mirror);
 free:
 	kfree(mirror);
+put:
+	hmmgpu_put(gpu);
 	return ret;
+}
+
+/*
+ * Take the mirror off its context: the device stops walking its page table
+ * and forgets its translations, its DMA mappings go. Called with
+ * gpu->mirrors_lock held, while the hardware is still there.
+ */
+static void hmmgpu_mirror_detach(struct hmmgpu_mirror *mirror)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+
+	lockdep_assert_held(&gpu->mirrors_lock);
+	spin_lock(&gpu->ctx_lock);
+	gpu->ctx_mirror[mirror->ctx] = NULL;
+	spin_unlock(&gpu->ctx_lock);
+	/* the fault work may have picked the mirror before; it is done after this */
+	flush_work(&gpu->fault_work);
+	mutex_lock(&mirror->mutex);
+	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_LO, 0);
+	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_HI, 0);
+	hmmgpu_pt_clear(mirror, 0, ULONG_MAX);
+	mirror->tlb_stale = true;	/* PT_BASE changed: flush the whole context */
+	hmmgpu_pt_sync(mirror, 0, 0);
+	hmmgpu_pt_destroy(mirror);
+	mutex_unlock(&mirror->mutex);
+}
+
+/* Detach the mirror unless removal already did. */
+static void hmmgpu_mirror_unlist(struct hmmgpu_mirror *mirror)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+
+	mutex_lock(&gpu->mirrors_lock);
+	if (gpu->ctx_mirror[mirror->ctx] == mirror)
+		hmmgpu_mirror_detach(mirror);
+	mutex_unlock(&gpu->mirrors_lock);
+}
+
+/* PCI removal: every open mirror loses the device; its file stays, with -ENODEV. */
+void hmmgpu_mirrors_detach(struct hmmgpu *gpu)
+{
+	unsigned int ctx;
+
+	mutex_lock(&gpu->mirrors_lock);
+	for (ctx = 0; ctx < HMMGPU_NUM_CONTEXTS; ctx++)
+		if (gpu->ctx_mirror[ctx])
+			hmmgpu_mirror_detach(gpu->ctx_mirror[ctx]);
+	mutex_unlock(&gpu->mirrors_lock);
 }
 
 static int hmmgpu_mirror_release(struct inode *inode, struct file *filp)
@@ -117,16 +188,12 @@ static int hmmgpu_mirror_release(struct inode *inode, struct file *filp)
 	struct hmmgpu_mirror *mirror = filp->private_data;
 	struct hmmgpu *gpu = mirror->gpu;
 
+	/* no invalidate callback runs after this (mm/mmu_notifier.c) */
 	mmu_interval_notifier_remove(&mirror->notifier);
-	spin_lock(&gpu->ctx_lock);
-	gpu->ctx_mirror[mirror->ctx] = NULL;
-	spin_unlock(&gpu->ctx_lock);
-	flush_work(&gpu->fault_work);
-	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_LO, 0);
-	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_HI, 0);
-	hmmgpu_tlb_invalidate(gpu, mirror->ctx, 0, 0);
+	hmmgpu_mirror_unlist(mirror);
 	hmmgpu_pt_destroy(mirror);
 	kfree(mirror);
+	hmmgpu_put(gpu);
 	return 0;
 }
 
@@ -383,9 +450,8 @@ int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsi
 {
 	struct hmmgpu *gpu = mirror->gpu;
 	struct mm_struct *mm = mirror->notifier.mm;
-	bool replaced = false;
 	unsigned long addr;
-	int ret = 0;
+	int ret = 0, sync;
 
 	if (!mmget_not_zero(mm))
 		return -EINVAL;
@@ -395,6 +461,10 @@ int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsi
 		struct page *page;
 		dma_addr_t dma;
 
+		/* tables first: no reclaim under the folio lock nor mirror->mutex */
+		ret = hmmgpu_pt_reserve(mirror, HMMGPU_PT_LEVELS - 1);
+		if (ret)
+			break;
 		page = make_device_exclusive(mm, addr, gpu, &folio);
 		if (IS_ERR(page)) {
 			ret = PTR_ERR(page);
@@ -407,17 +477,21 @@ int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsi
 		} else {
 			mutex_lock(&mirror->mutex);
 			ret = hmmgpu_pt_map(mirror, addr, dma | HMMGPU_PTE_READ |
-					    HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC, 0, &replaced);
+					    HMMGPU_PTE_WRITE | HMMGPU_PTE_ATOMIC, 0);
 			mutex_unlock(&mirror->mutex);
+			if (ret)
+				dma_unmap_page(&gpu->pdev->dev, dma, PAGE_SIZE, DMA_BIDIRECTIONAL);
 		}
 		folio_unlock(folio);
 		folio_put(folio);
 	}
 	mmap_read_unlock(mm);
 	mmput(mm);
-	if (!ret && replaced)
-		ret = hmmgpu_tlb_invalidate(gpu, mirror->ctx, start, end - start);
-	return ret;
+	/* read-only entries replaced above leave the device TLB before their pages go */
+	mutex_lock(&mirror->mutex);
+	sync = hmmgpu_pt_sync(mirror, start, end - start);
+	mutex_unlock(&mirror->mutex);
+	return ret ?: sync;
 }
 
 /* EXCLUSIVE: map the range for atomics, then hand back what the device reads. */
@@ -474,10 +548,9 @@ static int hmmgpu_mirror_atomic(struct hmmgpu_mirror *mirror, void __user *uarg)
 	return ret;
 }
 
-static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigned long arg)
+static int hmmgpu_mirror_request(struct hmmgpu_mirror *mirror, unsigned int command,
+				 void __user *uarg)
 {
-	struct hmmgpu_mirror *mirror = filp->private_data;
-	void __user *uarg = (void __user *)arg;
 	struct hmm_dmirror_cmd cmd;
 	int ret;
 
@@ -538,6 +611,26 @@ static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigne
 	if (copy_to_user(uarg, &cmd, sizeof(cmd)))
 		return -EFAULT;
 	return 0;
+}
+
+/*
+ * One request of one file at a time: the fault path reads the request in
+ * flight (req_start..buf_end) from the mirror. Removal of the GPU makes
+ * every later request -ENODEV (hmmgpu_dev_enter()).
+ */
+static long hmmgpu_mirror_ioctl(struct file *filp, unsigned int command, unsigned long arg)
+{
+	struct hmmgpu_mirror *mirror = filp->private_data;
+	long ret;
+	int idx;
+
+	if (!hmmgpu_dev_enter(mirror->gpu, &idx))
+		return -ENODEV;
+	mutex_lock(&mirror->req_lock);
+	ret = hmmgpu_mirror_request(mirror, command, (void __user *)arg);
+	mutex_unlock(&mirror->req_lock);
+	hmmgpu_dev_exit(idx);
+	return ret;
 }
 
 /* The reference lets tests map zeroed pages from the device file. */

@@ -1,14 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: the device page tables of one mirror.
- *
+ */
+
+/**
  * DOC: page tables
+ *
  * The device walks a 4-level radix tree in system memory (docs/hardware.md).
  * Each table is a coherent DMA page the device reads; next to it the driver
  * keeps the CPU pointers of the child tables. Leaf PTEs that point at system
- * memory hold addresses from dma_map_page(), which are unmapped when the PTE
- * is cleared. Tables stay allocated until the mirror goes away. All of this is
- * protected by hmmgpu_mirror.mutex.
+ * memory hold addresses from dma_map_page(). Tables stay allocated until the
+ * mirror goes away. All of this is protected by hmmgpu_mirror.mutex.
+ *
+ * A PTE that is cleared or overwritten is retired, not unmapped: the device
+ * may still hold it in its TLB and reach the page until TLB_INVALIDATE has
+ * completed, and the kernel reuses the page (and, behind an IOMMU, the bus
+ * address) as soon as the notifier returns. hmmgpu_pt_sync() invalidates the
+ * device TLB and only then unmaps what was retired. The order: clear,
+ * invalidate and wait, unmap - a bus address is the device's to use until
+ * dma_unmap_page() (Documentation/core-api/dma-api.rst:285).
+ *
+ * That mutex is also taken by the mmu_interval_notifier, which reclaim can
+ * call, so nothing may allocate with reclaim while holding it: lockdep knows
+ * reclaim as a taker of every invalidate_range_start (mm/page_alloc.c:4395,
+ * mm/mmu_notifier.c:28), and test_hmm.c allocates GFP_ATOMIC there for the
+ * same reason. Tables are therefore reserved beforehand with GFP_KERNEL,
+ * outside the mutex (hmmgpu_pt_reserve()); under it only the reserve and
+ * GFP_NOWAIT are used, and -ENOMEM tells the caller to reserve and retry.
  */
 #include <linux/dma-mapping.h>
 #include <linux/slab.h>
@@ -19,6 +37,7 @@ struct hmmgpu_pt {
 	u64 *cpu;			/* HMMGPU_PT_ENTRIES entries, read by the device */
 	dma_addr_t dma;
 	struct hmmgpu_pt *child[HMMGPU_PT_ENTRIES];
+	struct list_head spare;		/* on hmmgpu_mirror.spare_pts until used */
 };
 
 static unsigned int pt_index(unsigned long va, unsigned int level)
@@ -26,18 +45,60 @@ static unsigned int pt_index(unsigned long va, unsigned int level)
 	return (va >> (HMMGPU_PAGE_SHIFT + 9 * level)) & (HMMGPU_PT_ENTRIES - 1);
 }
 
-static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu)
+static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu, gfp_t gfp)
 {
-	struct hmmgpu_pt *pt = kzalloc_obj(*pt);
+	struct hmmgpu_pt *pt = kzalloc(sizeof(*pt), gfp);
 
 	if (!pt)
 		return NULL;
-	pt->cpu = dma_alloc_coherent(&gpu->pdev->dev, PAGE_SIZE, &pt->dma, GFP_KERNEL);
+	pt->cpu = dma_alloc_coherent(&gpu->pdev->dev, PAGE_SIZE, &pt->dma, gfp);
 	if (!pt->cpu) {
 		kfree(pt);
 		return NULL;
 	}
 	return pt;
+}
+
+/* A table while holding mirror->mutex: from the reserve, else without reclaim. */
+static struct hmmgpu_pt *pt_alloc_locked(struct hmmgpu_mirror *mirror)
+{
+	struct hmmgpu_pt *pt;
+
+	lockdep_assert_held(&mirror->mutex);
+	pt = list_first_entry_or_null(&mirror->spare_pts, struct hmmgpu_pt, spare);
+	if (pt) {
+		list_del(&pt->spare);
+		mirror->nr_spare--;
+		return pt;
+	}
+	return pt_alloc(mirror->gpu, GFP_NOWAIT | __GFP_NOWARN);
+}
+
+/*
+ * Make sure @n tables are in reserve for the next mappings. Called without
+ * mirror->mutex: this is where the page tables' memory may enter reclaim.
+ */
+int hmmgpu_pt_reserve(struct hmmgpu_mirror *mirror, unsigned int n)
+{
+	struct hmmgpu_pt *pt;
+	LIST_HEAD(fresh);
+	unsigned int have, added = 0;
+
+	mutex_lock(&mirror->mutex);
+	have = mirror->nr_spare;
+	mutex_unlock(&mirror->mutex);
+	while (have + added < n) {
+		pt = pt_alloc(mirror->gpu, GFP_KERNEL);
+		if (!pt)
+			break;
+		list_add(&pt->spare, &fresh);
+		added++;
+	}
+	mutex_lock(&mirror->mutex);
+	list_splice(&fresh, &mirror->spare_pts);
+	mirror->nr_spare += added;
+	mutex_unlock(&mirror->mutex);
+	return have + added < n ? -ENOMEM : 0;
 }
 
 /* Undo the DMA mapping of a leaf PTE that points at system memory. */
@@ -66,8 +127,69 @@ static void pt_free(struct hmmgpu *gpu, struct hmmgpu_pt *pt, unsigned int level
 
 int hmmgpu_pt_create(struct hmmgpu_mirror *mirror)
 {
-	mirror->root = pt_alloc(mirror->gpu);
-	return mirror->root ? 0 : -ENOMEM;
+	INIT_LIST_HEAD(&mirror->spare_pts);
+	mirror->nr_spare = 0;
+	mirror->nr_retired = 0;
+	mirror->tlb_stale = false;
+	mirror->retired = kmalloc_array(HMMGPU_PT_RETIRE_MAX, sizeof(u64), GFP_KERNEL);
+	if (!mirror->retired)
+		return -ENOMEM;
+	mirror->root = pt_alloc(mirror->gpu, GFP_KERNEL);
+	if (!mirror->root) {
+		kfree(mirror->retired);
+		mirror->retired = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void pt_unmap_retired(struct hmmgpu_mirror *mirror)
+{
+	unsigned int i;
+
+	for (i = 0; i < mirror->nr_retired; i++)
+		pt_unmap_leaf(mirror->gpu, mirror->retired[i]);
+	mirror->nr_retired = 0;
+}
+
+/*
+ * The device forgets every PTE cleared or replaced since the last sync
+ * (TLB_INVALIDATE of [start, start + len), len 0: the whole context), then the
+ * retired pages are unmapped. Called with mirror->mutex held; sleeps.
+ */
+int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len)
+{
+	int ret;
+
+	lockdep_assert_held(&mirror->mutex);
+	if (!mirror->tlb_stale)
+		return 0;
+	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
+	if (ret) {
+		/* the device may still reach them: better leaked than reused under it */
+		dev_err(&mirror->gpu->pdev->dev, "ctx %u: TLB invalidation failed (%d)\n",
+			mirror->ctx, ret);
+		return ret;
+	}
+	mirror->tlb_stale = false;
+	pt_unmap_retired(mirror);
+	return 0;
+}
+
+/* A leaf PTE leaves the table: unmapped at the next hmmgpu_pt_sync(). */
+static void pt_retire(struct hmmgpu_mirror *mirror, u64 pte)
+{
+	mirror->tlb_stale = true;
+	if ((pte & HMMGPU_PTE_VRAM) || !(pte & HMMGPU_PTE_VALID))
+		return;
+	if (mirror->nr_retired == HMMGPU_PT_RETIRE_MAX)
+		hmmgpu_pt_sync(mirror, 0, 0);
+	if (mirror->nr_retired < HMMGPU_PT_RETIRE_MAX)
+		mirror->retired[mirror->nr_retired++] = pte;
+	else	/* the device failed to invalidate: it may still reach the page */
+		dev_err_ratelimited(&mirror->gpu->pdev->dev,
+				    "ctx %u: DMA mapping leaked, the TLB could not be invalidated\n",
+				    mirror->ctx);
 }
 
 dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror)
@@ -77,35 +199,52 @@ dma_addr_t hmmgpu_pt_root_dma(struct hmmgpu_mirror *mirror)
 
 void hmmgpu_pt_destroy(struct hmmgpu_mirror *mirror)
 {
+	struct hmmgpu_pt *pt, *next;
+
 	if (mirror->root)
 		pt_free(mirror->gpu, mirror->root, HMMGPU_PT_LEVELS - 1);
 	mirror->root = NULL;
+	/* the device no longer walks these tables (PT_BASE cleared, TLB invalidated) */
+	if (mirror->retired)
+		pt_unmap_retired(mirror);
+	kfree(mirror->retired);
+	mirror->retired = NULL;
+	list_for_each_entry_safe(pt, next, &mirror->spare_pts, spare) {
+		list_del(&pt->spare);
+		dma_free_coherent(&mirror->gpu->pdev->dev, PAGE_SIZE, pt->cpu, pt->dma);
+		kfree(pt);
+	}
+	mirror->nr_spare = 0;
 }
 
 /*
  * Install @pte (address and flags, VALID implied) for the 4 KiB (order 0) or
  * 2 MiB (order 9) page at @va. A 2 MiB mapping is only made where no 4 KiB
  * table exists yet; otherwise -EEXIST tells the caller to map small pages.
- * *replaced is set when a valid entry was overwritten (the TLB may hold it).
+ * A valid entry overwritten is retired: call hmmgpu_pt_sync() before the
+ * device may use the range again.
  */
 int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
-		  unsigned int order, bool *replaced)
+		  unsigned int order)
 {
 	unsigned int leaf_level = order ? 1 : 0;
 	struct hmmgpu_pt *pt = mirror->root;
 	unsigned int level, i;
 	u64 old;
 
+	lockdep_assert_held(&mirror->mutex);
+	if (!pt)
+		return -ENODEV;	/* the GPU is gone (hmmgpu_mirror_detach()) */
 	for (level = HMMGPU_PT_LEVELS - 1; level > leaf_level; level--) {
 		i = pt_index(va, level);
 		if (!pt->child[i]) {
 			if (level == 1 && (pt->cpu[i] & HMMGPU_PTE_VALID)) {
 				/* a 2 MiB page is here: replace it by a table */
-				pt_unmap_leaf(mirror->gpu, pt->cpu[i]);
+				old = pt->cpu[i];
 				WRITE_ONCE(pt->cpu[i], 0);
-				*replaced = true;
+				pt_retire(mirror, old);
 			}
-			pt->child[i] = pt_alloc(mirror->gpu);
+			pt->child[i] = pt_alloc_locked(mirror);
 			if (!pt->child[i])
 				return -ENOMEM;
 			WRITE_ONCE(pt->cpu[i], pt->child[i]->dma | HMMGPU_PTE_VALID);
@@ -116,44 +255,61 @@ int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 	if (leaf_level == 1 && pt->child[i])
 		return -EEXIST;
 	old = pt->cpu[i];
-	if (old & HMMGPU_PTE_VALID) {
-		pt_unmap_leaf(mirror->gpu, old);
-		*replaced = true;
-	}
 	WRITE_ONCE(pt->cpu[i], pte | HMMGPU_PTE_VALID | (order ? HMMGPU_PTE_LARGE : 0));
+	if (old & HMMGPU_PTE_VALID)
+		pt_retire(mirror, old);
 	return 0;
 }
 
-static bool pt_clear(struct hmmgpu *gpu, struct hmmgpu_pt *pt, unsigned int level,
-		     unsigned long base, unsigned long start, unsigned long end)
+/*
+ * Visit the valid leaves in [start, end): with @clear, clear and retire them
+ * (a 2 MiB page partly in range goes whole), else stop at the first. True if
+ * there was any.
+ */
+static bool pt_scan(struct hmmgpu_mirror *mirror, struct hmmgpu_pt *pt, unsigned int level,
+		    unsigned long base, unsigned long start, unsigned long end, bool clear)
 {
 	unsigned long span = 1UL << (HMMGPU_PAGE_SHIFT + 9 * level);
-	bool cleared = false;
+	bool found = false;
 	unsigned int i;
 
 	for (i = 0; i < HMMGPU_PT_ENTRIES; i++) {
 		unsigned long lo = base + i * span, hi = lo + span;
+		u64 old = pt->cpu[i];
 
 		if (hi <= start || lo >= end)
 			continue;
 		if (pt->child[i]) {
-			cleared |= pt_clear(gpu, pt->child[i], level - 1, lo, start, end);
-		} else if (pt->cpu[i] & HMMGPU_PTE_VALID) {
-			/* a leaf; a 2 MiB page partly in range goes whole */
-			pt_unmap_leaf(gpu, pt->cpu[i]);
-			WRITE_ONCE(pt->cpu[i], 0);
-			cleared = true;
+			found |= pt_scan(mirror, pt->child[i], level - 1, lo, start, end, clear);
+		} else if (old & HMMGPU_PTE_VALID) {
+			found = true;
+			if (clear) {
+				WRITE_ONCE(pt->cpu[i], 0);
+				pt_retire(mirror, old);
+			}
 		}
+		if (found && !clear)
+			break;
 	}
-	return cleared;
+	return found;
 }
 
 /* Clear every leaf mapping in [start, end); true if any was valid. */
 bool hmmgpu_pt_clear(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
 {
+	lockdep_assert_held(&mirror->mutex);
 	if (!mirror->root)
 		return false;
-	return pt_clear(mirror->gpu, mirror->root, HMMGPU_PT_LEVELS - 1, 0, start, end);
+	return pt_scan(mirror, mirror->root, HMMGPU_PT_LEVELS - 1, 0, start, end, true);
+}
+
+/* Whether anything in [start, end) is mapped for the device. */
+bool hmmgpu_pt_mapped(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
+{
+	lockdep_assert_held(&mirror->mutex);
+	if (!mirror->root)
+		return false;
+	return pt_scan(mirror, mirror->root, HMMGPU_PT_LEVELS - 1, 0, start, end, false);
 }
 
 /* The leaf PTE mapping @va, or 0. */

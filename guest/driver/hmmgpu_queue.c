@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * hmmgpu: command submission.
- *
+ */
+
+/**
  * DOC: submission
+ *
  * A submission is a batch of commands followed by a FENCE with the IRQ flag,
  * written at the ring's tail and started by one TAIL write. The caller sleeps
  * until the fence value lands (woken by the completion interrupt) and then
