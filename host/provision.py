@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CommandFailed, SetupError
-from .kbuild import hmm_tests_script, modules_script, prepare_sources, tools_script, tree_hash
+from .kbuild import (
+    GUEST_TOOLS,
+    hmm_tests_script,
+    modules_script,
+    prepare_sources,
+    tools_script,
+    tree_hash,
+)
 from .paths import REPO, Paths
 from .pins import (
     LOCK_FILE,
@@ -124,7 +131,8 @@ class Provisioner:
                  self.toolbox),
             Step("sources", lambda: "5" + ",".join(SELFTEST_FILES), self.sources),
             Step("libvfio-user", lambda: "3-release", self.libvfio_user),
-            Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest"),
+            Step("guest-build", lambda: self.tb_kernel() + tree_hash(REPO / "guest")
+                 + ",".join(GUEST_TOOLS),
                  self.guest_build),
             Step("guest-image", lambda: self.tb_kernel() + tree_hash(REPO / "guest" / "image")
                  + tree_hash(REPO / "host" / "image.py"), self.guest_image),
