@@ -86,7 +86,7 @@ class Reg(IntEnum):
     # VRAM pages it holds, so a PTE at a freed page is caught; write
     # SAN_VRAM_ALLOC | order << SAN_ORDER_SHIFT | page << SAN_PAGE_SHIFT
     SAN_VRAM = 0x060
-    SAN_REPORTS = 0x064  # read: sanitizer reports so far
+    SAN_REPORTS = 0x064  # read: sanitizer reports since reset
 
 
 # Per-queue registers: queue q's window starts at QUEUE_BASE + q * QUEUE_STRIDE.
@@ -171,7 +171,7 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.SAN_VRAM, "WO", None,
              "sanitizer: VRAM folio allocated (bit 0 = 1) or freed; order in bits 4:1, "
              "page index in bits 31:5"),
-    Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports so far"),
+    Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports since reset"),
 )
 
 QUEUE_REGISTERS: tuple[tuple[QReg, str, str], ...] = (

@@ -156,20 +156,23 @@ class Mmu:
             self.hits += 1
             if self.check_hit is not None:
                 self.check_hit(ctx, t)
-        else:
-            t = self.walk(root, va, ctx)
-            rec = self.trace
-            if t is None:
-                if rec is not None and rec.on:  # a walk that found nothing: a fault follows
-                    rec.emit(tr.WALK, NONE, ctx, va=va)
-                raise Fault(va, hw.FaultReason.NOT_PRESENT)
-            if self.check_walk is not None:
-                self.check_walk(ctx, t)
-            # a successful walk is recorded as the TLB fill it makes
-            if rec is not None and rec.on and (t.flags & _NEEDED[int(access)]) == \
-                    _NEEDED[int(access)]:
-                rec.emit(tr.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
-                         length=t.size)
+            need = _NEEDED[int(access)]
+            if (t.flags & need) != need:
+                raise Fault(va, hw.FaultReason.PERMISSION)
+            return t  # a hit leaves the TLB as it is: nothing is evicted
+        t = self.walk(root, va, ctx)
+        rec = self.trace
+        if t is None:
+            if rec is not None and rec.on:  # a walk that found nothing: a fault follows
+                rec.emit(tr.WALK, NONE, ctx, va=va)
+            raise Fault(va, hw.FaultReason.NOT_PRESENT)
+        if self.check_walk is not None:
+            self.check_walk(ctx, t)
+        # a successful walk is recorded as the TLB fill it makes
+        if rec is not None and rec.on and (t.flags & _NEEDED[int(access)]) == \
+                _NEEDED[int(access)]:
+            rec.emit(tr.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
+                     length=t.size)
         need = _NEEDED[int(access)]
         if (t.flags & need) != need:
             raise Fault(va, hw.FaultReason.PERMISSION)

@@ -30,6 +30,7 @@ PCI_CAP_ID_MSIX = 0x11
 PCI_EXP_CAP_SIZE = 0x3C
 PCI_EXP_FLAGS_V2_ENDPOINT = 0x0002  # version 2, device/port type 0 (endpoint)
 PCI_COMMAND = 0x04
+PCI_REVISION_ID = 0x08
 PCI_COMMAND_MASTER = 0x04
 
 
@@ -75,6 +76,8 @@ class GpuServer:
         ctx.setup_quiesce(self._on_quiesce)
         ctx.realize()
         self.config = ctx.config_space()
+        # vfu_pci_init() ignores its revision argument (lib/pci.c): set the byte
+        self.config[PCI_REVISION_ID] = hw.PCI_REVISION
         self.control = ControlServer(control, self.gpu.engine.trace,
                                      self.gpu.engine.sanitizer) if control else None
 

@@ -131,6 +131,10 @@ def test_the_tlb_is_bounded_and_the_oldest_entry_leaves_first(rig: Rig,
         rig.drv.map(1, (i + 1) * hw.PAGE_SIZE, rig.page(), RW)
         mmu.translate(1, rig.drv.roots[1], (i + 1) * hw.PAGE_SIZE, Access.READ)
     assert [va for _, va in mmu.tlb] == [i * hw.PAGE_SIZE for i in (3, 4, 5, 6)]
+    # hits on a full TLB evict nothing
+    for i in (6, 6, 5):
+        mmu.translate(1, rig.drv.roots[1], i * hw.PAGE_SIZE, Access.READ)
+    assert [va for _, va in mmu.tlb] == [i * hw.PAGE_SIZE for i in (3, 4, 5, 6)]
 
 
 def test_the_page_walk_cache_keeps_a_replaced_table_until_invalidated(rig: Rig) -> None:

@@ -21,10 +21,13 @@ def test_every_register_reads_its_reset_value_after_reset() -> None:
     gpu, _ = make()
     gpu.mmio_write(hw.Reg.SCRATCH, 4, 0xFFFFFFFF)
     gpu.mmio_write(hw.Reg.TEST_DOORBELL, 4, 99)  # sets ERROR, counts an interrupt
-    gpu.reset()
+    gpu.engine.sanitizer.report(hw.SanCheck.STALE_TLB, 0, 0, 0, 0x1000, "a report")
+    assert gpu.mmio_read(hw.Reg.SAN_REPORTS, 4) == 1
+    gpu.mmio_write(hw.Reg.DEVICE_RESET, 4, 1)
     for r in hw.REGISTERS:
         if r.access != "WO" and r.reset is not None:
             assert gpu.mmio_read(r.reg, 4) == r.reset, r.reg.name
+    assert len(gpu.engine.sanitizer.reports) == 1  # the report itself is kept
 
 
 def test_scratch_round_trips_and_read_only_registers_ignore_writes() -> None:

@@ -55,6 +55,7 @@ def test_config_space_carries_the_pci_identity(client: VfioUserClient) -> None:
     vendor, device = struct.unpack_from("<HH", cfg, 0)
     assert (vendor, device) == (hw.PCI_VENDOR_ID, hw.PCI_DEVICE_ID)
     assert cfg[0x0B] == hw.PCI_CLASS_BASE and cfg[0x0A] == hw.PCI_CLASS_SUB
+    assert cfg[0x08] == hw.PCI_REVISION
 
 
 def test_config_space_has_pcie_and_msix_capabilities(client: VfioUserClient) -> None:
