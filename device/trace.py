@@ -216,8 +216,7 @@ class Recorder:
         with self._lock:
             sink, self._sink = self._sink, None
             if sink is not None:
-                sink.write(list(self._buf))
-                self._buf.clear()
+                sink.write(self._take())
                 sink.close(self._trailer())
         return self.status()
 
@@ -225,8 +224,7 @@ class Recorder:
         """Write the buffered records to `path` (a complete trace file) and
         empty the buffer; returns how many were written."""
         with self._lock:
-            rows = list(self._buf)
-            self._buf.clear()
+            rows = self._take()
             sink = _Sink(Path(path), self.t0_ns)
             sink.write(rows)
             sink.close(self._trailer())
@@ -242,13 +240,25 @@ class Recorder:
         return {"marks": self.marks, "dropped": self.dropped, "overwritten": self.overwritten,
                 "meta": self.meta}
 
+    def _take(self) -> list[tuple]:
+        """Empty the buffer into a list, one record at a time: emit() appends
+        meanwhile without a lock, and a copy followed by clear() would lose
+        what it appended in between (deque append and popleft are atomic)."""
+        buf, rows = self._buf, []
+        pop, put = buf.popleft, rows.append
+        try:
+            for _ in range(len(buf)):
+                put(pop())
+        except IndexError:  # the flight recorder let the oldest go meanwhile
+            pass
+        return rows
+
     def _drain(self) -> None:
         while True:
             self._wake.wait(0.1)  # emit() never signals: it must stay cheap
             self._wake.clear()
             with self._lock:
-                rows = list(self._buf)
-                self._buf.clear()
+                rows = self._take()
                 sink = self._sink
             if sink is None:
                 return

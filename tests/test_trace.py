@@ -148,3 +148,41 @@ def test_tracing_off_records_nothing(rig: Rig) -> None:
     rig.drv.submit(hw.KERNEL_QUEUE, Opcode.NOP)
     rig.run()
     assert rig.gpu.engine.trace.status()["recorded"] == 0
+
+
+def test_records_emitted_while_the_writer_drains_are_all_written(tmp_path: Path) -> None:
+    """emit() appends without a lock while the writer thread drains the
+    buffer: every record emitted while streaming ends in the file (or in the
+    dropped count when the buffer is full), none vanishes between the two."""
+    import sys
+    import threading
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches anywhere, as under load
+    try:
+        rec = trace.Recorder(0, capacity=1 << 16)
+        path = tmp_path / "race.hmmtrace"
+        rec.start(path)
+        stop = threading.Event()
+
+        def emitter() -> None:
+            while not stop.is_set():
+                rec.emit(Kind.MARK)
+
+        def waker() -> None:  # the writer drains as often as it can
+            while not stop.is_set():
+                rec._wake.set()
+
+        threads = [threading.Thread(target=f) for f in (emitter, waker)]
+        for t in threads:
+            t.start()
+        stop.wait(1.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        counts = rec.stop()
+    finally:
+        sys.setswitchinterval(old)
+    written = len(trace.load(path).records)
+    assert counts["recorded"] > 10_000
+    assert written == counts["recorded"], counts
