@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,16 +86,6 @@ class Command:
         return (self.flags >> shift) & hw.APERTURE_MASK
 
 
-@dataclass
-class Stats:
-    commands: int = 0
-    bytes_copied: int = 0
-    faults: int = 0
-    errors: int = 0
-    internal_errors: int = 0  # device bugs caught by the worker; must stay 0
-    per_opcode: dict[str, int] = field(default_factory=dict)
-
-
 class Engine:
     def __init__(self, mem: GuestMemory, vram: Vram, raise_irq: Callable[[int], None],
                  bus_master: Callable[[], bool] = lambda: True) -> None:
@@ -116,7 +106,7 @@ class Engine:
         self._paused = False
         self._busy = False
         self._stop = False
-        self.stats = Stats()
+        self.internal_errors = 0  # device bugs caught by the worker; must stay 0
         self.reset()
         self._thread: threading.Thread | None = None
 
@@ -168,10 +158,6 @@ class Engine:
 
     # ---- register side (called from MMIO) ------------------------------------------
 
-    def kick(self) -> None:
-        with self.lock:
-            self._wake.notify_all()
-
     def write_tail(self, q: int, tail: int) -> None:
         with self.lock:
             queue = self.queues[q]
@@ -202,14 +188,6 @@ class Engine:
                 queue.error = ErrorCode.NONE
             self._wake.notify_all()
 
-    def set_ring(self, q: int, base: int | None = None, size: int | None = None) -> None:
-        with self.lock:
-            queue = self.queues[q]
-            if base is not None:
-                queue.ring_base = base
-            if size is not None:
-                queue.ring_size = size
-
     # ---- errors and interrupts ---------------------------------------------------------
 
     def record_error(self, code: ErrorCode, queue: int | None, addr: int, detail: str) -> None:
@@ -218,7 +196,6 @@ class Engine:
             self.error_queue = 0xFFFFFFFF if queue is None else queue
             self.error_addr = addr
             self.error_count += 1
-            self.stats.errors += 1
             if queue is not None:
                 self.queues[queue].error = code
             self.intr_status |= hw.IntrStatus.ERROR
@@ -267,7 +244,7 @@ class Engine:
             except Exception:  # noqa: BLE001 - a device bug must not kill the device
                 log.exception("engine failure on queue %d", queue.index)
                 with self.lock:
-                    self.stats.internal_errors += 1
+                    self.internal_errors += 1
                     self._halt(queue, ErrorCode.BAD_COMMAND, queue.head, "internal error")
             finally:
                 with self.lock:
@@ -336,9 +313,6 @@ class Engine:
         with self.lock:
             queue.head = (queue.head + 1) % queue.ring_size
             queue.completed = (queue.completed + 1) & 0xFFFFFFFF
-            self.stats.commands += 1
-            name = hw.opcode_name(cmd.opcode)
-            self.stats.per_opcode[name] = self.stats.per_opcode.get(name, 0) + 1
             if cmd.flags & _IRQ:
                 self.intr_status |= hw.IntrStatus.COMPLETION
         if cmd.flags & _IRQ:
@@ -513,7 +487,6 @@ class Engine:
                 si, so = si + 1, 0
             if do == len(d):
                 di, do = di + 1, 0
-        self.stats.bytes_copied += length
 
     def _fill(self, queue: Queue, cmd: Command, dst_ap: int, dst: int, length: int,
               pattern: int) -> None:
@@ -521,7 +494,6 @@ class Engine:
             raise DeviceError(ErrorCode.BAD_COMMAND, dst, "FILL needs 4-byte alignment")
         for v in self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE):
             v.view(np.uint32)[:] = pattern & 0xFFFFFFFF
-        self.stats.bytes_copied += length
 
     def _atomic(self, queue: Queue, cmd: Command) -> None:
         va, operand, result = cmd.args[0], cmd.args[1], cmd.args[2]
@@ -574,7 +546,6 @@ class Engine:
                                       "fault buffer not in guest memory") from e
                 self.fault_put = (self.fault_put + 1) % size
             queue.status |= QueueStatus.STALLED
-            self.stats.faults += len(faults)
             self.intr_status |= hw.IntrStatus.FAULT
         self._raise_irq(hw.IrqVector.FAULT)
 

@@ -174,21 +174,6 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports since reset"),
 )
 
-QUEUE_REGISTERS: tuple[tuple[QReg, str, str], ...] = (
-    (QReg.RING_BASE_LO, "RW", "command ring bus address, bits 31:0 (64-byte aligned)"),
-    (QReg.RING_BASE_HI, "RW", "command ring bus address, bits 63:32"),
-    (QReg.RING_SIZE, "RW", "ring entries (power of two, 2..65536)"),
-    (QReg.HEAD, "RO", "next command the device executes"),
-    (QReg.TAIL, "RW", "doorbell: one past the last valid command (< RING_SIZE)"),
-    (QReg.STATUS, "RO", "QueueStatus bits"),
-    (QReg.ERROR, "RO", "last error code of this queue"),
-    (QReg.CONTROL, "WO", "QueueControl: REPLAY, CANCEL or RESET"),
-    (QReg.PT_BASE_LO, "RW", "root page table bus address, bits 31:0 (4 KiB aligned)"),
-    (QReg.PT_BASE_HI, "RW", "root page table bus address, bits 63:32"),
-    (QReg.COMPLETED, "RO", "commands completed (mod 2^32)"),
-)
-
-
 def queue_reg(queue: int, reg: QReg) -> int:
     return QUEUE_BASE + queue * QUEUE_STRIDE + reg
 

@@ -90,8 +90,6 @@ class Mmu:
         self.tlb_large: OrderedDict[tuple[int, int], Translation] = OrderedDict()
         # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
-        self.walks = 0
-        self.hits = 0
         self.trace: Recorder | None = None  # set by the engine
         # sanitizer hooks, set by the engine: a TLB hit, a successful walk
         self.check_hit: Callable[[int, Translation], None] | None = None
@@ -103,7 +101,6 @@ class Mmu:
         """Translate `va` through the table at `root`; None when not present.
         Raises DeviceError for malformed tables. With `ctx`, the walk uses and
         fills the page-walk cache."""
-        self.walks += 1
         if not 0 <= va < VA_LIMIT or root == 0:  # PT_BASE 0: the context has no mappings
             return None
         table = root
@@ -153,7 +150,6 @@ class Mmu:
         t = self.tlb.get((ctx, va & ~(hw.PAGE_SIZE - 1))) or \
             self.tlb_large.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1)))
         if t is not None:
-            self.hits += 1
             if self.check_hit is not None:
                 self.check_hit(ctx, t)
             need = _NEEDED[int(access)]

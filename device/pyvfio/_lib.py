@@ -90,7 +90,6 @@ REGION_ACCESS_FN = CFUNCTYPE(c_ssize_t, vfu_ctx_p, POINTER(c_uint8), c_size_t, c
 RESET_FN = CFUNCTYPE(c_int, vfu_ctx_p, c_int, use_errno=True)
 QUIESCE_FN = CFUNCTYPE(c_int, vfu_ctx_p, use_errno=True)
 DMA_FN = CFUNCTYPE(None, vfu_ctx_p, POINTER(DmaInfo))
-IRQ_STATE_FN = CFUNCTYPE(None, vfu_ctx_p, c_uint32, c_uint32, c_bool)
 
 _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "vfu_create_ctx": (vfu_ctx_p, [c_int, c_char_p, c_int, c_void_p, c_int]),
@@ -104,10 +103,8 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
                                  POINTER(Iovec), c_uint32, c_int, c_uint64]),
     "vfu_setup_device_reset_cb": (c_int, [vfu_ctx_p, RESET_FN]),
     "vfu_setup_device_quiesce_cb": (None, [vfu_ctx_p, QUIESCE_FN]),
-    "vfu_device_quiesced": (c_int, [vfu_ctx_p, c_int]),
     "vfu_setup_device_dma": (c_int, [vfu_ctx_p, DMA_FN, DMA_FN]),
     "vfu_setup_device_nr_irqs": (c_int, [vfu_ctx_p, c_int, c_uint32]),
-    "vfu_setup_irq_state_callback": (c_int, [vfu_ctx_p, c_int, IRQ_STATE_FN]),
     "vfu_irq_trigger": (c_int, [vfu_ctx_p, c_uint32]),
     "dma_sg_size": (c_size_t, []),
     "vfu_addr_to_sgl": (c_int, [vfu_ctx_p, c_void_p, c_size_t, c_void_p, c_size_t, c_int]),

@@ -232,23 +232,20 @@ class Context:
         _check(self._lib.vfu_setup_device_reset_cb(self.ctx, cb), "vfu_setup_device_reset_cb")
 
     def setup_quiesce(self, on_quiesce: Callable[[], bool]) -> None:
-        """on_quiesce() returns True when quiesced now, False to finish later
-        with `quiesced()`."""
+        """on_quiesce() parks the device before it returns (no DMA until the
+        message is done); this binding has no asynchronous quiesce, so it must
+        return True."""
         def trampoline(_ctx: int) -> int:
             try:
-                if on_quiesce():
-                    return 0
-                ctypes.set_errno(errno.EBUSY)
-                return -1
+                if not on_quiesce():
+                    raise RuntimeError("asynchronous quiesce is not supported")
+                return 0
             except Exception:  # noqa: BLE001
                 log.exception("quiesce callback failed")
                 return 0
         cb = L.QUIESCE_FN(trampoline)
         self._keep.append(cb)
         self._lib.vfu_setup_device_quiesce_cb(self.ctx, cb)
-
-    def quiesced(self, err: int = 0) -> None:
-        _check(self._lib.vfu_device_quiesced(self.ctx, err), "vfu_device_quiesced")
 
     @staticmethod
     def _call_int(fn: Callable[..., object], *args: object, what: str) -> int:
@@ -265,17 +262,6 @@ class Context:
     def setup_irqs(self, kind: int, count: int) -> None:
         _check(self._lib.vfu_setup_device_nr_irqs(self.ctx, kind, count),
                "vfu_setup_device_nr_irqs")
-
-    def setup_irq_state(self, kind: int, on_state: Callable[[int, int, bool], None]) -> None:
-        def trampoline(_ctx: int, start: int, count: int, mask: bool) -> None:
-            try:
-                on_state(start, count, mask)
-            except Exception:  # noqa: BLE001
-                log.exception("irq state callback failed")
-        cb = L.IRQ_STATE_FN(trampoline)
-        self._keep.append(cb)
-        _check(self._lib.vfu_setup_irq_state_callback(self.ctx, kind, cb),
-               "vfu_setup_irq_state_callback")
 
     def irq_trigger(self, vector: int) -> None:
         _check(self._lib.vfu_irq_trigger(self.ctx, vector), f"vfu_irq_trigger({vector})")
