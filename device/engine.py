@@ -421,7 +421,8 @@ class Engine:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "length 0")
         if addr + length > 1 << 64:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
-        write = bool(access & Access.WRITE)
+        # an ATOMIC writes as well as reads: a read-only DMA mapping refuses it
+        write = bool(access & (Access.WRITE | Access.ATOMIC))
         tracing = self.trace.on
         kind = tr.DMA_WRITE if write else tr.DMA_READ
         if aperture == Aperture.SYS:
@@ -499,8 +500,8 @@ class Engine:
         va, operand, result = cmd.args[0], cmd.args[1], cmd.args[2]
         if va % 8:
             raise DeviceError(ErrorCode.BAD_COMMAND, va, "ATOMIC needs 8-byte alignment")
+        # the trace shows the atomic's 8 bytes as written (a read-modify-write)
         (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
-        # the trace shows the atomic's 8 bytes as read and written
         word = view.view(np.uint64)
         old = int(word[0])
         op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & 0xF

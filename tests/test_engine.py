@@ -9,9 +9,11 @@ import pytest
 from engine_rig import BUS, RW, Rig
 
 from hmmgpu.device import hwdef as hw
+from hmmgpu.device import trace
 from hmmgpu.device.hwdef import Access, Aperture, ErrorCode, Opcode, Pte, QReg, Reg
 from hmmgpu.device.memory import DeviceError, GuestMemory
 from hmmgpu.device.mmu import Fault
+from hmmgpu.device.trace import Kind
 
 K = hw.KERNEL_QUEUE
 
@@ -477,3 +479,31 @@ def test_a_va_range_over_touching_ram_regions_reads_across_the_seam() -> None:
     assert got.tolist() == [1] * 2048 + [2] * 2048
     with pytest.raises(DeviceError):
         mem.views(0x11800, 4096)  # runs past the second region into nothing
+
+
+def test_an_atomic_on_a_read_only_dma_mapping_is_refused_and_traced_as_a_write(
+        rig: Rig, tmp_path) -> None:
+    """ATOMIC writes: through a read-only DMA mapping it fails with
+    DMA_UNMAPPED and leaves the word alone; through a writable one the trace
+    records the 8 bytes as a DMA write."""
+    ro_bus = 0x2_0000_0000
+    ro = np.full(hw.PAGE_SIZE, 0x11, dtype=np.uint8)
+    rig.mem.add_array(ro_bus, ro, writable=False)
+    status = rig.status_word()
+    rig.drv.map(2, 0x9000, ro_bus, RW | Pte.ATOMIC)
+    rig.drv.submit(2, Opcode.ATOMIC, (0x9008, 1, 0), status=status)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.DMA_UNMAPPED
+    assert (ro == 0x11).all()
+    page = rig.page(0)
+    rig.drv.map(3, 0x9000, page, RW | Pte.ATOMIC)
+    rig.gpu.engine.trace.start()
+    rig.drv.submit(3, Opcode.ATOMIC, (0x9008, 5, 0))
+    rig.run()
+    rig.gpu.engine.trace.stop()
+    rig.gpu.engine.trace.dump(tmp_path / "t.hmmtrace")
+    r = trace.load(tmp_path / "t.hmmtrace").records
+    w = r[r["kind"] == Kind.DMA_WRITE]
+    assert [(int(a), int(n)) for a, n in zip(w["addr"], w["length"], strict=True)] == \
+        [(page + 8, 8)]
+    assert rig.drv.u64(page + 8) == 5
