@@ -62,6 +62,9 @@ class Queue:
     error: ErrorCode = ErrorCode.NONE
     pt_base: int = 0
     completed: int = 0
+    # bumped by CONTROL=RESET: a command the worker was executing when the
+    # driver reset the queue belongs to the old ring and must not complete
+    generation: int = 0
 
     @property
     def runnable(self) -> bool:
@@ -101,6 +104,7 @@ class Engine:
         self.set_sanitizer(True)
         # (queue, ctx, command id) of the command executing, for trace records
         self._cur = (NONE, NONE, 0)
+        self._gen = 0  # generation of the queue the command executing came from
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
         self._paused = False
@@ -183,6 +187,7 @@ class Engine:
                     queue.status &= ~QueueStatus.STALLED
                     self._complete_cancelled(queue)
             elif value == hw.QueueControl.RESET:
+                queue.generation += 1
                 queue.head = queue.tail = 0
                 queue.status = QueueStatus.IDLE
                 queue.error = ErrorCode.NONE
@@ -269,6 +274,7 @@ class Engine:
         # kernel-queue commands belong to no context unless they name one (VA aperture)
         self._cur = (queue.index, queue.index if queue.index != hw.KERNEL_QUEUE else NONE,
                      queue.completed)
+        self._gen = queue.generation
         if not self._bus_master():
             with self.lock:
                 self._halt(queue, ErrorCode.BUS_MASTER_OFF, queue.ring_base,
@@ -297,20 +303,26 @@ class Engine:
             return  # stalled; HEAD stays on this command
         except DeviceError as e:
             self.record_error(e.code, queue.index, e.addr, f"{hw.opcode_name(cmd.opcode)}: {e}")
-            self._complete(queue, cmd, e.code)
+            self._complete(queue, cmd, e.code, self._gen)
             return
-        self._complete(queue, cmd, ErrorCode.NONE)
+        self._complete(queue, cmd, ErrorCode.NONE, self._gen)
 
-    def _complete(self, queue: Queue, cmd: Command, code: ErrorCode) -> None:
-        if self.trace.on:
-            self.trace.emit(tr.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
-                            flags=cmd.opcode & 0xFF, aux=int(code))
-        if cmd.status:
-            try:
-                self._write_u64(cmd.status, int(code))
-            except DeviceError as e:
-                self.record_error(e.code, queue.index, e.addr, "status address")
+    def _complete(self, queue: Queue, cmd: Command, code: ErrorCode,
+                  gen: int | None = None) -> None:
+        """Write the status, advance HEAD, interrupt if asked. `gen` is the
+        queue generation the command was fetched in: after a RESET it is
+        dropped whole (no status, no HEAD move), so HEAD never passes TAIL."""
         with self.lock:
+            if gen is not None and gen != queue.generation:
+                return
+            if self.trace.on:
+                self.trace.emit(tr.CMD_DONE, queue.index, self._cur[1], cmd=queue.completed,
+                                flags=cmd.opcode & 0xFF, aux=int(code))
+            if cmd.status:
+                try:
+                    self._write_u64(cmd.status, int(code))
+                except DeviceError as e:
+                    self.record_error(e.code, queue.index, e.addr, "status address")
             queue.head = (queue.head + 1) % queue.ring_size
             queue.completed = (queue.completed + 1) & 0xFFFFFFFF
             if cmd.flags & _IRQ:
@@ -519,6 +531,8 @@ class Engine:
     def _report_faults(self, queue: Queue, ctx: int, faults: list[Fault],
                        access: Access) -> None:
         with self.lock:
+            if self._gen != queue.generation:
+                raise faults[0]  # reset meanwhile: the command is gone, nothing to stall on
             size, base = self.fault_size, self.fault_base
             if not size or size & (size - 1) or size > hw.MAX_FAULT_ENTRIES or base % 4096:
                 # Nobody to tell: the command fails instead of stalling forever.

@@ -507,3 +507,60 @@ def test_an_atomic_on_a_read_only_dma_mapping_is_refused_and_traced_as_a_write(
     assert [(int(a), int(n)) for a, n in zip(w["addr"], w["length"], strict=True)] == \
         [(page + 8, 8)]
     assert rig.drv.u64(page + 8) == 5
+
+
+def test_a_reset_while_a_command_executes_drops_it_and_head_stays_on_tail(
+        rig: Rig, monkeypatch) -> None:
+    """The driver resets a queue (after a fence timeout) while the worker is
+    inside a command: the command does not complete into the new ring (no
+    status write, HEAD not advanced past TAIL), so no stale slot runs again."""
+    engine = rig.gpu.engine
+    status = rig.status_word()
+    rig.drv.set_u64(status, 0xDEAD)
+    real = engine.execute
+
+    def reset_midway(queue, cmd) -> None:
+        real(queue, cmd)
+        rig.gpu.mmio_write(hw.queue_reg(queue.index, QReg.CONTROL), 4, hw.QueueControl.RESET)
+
+    monkeypatch.setattr(engine, "execute", reset_midway)
+    rig.drv.submit(K, Opcode.NOP, status=status)
+    rig.drv.submit(K, Opcode.NOP)
+    rig.run()
+    q = engine.queues[K]
+    assert (q.head, q.tail, q.runnable) == (0, 0, False)
+    assert rig.drv.u64(status) == 0xDEAD
+    assert rig.reg(hw.queue_reg(K, QReg.COMPLETED)) == 0
+
+
+def test_resets_of_a_busy_queue_always_leave_it_empty(rig: Rig) -> None:
+    """The worker thread runs 1 MiB copies while the driver resets the queue
+    50 times at varying moments: after each reset the queue is empty
+    (HEAD == TAIL == 0) once the worker is done with what it held, and the
+    next submission runs normally."""
+    import random
+    import time
+
+    engine = rig.gpu.engine
+    src, dst = rig.drv.alloc(1 << 20), rig.drv.alloc(1 << 20)
+    engine.start()
+    try:
+        for i in range(50):
+            for _ in range(8):
+                rig.drv.submit(K, Opcode.COPY, (src, dst, 1 << 20))
+            time.sleep(random.Random(i).random() * 0.002)
+            rig.gpu.mmio_write(hw.queue_reg(K, QReg.CONTROL), 4, hw.QueueControl.RESET)
+            rig.drv.tails[K] = 0
+            engine.pause()  # the worker is between commands: what it held is settled
+            q = engine.queues[K]
+            assert (q.head, q.tail, q.runnable) == (0, 0, False), i
+            engine.resume()
+        status = rig.status_word()
+        rig.drv.set_u64(status, 0xDEAD)
+        rig.drv.submit(K, Opcode.NOP, status=status)
+        deadline = time.monotonic() + 5
+        while rig.drv.u64(status) == 0xDEAD and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert rig.drv.u64(status) == 0
+    finally:
+        engine.stop()
