@@ -49,6 +49,7 @@ BATCH = 16  # commands run from one queue before the next queue's turn
 # plain ints for the hot path (IntFlag arithmetic is slow in CPython)
 _STALLED_OR_HALTED = int(QueueStatus.STALLED | QueueStatus.HALTED)
 _IRQ = int(hw.CmdFlags.IRQ)
+_FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 
 
 @dataclass
@@ -397,6 +398,11 @@ class Engine:
         a = cmd.args
         if cmd.reserved:
             raise DeviceError(ErrorCode.BAD_COMMAND, cmd.reserved, "reserved field set")
+        valid = _FLAGS_VALID.get(cmd.opcode)
+        if valid is not None and cmd.flags & ~valid:
+            raise DeviceError(ErrorCode.BAD_COMMAND, cmd.flags,
+                              f"flag bits {cmd.flags & ~valid:#x} undefined for "
+                              f"{hw.opcode_name(cmd.opcode)}")
         match cmd.opcode:
             case Opcode.NOP:
                 pass
@@ -516,7 +522,7 @@ class Engine:
         (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
         word = view.view(np.uint64)
         old = int(word[0])
-        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & 0xF
+        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & hw.ATOMIC_OP_MASK
         if op == hw.AtomicOp.FETCH_ADD:
             word[0] = (old + operand) & 0xFFFF_FFFF_FFFF_FFFF
         elif op == hw.AtomicOp.SWAP:

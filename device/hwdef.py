@@ -252,8 +252,7 @@ class CmdFlags(IntFlag):
 SRC_APERTURE_SHIFT = 8
 DST_APERTURE_SHIFT = 10
 APERTURE_MASK = 0x3
-CMD_FLAGS_VALID = CmdFlags.IRQ | (APERTURE_MASK << SRC_APERTURE_SHIFT) | (
-    APERTURE_MASK << DST_APERTURE_SHIFT)
+ATOMIC_OP_MASK = 0xF  # flags bits 16-19
 
 
 class AtomicOp(IntEnum):
@@ -264,6 +263,21 @@ class AtomicOp(IntEnum):
 
 
 ATOMIC_OP_SHIFT = 16
+
+_SRC_AP = APERTURE_MASK << SRC_APERTURE_SHIFT
+_DST_AP = APERTURE_MASK << DST_APERTURE_SHIFT
+# The flag bits each opcode defines; any other bit set is BAD_COMMAND. FILL's
+# aperture is the destination field; READ and WRITE fix theirs (VA <-> SYS).
+CMD_FLAGS_VALID: dict[Opcode, int] = {
+    Opcode.NOP: CmdFlags.IRQ,
+    Opcode.COPY: CmdFlags.IRQ | _SRC_AP | _DST_AP,
+    Opcode.FILL: CmdFlags.IRQ | _DST_AP,
+    Opcode.READ: CmdFlags.IRQ,
+    Opcode.WRITE: CmdFlags.IRQ,
+    Opcode.ATOMIC: CmdFlags.IRQ | (ATOMIC_OP_MASK << ATOMIC_OP_SHIFT),
+    Opcode.TLB_INVALIDATE: CmdFlags.IRQ,
+    Opcode.FENCE: CmdFlags.IRQ,
+}
 
 
 def cmd_flags(src: Aperture = Aperture.SYS, dst: Aperture = Aperture.SYS, irq: bool = False,

@@ -564,3 +564,16 @@ def test_resets_of_a_busy_queue_always_leave_it_empty(rig: Rig) -> None:
         assert rig.drv.u64(status) == 0
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("opcode", list(Opcode), ids=lambda o: o.name)
+def test_a_flag_bit_the_opcode_does_not_define_is_a_bad_command(rig: Rig, opcode) -> None:
+    """hwdef.CMD_FLAGS_VALID per opcode: e.g. FILL takes only the destination
+    aperture, READ/WRITE/FENCE no aperture at all; bit 30 is nobody's."""
+    valid = hw.CMD_FLAGS_VALID[opcode]
+    stray = next(b for b in (1 << hw.SRC_APERTURE_SHIFT, 1 << 16, 1 << 30) if not b & valid)
+    status = rig.status_word()
+    rig.drv.submit(K, opcode, (0, 0, 0), flags=stray, status=status)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.BAD_COMMAND
+    assert rig.reg(Reg.ERROR_ADDR_LO) == stray
