@@ -37,6 +37,17 @@ def test_unload_after_workloads_leaks_nothing_and_reload_works_20_times(paths) -
         assert before - after < 16 << 10, f"MemAvailable {before} kB -> {after} kB"
 
 
+def guest_tool(paths, tool: str, args: str):
+    """Boot one GPU, load hmmgpu.ko, run a guest/tools program; its result
+    (the console is checked for Oops/WARN afterwards)."""
+    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        r = lab.ssh(f"{lab.guest_bin(tool)} {args}", check=False)
+        lab.check_console()
+        return r
+
+
 def vram_pages(lab: Lab) -> tuple[int, int]:
     free, total = lab.ssh("cat /sys/bus/pci/drivers/hmmgpu/*/vram_pages").stdout.split()[:2]
     return int(free), int(total)
@@ -47,12 +58,8 @@ def test_device_atomics_take_the_page_exclusive_and_a_cpu_read_revokes_it(paths)
     atomic faults and the fault path makes the page device-exclusive, the next
     one does not fault, a CPU read revokes the mapping, and the next atomic
     faults again. The values and fault counts are checked in the guest."""
-    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64), paths) as lab:
-        lab.boot()
-        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
-        r = lab.ssh(f"{lab.guest_bin('gpu_atomic')} /dev/hmm_dmirror0", check=False)
-        assert r.stdout.strip() == "ok faults 1 0 1", r.stdout + r.stderr
-        lab.check_console()
+    r = guest_tool(paths, "gpu_atomic", "/dev/hmm_dmirror0")
+    assert r.stdout.strip() == "ok faults 1 0 1", r.stdout + r.stderr
 
 
 def test_thp_migration_round_trip_returns_every_vram_page(paths) -> None:
@@ -152,12 +159,8 @@ def test_two_threads_on_one_file_keep_their_requests_apart(paths) -> None:
     200 rounds each; every READ returns its own data and reports the one
     fault batch of its own request (the fault path reads the request in
     flight from the mirror, so requests on one file are serialised)."""
-    with Lab(LabConfig(gpus=1, memory_mb=2048, vram_mb=64), paths) as lab:
-        lab.boot()
-        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
-        r = lab.ssh(f"{lab.guest_bin('mirror_threads')} /dev/hmm_dmirror0 200", check=False)
-        assert r.stdout.strip() == "ok 200", r.stdout + r.stderr
-        lab.check_console()
+    r = guest_tool(paths, "mirror_threads", "/dev/hmm_dmirror0 200")
+    assert r.stdout.strip() == "ok 200", r.stdout + r.stderr
 
 
 def test_unbind_with_an_open_file_gives_enodev_and_rebind_works(paths) -> None:
