@@ -27,6 +27,8 @@ log = logging.getLogger("hmmgpu.device")
 
 PCI_CAP_ID_EXP = 0x10
 PCI_CAP_ID_MSIX = 0x11
+MSIX_FLAGS_HI = 3  # high byte of Message Control
+MSIX_ENABLE_HI = 0x80  # Message Control bit 15, MSI-X Enable
 PCI_EXP_CAP_SIZE = 0x3C
 PCI_EXP_FLAGS_V2_ENDPOINT = 0x0002  # version 2, device/port type 0 (endpoint)
 PCI_COMMAND = 0x04
@@ -63,8 +65,9 @@ class GpuServer:
         ctx.add_capability(pcie_capability())
         ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX, hw.BAR0_SIZE, self._bar0_access,
                          pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
+        self._msix_cap: int | None = None
         if msix:
-            ctx.add_capability(msix_capability(hw.IRQ_VECTORS, hw.MSIX_BAR,
+            self._msix_cap = ctx.add_capability(msix_capability(hw.IRQ_VECTORS, hw.MSIX_BAR,
                                                hw.MSIX_TABLE_OFFSET, hw.MSIX_PBA_OFFSET))
             # QEMU emulates the MSI-X table and PBA; the device never sees those accesses.
             ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX + hw.MSIX_BAR,
@@ -128,7 +131,18 @@ class GpuServer:
                                 pyvfio.VFU_RESET_PCI_FLR: "FLR"}.get(kind, kind))
         self.gpu.reset()
 
+    def _msix_enabled(self) -> bool:
+        return self._msix_cap is not None and bool(
+            self.config[self._msix_cap + MSIX_FLAGS_HI] & MSIX_ENABLE_HI)
+
     def _trigger(self, vector: int) -> bool:
+        # Without MSI-X Enable the function has no interrupt to send (it has
+        # no INTx pin). It also must not reach libvfio-user: its efds[] table
+        # is shared by every IRQ index, so before MSI-X is set up efds[0] is
+        # QEMU's ERR notifier (lib/irq.c irqs_set_data_eventfd), and writing
+        # it makes QEMU stop the VM ("Unrecoverable error detected").
+        if not self._msix_enabled():
+            return False
         try:
             self.ctx.irq_trigger(vector)
             return True

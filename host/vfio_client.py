@@ -37,7 +37,12 @@ IRQ_SET_ACTION_TRIGGER = 1 << 5
 DMA_READ_WRITE = 0x3
 
 MSIX_IRQ_INDEX = 2
+ERR_IRQ_INDEX = 3
 CFG_REGION_INDEX = 7
+
+PCI_CAPABILITY_LIST = 0x34
+PCI_CAP_ID_MSIX = 0x11
+MSIX_ENABLE = 1 << 15  # in Message Control, the capability's second word
 
 
 class VfioUserError(OSError):
@@ -142,6 +147,28 @@ class VfioUserClient:
 
     def write32(self, region: int, offset: int, value: int) -> None:
         self.write(region, offset, struct.pack("<I", value))
+
+    def capability(self, cap_id: int) -> int | None:
+        """Config-space offset of the first capability with this ID."""
+        pos = self.read(CFG_REGION_INDEX, PCI_CAPABILITY_LIST, 1)[0]
+        for _ in range(48):  # the list cannot be longer than config space
+            if not pos:
+                return None
+            ident, nxt = self.read(CFG_REGION_INDEX, pos, 2)
+            if ident == cap_id:
+                return pos
+            pos = nxt
+        raise VfioUserError(71, "capability list loops")
+
+    def set_msix_enable(self, on: bool) -> None:
+        """What a guest driver does to turn MSI-X on or off: Message Control's
+        enable bit. Eventfds are a separate step (set_irq_eventfds), as in QEMU."""
+        pos = self.capability(PCI_CAP_ID_MSIX)
+        if pos is None:
+            raise VfioUserError(19, "the device has no MSI-X capability")
+        ctl = struct.unpack("<H", self.read(CFG_REGION_INDEX, pos + 2, 2))[0]
+        ctl = ctl | MSIX_ENABLE if on else ctl & ~MSIX_ENABLE
+        self.write(CFG_REGION_INDEX, pos + 2, struct.pack("<H", ctl))
 
     def dma_map(self, iova: int, size: int, fd: int, offset: int = 0) -> None:
         self.request(DMA_MAP, struct.pack("<IIQQQ", 32, DMA_READ_WRITE, offset, iova, size),

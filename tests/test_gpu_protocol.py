@@ -30,6 +30,7 @@ class Session:
         self.ram = GuestRam(RAM_SIZE)
         self.client.dma_map(RAM_BUS, RAM_SIZE, self.ram.fd)
         self.irq = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(hw.IRQ_VECTORS)]
+        self.client.set_msix_enable(True)
         self.client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, self.irq)
         self.bus_master(True)
         array = np.frombuffer(self.ram.mem, dtype=np.uint8)

@@ -93,6 +93,7 @@ def test_msix_has_the_documented_vector_count(client: VfioUserClient) -> None:
 def test_doorbell_signals_the_msix_eventfd(client: VfioUserClient) -> None:
     fds = [os.eventfd(0) for _ in range(hw.IRQ_VECTORS)]
     try:
+        client.set_msix_enable(True)
         client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, fds)
         client.write32(BAR0, hw.Reg.TEST_DOORBELL, hw.IrqVector.TEST)
         assert eventfd_fired(fds[hw.IrqVector.TEST]) == 1
@@ -103,9 +104,42 @@ def test_doorbell_signals_the_msix_eventfd(client: VfioUserClient) -> None:
             os.close(fd)
 
 
+def test_every_vector_with_msix_off_is_counted_and_lost_then_delivered_when_on(
+        client: VfioUserClient) -> None:
+    """QEMU registers its error notifier (the ERR IRQ index) at start-up; in
+    libvfio-user it shares the slot of MSI-X vector 0. A vector raised before
+    the guest enables MSI-X must reach no eventfd at all: QEMU stops the VM
+    when its error notifier fires."""
+    err = os.eventfd(0)
+    fds = [os.eventfd(0) for _ in range(hw.IRQ_VECTORS)]
+    try:
+        client.set_irq_eventfds(vu.ERR_IRQ_INDEX, 0, [err])
+        for v in range(hw.IRQ_VECTORS):
+            client.write32(BAR0, hw.Reg.TEST_DOORBELL, v)
+        assert eventfd_fired(err, timeout=0.2) == 0, "the ERR notifier fired"
+        client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, fds)  # eventfds alone do not enable
+        for v in range(hw.IRQ_VECTORS):
+            client.write32(BAR0, hw.Reg.TEST_DOORBELL, v)
+        assert [eventfd_fired(fd, timeout=0.1) for fd in fds] == [0] * hw.IRQ_VECTORS
+        assert client.read32(BAR0, hw.Reg.IRQ_COUNT) == 2 * hw.IRQ_VECTORS
+        client.set_msix_enable(True)
+        for v in range(hw.IRQ_VECTORS):
+            client.write32(BAR0, hw.Reg.TEST_DOORBELL, v)
+            assert [eventfd_fired(fd, timeout=0.1 + (i == v)) for i, fd in enumerate(fds)] \
+                == [int(i == v) for i in range(hw.IRQ_VECTORS)], f"vector {v}"
+        client.set_msix_enable(False)
+        client.write32(BAR0, hw.Reg.TEST_DOORBELL, hw.IrqVector.TEST)
+        assert eventfd_fired(fds[hw.IrqVector.TEST], timeout=0.2) == 0
+        assert client.read32(BAR0, hw.Reg.IRQ_COUNT) == 3 * hw.IRQ_VECTORS + 1
+    finally:
+        for fd in [err, *fds]:
+            os.close(fd)
+
+
 def test_bad_doorbell_value_reports_error_and_error_interrupt(client: VfioUserClient) -> None:
     fds = [os.eventfd(0) for _ in range(hw.IRQ_VECTORS)]
     try:
+        client.set_msix_enable(True)
         client.set_irq_eventfds(vu.MSIX_IRQ_INDEX, 0, fds)
         client.write32(BAR0, hw.Reg.TEST_DOORBELL, 0xFFFF)
         assert eventfd_fired(fds[hw.IrqVector.ERROR]) == 1
