@@ -45,6 +45,9 @@ log = logging.getLogger("hmmgpu")
 
 BOOT_TIMEOUT_TCG = 180
 BOOT_TIMEOUT_KVM = 60
+# run states in which QEMU halted the guest by itself (a device's error
+# notifier, a disk error, a guest panic): the lab cannot go on
+VM_STOPPED_BY_QEMU = {"internal-error", "io-error", "guest-panicked"}
 SHARE_MOUNT = "/host"
 SHARE_TAG = "hmmgpu-share"
 USER_MODULE_DIR = f"{GUEST_BIN_DIR}/user"
@@ -309,6 +312,8 @@ class Lab:
                 reason = f"ran longer than {self.config.max_lifetime_s:.0f} s (--timeout)"
             elif b"KVM internal error" in self.qemu_log.read_bytes()[-4096:]:
                 reason = "KVM internal error (QEMU paused)"
+            elif (stopped := self._vm_stopped_by_qemu()):
+                reason = stopped
             elif self.config.fail_fast:
                 text = self.console.text(scanned)
                 done = text.rfind("\n") + 1  # whole lines; the rest next time
@@ -322,6 +327,21 @@ class Lab:
                 log.error("watchdog: killing QEMU: %s", reason)
                 self.kill()
                 return
+
+    def _vm_stopped_by_qemu(self) -> str:
+        """Why QEMU stopped the guest on its own ("" while it runs, or while we
+        paused it). A stopped guest answers nothing: SSH would wait forever."""
+        if self.qmp is None:
+            return ""
+        try:
+            status = self.qmp.cmd("query-status", timeout=5)["status"]
+        except VmError:
+            return ""  # QEMU going away is the exit check's business
+        if status not in VM_STOPPED_BY_QEMU:
+            return ""
+        said = [ln for ln in self.qemu_log.read_text(errors="replace").splitlines()[-20:]
+                if "error" in ln.lower()]
+        return f"QEMU stopped the VM ({status})" + (f": {said[-1]}" if said else "")
 
     def _settle_console(self, quiet_s: float = 0.5, most_s: float = 3.0) -> None:
         """Let the rest of a splat reach the console log before QEMU dies."""
@@ -394,7 +414,7 @@ class Lab:
             raise VmError("QEMU aborts on device_del of a vfio-user-pci device with MSI-X "
                           "(vfio_user_pci_finalize tears down the MSI-X PBA region after its "
                           "BAR is gone); boot the lab with LabConfig(msix=False) to hot-unplug")
-        since = len(self.qmp.events)
+        since = self.qmp.mark()
         self.qmp.cmd("device_del", id=g.id)
         self.qmp.wait_event("DEVICE_DELETED", timeout,
                             match=lambda e: e.get("data", {}).get("device") == g.id, since=since)
