@@ -48,6 +48,7 @@ _SANITIZED_ERRORS = {ErrorCode.DMA_UNMAPPED: SanCheck.DMA_UNMAPPED,
 BATCH = 16  # commands run from one queue before the next queue's turn
 # plain ints for the hot path (IntFlag arithmetic is slow in CPython)
 _STALLED_OR_HALTED = int(QueueStatus.STALLED | QueueStatus.HALTED)
+_RUNNING = int(QueueStatus.RUNNING)
 _IRQ = int(hw.CmdFlags.IRQ)
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 
@@ -59,7 +60,7 @@ class Queue:
     ring_size: int = 0
     head: int = 0
     tail: int = 0
-    status: int = QueueStatus.IDLE  # QueueStatus bits
+    status: int = QueueStatus.IDLE  # STALLED and HALTED; RUNNING is derived
     error: ErrorCode = ErrorCode.NONE
     pt_base: int = 0
     completed: int = 0
@@ -70,6 +71,12 @@ class Queue:
     @property
     def runnable(self) -> bool:
         return self.head != self.tail and not self.status & _STALLED_OR_HALTED
+
+    @property
+    def status_register(self) -> int:
+        """STATUS as the driver reads it: RUNNING means work the engine will
+        run (HEAD != TAIL, neither stalled nor halted), so never with STALLED."""
+        return self.status | (_RUNNING if self.runnable else 0)
 
 
 @dataclass
@@ -217,7 +224,7 @@ class Engine:
         self._raise_irq(hw.IrqVector.ERROR)
 
     def _halt(self, queue: Queue, code: ErrorCode, addr: int, detail: str) -> None:
-        queue.status = (queue.status | QueueStatus.HALTED) & ~QueueStatus.RUNNING
+        queue.status |= QueueStatus.HALTED
         self.record_error(code, queue.index, addr, detail)
 
     # ---- the worker --------------------------------------------------------------------
@@ -241,7 +248,6 @@ class Engine:
                 assert queue is not None
                 rr = queue.index + 1
                 self._busy = True
-                queue.status |= QueueStatus.RUNNING
             try:
                 for _ in range(BATCH):
                     self.step(queue)
@@ -255,8 +261,6 @@ class Engine:
             finally:
                 with self.lock:
                     self._busy = False
-                    if not queue.runnable:
-                        queue.status &= ~QueueStatus.RUNNING
                     self._wake.notify_all()
 
     def run_until_idle(self, limit: int = 100000) -> None:
@@ -388,11 +392,19 @@ class Engine:
         self.mem.write_u64(addr, value)
 
     def _ctx_of(self, queue: Queue, cmd: Command) -> int:
-        if queue.index != hw.KERNEL_QUEUE:
-            return queue.index  # a context queue only reaches its own address space
-        if cmd.ctx >= hw.NUM_CONTEXTS:
-            raise DeviceError(ErrorCode.CONTEXT, cmd.ctx, "no such context")
-        return cmd.ctx
+        """The context of a command (checked by execute() for every opcode)."""
+        return cmd.ctx if queue.index == hw.KERNEL_QUEUE else queue.index
+
+    @staticmethod
+    def _check_ctx(queue: Queue, cmd: Command) -> None:
+        # a context queue only reaches its own address space: ctx is 0 or
+        # names it; the kernel queue may name any context that exists
+        if queue.index == hw.KERNEL_QUEUE:
+            if cmd.ctx >= hw.NUM_CONTEXTS:
+                raise DeviceError(ErrorCode.CONTEXT, cmd.ctx, "no such context")
+        elif cmd.ctx not in (0, queue.index):
+            raise DeviceError(ErrorCode.CONTEXT, cmd.ctx,
+                              f"context queue {queue.index} cannot name context {cmd.ctx}")
 
     def execute(self, queue: Queue, cmd: Command) -> None:
         a = cmd.args
@@ -403,6 +415,7 @@ class Engine:
             raise DeviceError(ErrorCode.BAD_COMMAND, cmd.flags,
                               f"flag bits {cmd.flags & ~valid:#x} undefined for "
                               f"{hw.opcode_name(cmd.opcode)}")
+        self._check_ctx(queue, cmd)
         match cmd.opcode:
             case Opcode.NOP:
                 pass
@@ -453,6 +466,8 @@ class Engine:
             return [self.vram.view(addr, length)]
         if aperture != Aperture.VA:
             raise DeviceError(ErrorCode.BAD_COMMAND, aperture, "bad aperture")
+        if addr + length > 1 << hw.VA_BITS:  # no page table can map it: not a fault
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
         ctx = self._ctx_of(queue, cmd)
         root = self.queues[ctx].pt_base
         runs: list[list] = []  # [vram, target, length]: pages contiguous on both sides merge
@@ -511,24 +526,25 @@ class Engine:
               pattern: int) -> None:
         if length % 4 or dst % 4:
             raise DeviceError(ErrorCode.BAD_COMMAND, dst, "FILL needs 4-byte alignment")
+        if pattern >> 32:
+            raise DeviceError(ErrorCode.BAD_COMMAND, pattern, "FILL pattern is 32 bits")
         for v in self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE):
-            v.view(np.uint32)[:] = pattern & 0xFFFFFFFF
+            v.view(np.uint32)[:] = pattern
 
     def _atomic(self, queue: Queue, cmd: Command) -> None:
         va, operand, result = cmd.args[0], cmd.args[1], cmd.args[2]
         if va % 8:
             raise DeviceError(ErrorCode.BAD_COMMAND, va, "ATOMIC needs 8-byte alignment")
+        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & hw.ATOMIC_OP_MASK
+        if op not in (hw.AtomicOp.FETCH_ADD, hw.AtomicOp.SWAP):
+            # malformed is an error before it can fault: no replay would fix it
+            raise DeviceError(ErrorCode.BAD_COMMAND, op, "unknown atomic op")
         # the trace shows the atomic's 8 bytes as written (a read-modify-write)
         (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
         word = view.view(np.uint64)
         old = int(word[0])
-        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & hw.ATOMIC_OP_MASK
-        if op == hw.AtomicOp.FETCH_ADD:
-            word[0] = (old + operand) & 0xFFFF_FFFF_FFFF_FFFF
-        elif op == hw.AtomicOp.SWAP:
-            word[0] = operand
-        else:
-            raise DeviceError(ErrorCode.BAD_COMMAND, op, "unknown atomic op")
+        word[0] = (old + operand) & 0xFFFF_FFFF_FFFF_FFFF if op == hw.AtomicOp.FETCH_ADD \
+            else operand
         if result:
             self._write_u64(result, old)
 

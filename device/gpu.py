@@ -204,7 +204,7 @@ class Gpu:
             case QReg.TAIL:
                 return queue.tail
             case QReg.STATUS:
-                return int(queue.status)
+                return queue.status_register
             case QReg.ERROR:
                 return int(queue.error)
             case QReg.PT_BASE_LO:

@@ -126,7 +126,7 @@ class Mmu:
             large = bool(pte & _LARGE)
             if level == 0 or large:
                 if large and level != 1:
-                    raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "LARGE above level 1")
+                    raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "LARGE outside level 1")
                 size = hw.LARGE_PAGE_SIZE if large else hw.PAGE_SIZE
                 if addr % size:
                     raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "misaligned page")
