@@ -21,7 +21,7 @@ import pytest
 from drgn.helpers.linux.module import for_each_module
 from drgn.helpers.linux.pid import for_each_task
 from kernel_tree import build_debug_tree
-from test_selftest_vm import IMPLEMENTED, IMPLEMENTED_HMM2, TIMING_ONLY
+from test_selftest_vm import DEVICE_PRIVATE, TIMING_ONLY
 
 from hmmgpu.host.kconfig import DEBUG, LAB, missing, parse_config
 from hmmgpu.host.kernel import resolve_kernel
@@ -66,9 +66,7 @@ def test_hmmgpu_does_as_the_trees_test_hmm_under_kasan_and_lockdep(debug_lab) ->
     device-private case ends for hmmgpu as for the tree's own test_hmm.ko on
     this kernel, but for cases that ran into kselftest's timeout."""
     assert "KernelAddressSanitizer initialized" in debug_lab.console.text()
-    args = " ".join([f"-r hmm.hmm_device_private.{name}" for name in IMPLEMENTED] +
-                    [f"-r hmm2.hmm2_device_private.{name}" for name in IMPLEMENTED_HMM2])
-    ours = run_in_lab(debug_lab, "hmmgpu", args)
+    ours = run_in_lab(debug_lab, "hmmgpu", DEVICE_PRIVATE)
     ref = run_in_lab(debug_lab, "reference", " ".join(TIMING_ONLY))
     print(ours.summary())
     print(ref.summary())
