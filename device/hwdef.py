@@ -10,10 +10,11 @@ committed header differs). docs/hardware.md explains the semantics.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+
+from .layout import Field, Layout
 
 # ---- PCI identity ---------------------------------------------------------
 # 0x1234 is the ad-hoc vendor ID QEMU's own test devices use; no driver of the
@@ -50,7 +51,10 @@ KERNEL_QUEUE = NUM_CONTEXTS  # queues 0..15 belong to contexts 0..15; 16 is the 
 NUM_QUEUES = NUM_CONTEXTS + 1
 VA_BITS = 48
 PT_LEVELS = 4  # level 3 is the root; a level-1 entry may map a 2 MiB page
-PT_ENTRIES = 512
+PT_INDEX_BITS = 9  # VA bits per level
+PT_ENTRIES = 1 << PT_INDEX_BITS
+# bus addresses a PTE can hold (address field bits 51:12): the driver's DMA mask
+DMA_ADDR_BITS = 52
 DEFAULT_VRAM_SIZE = 512 << 20
 MAX_RING_ENTRIES = 1 << 16
 MAX_FAULT_ENTRIES = 1 << 16
@@ -174,6 +178,15 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports since reset"),
 )
 
+def pt_level_shift(level: int) -> int:
+    """VA bit where a level's table index starts (level 0: the 4 KiB leaf)."""
+    return PAGE_SHIFT + level * PT_INDEX_BITS
+
+
+def pt_index(va: int, level: int) -> int:
+    return (va >> pt_level_shift(level)) & (PT_ENTRIES - 1)
+
+
 def queue_reg(queue: int, reg: QReg) -> int:
     return QUEUE_BASE + queue * QUEUE_STRIDE + reg
 
@@ -216,15 +229,23 @@ class SanCheck(IntEnum):
 
 
 SAN_VRAM_ALLOC = 1 << 0  # else: free
-SAN_ORDER_SHIFT = 1  # 4 bits: the folio order
-SAN_PAGE_SHIFT = 5  # VRAM page index, 27 bits
+SAN_ORDER_SHIFT = 1
+SAN_ORDER_BITS = 4  # the folio order: 0..15
+SAN_ORDER_MASK = (1 << SAN_ORDER_BITS) - 1
+SAN_PAGE_SHIFT = SAN_ORDER_SHIFT + SAN_ORDER_BITS  # VRAM page index, bits 31:5
 
 
 # ---- commands ----------------------------------------------------------------------
 COMMAND_SIZE = 64
-# opcode u32, flags u32, ctx u32, reserved u32, a0..a4 u64, status u64
-COMMAND = struct.Struct("<IIII5QQ")
-assert COMMAND.size == COMMAND_SIZE
+COMMAND_LAYOUT = Layout("hmmgpu_command", (
+    Field("opcode", "u32"),
+    Field("flags", "u32", doc="IRQ, apertures, atomic op"),
+    Field("ctx", "u32", doc="the command's context"),
+    Field("reserved", "u32", doc="must be 0"),
+    Field("args", "u64", 5),
+    Field("status", "u64", doc="bus address for the status, or 0"),
+), COMMAND_SIZE, "A command: 64 bytes, little-endian, in a queue's ring.")
+COMMAND = COMMAND_LAYOUT.struct()
 
 
 class Opcode(IntEnum):
@@ -296,7 +317,7 @@ class Pte(IntFlag):
     LARGE = 1 << 5  # level-1 entry maps a 2 MiB page
 
 
-PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+PTE_ADDR_MASK = ((1 << DMA_ADDR_BITS) - 1) & ~(PAGE_SIZE - 1)
 PTE_FLAGS_MASK = 0x3F
 PTE_RESERVED_MASK = ~(PTE_ADDR_MASK | PTE_FLAGS_MASK) & 0xFFFF_FFFF_FFFF_FFFF
 
@@ -309,9 +330,15 @@ class Access(IntFlag):
 
 # ---- fault records ------------------------------------------------------------------
 FAULT_RECORD_SIZE = 32
-# va u64, timestamp u64, ctx u32, access u32, queue u32, reason u32
-FAULT_RECORD = struct.Struct("<QQIIII")
-assert FAULT_RECORD.size == FAULT_RECORD_SIZE
+FAULT_RECORD_LAYOUT = Layout("hmmgpu_fault_record", (
+    Field("va", "u64"),
+    Field("timestamp", "u64", doc="device clock, ns"),
+    Field("ctx", "u32"),
+    Field("access", "u32", doc="Access bits"),
+    Field("queue", "u32"),
+    Field("reason", "u32", doc="FaultReason"),
+), FAULT_RECORD_SIZE, "A fault record: 32 bytes, written by the device into the fault buffer.")
+FAULT_RECORD = FAULT_RECORD_LAYOUT.struct()
 
 
 class FaultReason(IntEnum):
@@ -360,15 +387,18 @@ def _defines() -> list[tuple[str, int]]:
         ("PAGE_SHIFT", PAGE_SHIFT), ("LARGE_PAGE_SHIFT", LARGE_PAGE_SHIFT),
         ("NUM_CONTEXTS", NUM_CONTEXTS), ("KERNEL_QUEUE", KERNEL_QUEUE),
         ("NUM_QUEUES", NUM_QUEUES), ("VA_BITS", VA_BITS), ("PT_LEVELS", PT_LEVELS),
-        ("PT_ENTRIES", PT_ENTRIES), ("MAX_RING_ENTRIES", MAX_RING_ENTRIES),
+        ("PT_INDEX_BITS", PT_INDEX_BITS), ("PT_ENTRIES", PT_ENTRIES),
+        ("DMA_ADDR_BITS", DMA_ADDR_BITS), ("MAX_RING_ENTRIES", MAX_RING_ENTRIES),
         ("MAX_FAULT_ENTRIES", MAX_FAULT_ENTRIES),
         ("QUEUE_BASE", QUEUE_BASE), ("QUEUE_STRIDE", QUEUE_STRIDE),
         ("COMMAND_SIZE", COMMAND_SIZE), ("FAULT_RECORD_SIZE", FAULT_RECORD_SIZE),
         ("SRC_APERTURE_SHIFT", SRC_APERTURE_SHIFT), ("DST_APERTURE_SHIFT", DST_APERTURE_SHIFT),
-        ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT),
-        ("PTE_ADDR_MASK", PTE_ADDR_MASK),
+        ("APERTURE_MASK", APERTURE_MASK),
+        ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT), ("ATOMIC_OP_MASK", ATOMIC_OP_MASK),
+        ("PTE_ADDR_MASK", PTE_ADDR_MASK), ("PTE_FLAGS_MASK", PTE_FLAGS_MASK),
+        ("PTE_RESERVED_MASK", PTE_RESERVED_MASK),
         ("SAN_VRAM_ALLOC", SAN_VRAM_ALLOC), ("SAN_ORDER_SHIFT", SAN_ORDER_SHIFT),
-        ("SAN_PAGE_SHIFT", SAN_PAGE_SHIFT),
+        ("SAN_ORDER_MASK", SAN_ORDER_MASK), ("SAN_PAGE_SHIFT", SAN_PAGE_SHIFT),
     ]
     out += [(f"REG_{r.name}", int(r)) for r in Reg]
     out += [(f"QREG_{r.name}", int(r)) for r in QReg]
@@ -389,29 +419,6 @@ def _defines() -> list[tuple[str, int]]:
     return out
 
 
-C_STRUCTS = """
-/* A command: 64 bytes, little-endian, in a queue's ring. */
-struct hmmgpu_command {
-	__le32 opcode;
-	__le32 flags;
-	__le32 ctx;
-	__le32 reserved;
-	__le64 args[5];
-	__le64 status;		/* bus address for the completion status, or 0 */
-};
-
-/* A fault record: 32 bytes, written by the device into the fault buffer. */
-struct hmmgpu_fault_record {
-	__le64 va;
-	__le64 timestamp;
-	__le32 ctx;
-	__le32 access;
-	__le32 queue;
-	__le32 reason;
-};
-"""
-
-
 def render_c_header() -> str:
     lines = [
         "/* SPDX-License-Identifier: GPL-2.0 */",
@@ -422,7 +429,15 @@ def render_c_header() -> str:
         "#ifndef HMMGPU_HW_H",
         "#define HMMGPU_HW_H",
         "",
+        "#ifdef __KERNEL__",
+        "#include <linux/build_bug.h>",
+        "#include <linux/stddef.h>",
         "#include <linux/types.h>",
+        "#else",
+        "#include <assert.h>",
+        "#include <stddef.h>",
+        "#include <linux/types.h>",
+        "#endif",
         "",
     ]
     for name, value in _defines():
@@ -430,6 +445,12 @@ def render_c_header() -> str:
         lines.append(f"#define HMMGPU_{name:<24} 0x{value:x}{suffix}")
     lines.append("#define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + "
                  "(q) * HMMGPU_QUEUE_STRIDE + (r))")
-    lines += C_STRUCTS.splitlines()
+    lines.append("/* VA bit where a level's table index starts (level 0: the 4 KiB leaf) */")
+    lines.append("#define HMMGPU_PT_LEVEL_SHIFT(l)       (HMMGPU_PAGE_SHIFT + "
+                 "(l) * HMMGPU_PT_INDEX_BITS)")
+    lines.append("#define HMMGPU_PT_INDEX(va, l)         (((va) >> HMMGPU_PT_LEVEL_SHIFT(l)) & "
+                 "(HMMGPU_PT_ENTRIES - 1))")
+    for layout in (COMMAND_LAYOUT, FAULT_RECORD_LAYOUT):
+        lines += ["", *layout.c_struct(endian_types=True)]
     lines += ["", "#endif /* HMMGPU_HW_H */", ""]
     return "\n".join(lines)

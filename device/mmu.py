@@ -30,7 +30,7 @@ from .hwdef import ErrorCode, Pte
 from .memory import DeviceError, GuestMemory
 from .trace import NONE, Recorder
 
-LEVEL_SHIFT = (12, 21, 30, 39)
+LEVEL_SHIFT = tuple(hw.pt_level_shift(level) for level in range(hw.PT_LEVELS))
 INDEX_MASK = hw.PT_ENTRIES - 1
 VA_LIMIT = 1 << hw.VA_BITS
 TLB_ENTRIES = 8192  # per page size

@@ -70,7 +70,7 @@ class Sanitizer:
 
     def vram_write(self, value: int) -> None:
         """SAN_VRAM register write: a VRAM folio allocated or freed."""
-        order = (value >> hw.SAN_ORDER_SHIFT) & 0xF
+        order = (value >> hw.SAN_ORDER_SHIFT) & hw.SAN_ORDER_MASK
         page = value >> hw.SAN_PAGE_SHIFT
         if self.vram_held is None:
             self.vram_held = np.zeros(self.vram_pages, dtype=bool)

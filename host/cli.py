@@ -17,6 +17,7 @@ from .errors import HmmgpuError
 from .paths import REPO, Paths
 
 HEADER = REPO / "guest" / "include" / "hmmgpu_hw.h"
+PLUGIN_HEADER = REPO / "qemu-plugin" / "hmmgpu_cpu_record.h"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -60,15 +61,20 @@ def cmd_device_serve(args: argparse.Namespace) -> int:
     return server.main(argv)
 
 
-def cmd_hwdef(args: argparse.Namespace) -> int:
+def generated_headers() -> dict[Path, str]:
+    """Each C header generated from a Python definition -> its text."""
     from ..device.hwdef import render_c_header
-    text = render_c_header()
-    if args.write:
-        HEADER.parent.mkdir(parents=True, exist_ok=True)
-        HEADER.write_text(text)
-        print(f"wrote {HEADER}")
-    else:
-        sys.stdout.write(text)
+    from .cputrace import render_plugin_header
+    return {HEADER: render_c_header(), PLUGIN_HEADER: render_plugin_header()}
+
+
+def cmd_hwdef(args: argparse.Namespace) -> int:
+    for path, text in generated_headers().items():
+        if args.write:
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            sys.stdout.write(f"/* ---- {path.relative_to(REPO)} ---- */\n{text}")
     return 0
 
 
@@ -489,8 +495,9 @@ def build_parser() -> ArgumentParser:
     t.add_argument("b")
     t.set_defaults(fn=cmd_trace_diff)
 
-    s = sub.add_parser("hwdef", help="print (or --write) the generated C header")
-    s.add_argument("--write", action="store_true", help=f"write {HEADER.relative_to(REPO)}")
+    s = sub.add_parser("hwdef", help="print (or --write) the generated C headers")
+    s.add_argument("--write", action="store_true", help=f"write {HEADER.relative_to(REPO)} and "
+                   f"{PLUGIN_HEADER.relative_to(REPO)}")
     s.set_defaults(fn=cmd_hwdef)
     return p
 

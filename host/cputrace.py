@@ -10,19 +10,58 @@ from __future__ import annotations
 
 import bisect
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..device.layout import Field, Layout
+
 CPU_FILE = "cpu-mmio.bin"
 BARS_FILE = "gpu-bars.json"
 SYMBOLS_FILE = "kallsyms.txt"
 MAGIC = b"HMMGPUCP"
-HEADER_SIZE = 64
-CPU_RECORD = np.dtype([("t_ns", "<u8"), ("pc", "<u8"), ("phys", "<u8"), ("value", "<u8"),
-                       ("size", "<u4"), ("store", "u1"), ("vcpu", "u1"), ("pad", "<u2")])
-assert CPU_RECORD.itemsize == 40
+HEADER_SIZE = 64  # MAGIC, u32 version, u32 record size, zeros
+VERSION = 1
+# the plugin's record, defined once: qemu-plugin/hmmgpu_cpu_record.h is
+# generated from it ('hmmgpu hwdef --write'), and a test checks the file
+CPU_RECORD_LAYOUT = Layout("hmmgpu_cpu_record", (
+    Field("t_ns", "u64", doc="host CLOCK_MONOTONIC"),
+    Field("pc", "u64", doc="guest virtual address of the instruction"),
+    Field("phys", "u64", doc="guest physical address accessed"),
+    Field("value", "u64"),
+    Field("size", "u32", doc="bytes"),
+    Field("store", "u8"),
+    Field("vcpu", "u8"),
+    Field("pad", "u16"),
+), 40, "One guest CPU access to I/O memory, as the plugin writes it.")
+CPU_RECORD = CPU_RECORD_LAYOUT.dtype()
+
+
+def render_plugin_header() -> str:
+    return "\n".join([
+        "/* SPDX-License-Identifier: GPL-2.0-or-later */",
+        "/*",
+        " * The CPU-trace file format. GENERATED from host/cputrace.py by",
+        " * 'hmmgpu hwdef --write': do not edit by hand.",
+        " */",
+        "#ifndef HMMGPU_CPU_RECORD_H",
+        "#define HMMGPU_CPU_RECORD_H",
+        "",
+        "#include <assert.h>",
+        "#include <stddef.h>",
+        "#include <stdint.h>",
+        "",
+        f'#define HMMGPU_CPU_MAGIC       "{MAGIC.decode()}"',
+        f"#define HMMGPU_CPU_HEADER_SIZE {HEADER_SIZE}",
+        f"#define HMMGPU_CPU_VERSION     {VERSION}",
+        "",
+        *CPU_RECORD_LAYOUT.c_struct(endian_types=False),
+        "",
+        "#endif /* HMMGPU_CPU_RECORD_H */",
+        "",
+    ])
 
 
 def load_cpu(path: Path) -> np.ndarray:
@@ -31,6 +70,10 @@ def load_cpu(path: Path) -> np.ndarray:
     data = Path(path).read_bytes()
     if data[:8] != MAGIC:
         raise ValueError(f"{path}: not an hmmgpu CPU trace")
+    version, rsize = struct.unpack_from("<II", data, 8)
+    if (version, rsize) != (VERSION, CPU_RECORD.itemsize):
+        raise ValueError(f"{path}: CPU trace version {version} with {rsize}-byte records; "
+                         f"this hmmgpu reads version {VERSION}, {CPU_RECORD.itemsize} bytes")
     n = (len(data) - HEADER_SIZE) // CPU_RECORD.itemsize
     return np.frombuffer(data, dtype=CPU_RECORD, offset=HEADER_SIZE, count=n)
 

@@ -119,13 +119,13 @@ class UserDriver:
         """Bus address of the entry for `va` at `level`, creating tables above."""
         table = self.context(ctx)
         for lvl in range(3, level, -1):
-            slot = table + ((va >> (12 + 9 * lvl)) & 511) * 8
+            slot = table + hw.pt_index(va, lvl) * 8
             entry = self.u64(slot)
             if not entry & Pte.VALID:
                 entry = self.alloc(hw.PAGE_SIZE) | Pte.VALID
                 self.set_u64(slot, entry)
             table = entry & hw.PTE_ADDR_MASK
-        return table + ((va >> (12 + 9 * level)) & 511) * 8
+        return table + hw.pt_index(va, level) * 8
 
     def map(self, ctx: int, va: int, addr: int, flags: Pte, large: bool = False) -> int:
         """Map one 4 KiB (or 2 MiB) page; returns the PTE's bus address."""

@@ -21,6 +21,8 @@
 
 #include <qemu-plugin.h>
 
+#include "hmmgpu_cpu_record.h"
+
 /*
  * Built against the qemu-plugin.h of the QEMU source package we can fetch
  * (API 5), loaded by a QEMU that accepts API 7 at least. We export 7; the one
@@ -30,17 +32,6 @@
  */
 #define HMMGPU_PLUGIN_API 7
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = HMMGPU_PLUGIN_API;
-
-struct record {
-	uint64_t t_ns;		/* host CLOCK_MONOTONIC */
-	uint64_t pc;		/* guest virtual address of the instruction */
-	uint64_t phys;		/* guest physical address accessed */
-	uint64_t value;
-	uint32_t size;		/* bytes */
-	uint8_t store;
-	uint8_t vcpu;
-	uint16_t pad;
-};
 
 static FILE *out;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -76,7 +67,7 @@ static uint64_t mem_value(qemu_plugin_meminfo_t info)
 static void on_mem(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *udata)
 {
 	struct qemu_plugin_hwaddr *hw = qemu_plugin_get_hwaddr(info, vaddr);
-	struct record r;
+	struct hmmgpu_cpu_record r;
 
 	if (!hw || !qemu_plugin_hwaddr_is_io(hw))
 		return;		/* RAM: the common case, keep it cheap */
@@ -134,8 +125,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 					   int argc, char **argv)
 {
 	const char *file = NULL;
-	char header[64] = "HMMGPUCP";
-	uint32_t version = 1, rsize = sizeof(struct record);
+	char header[HMMGPU_CPU_HEADER_SIZE] = HMMGPU_CPU_MAGIC;
+	uint32_t version = HMMGPU_CPU_VERSION, rsize = sizeof(struct hmmgpu_cpu_record);
 	int i;
 
 	for (i = 0; i < argc; i++) {

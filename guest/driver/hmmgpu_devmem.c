@@ -78,7 +78,9 @@ void hmmgpu_san_flush_locked(struct hmmgpu *gpu)
 		unsigned long idx = r->start, end = r->start + r->pages;
 
 		while (idx < end) {
-			unsigned int order = min3(__ffs(idx | BIT(15)), __fls(end - idx), 15UL);
+			unsigned int order = min3(__ffs(idx | BIT(HMMGPU_SAN_ORDER_MASK)),
+						  __fls(end - idx),
+						  (unsigned long)HMMGPU_SAN_ORDER_MASK);
 
 			hmmgpu_write(gpu, HMMGPU_REG_SAN_VRAM, idx << HMMGPU_SAN_PAGE_SHIFT |
 				     order << HMMGPU_SAN_ORDER_SHIFT |

@@ -361,7 +361,7 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		ret = -ENODEV;
 		goto put;
 	}
-	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(52));
+	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(HMMGPU_DMA_ADDR_BITS));
 	if (ret)
 		goto put;
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);

@@ -42,7 +42,7 @@ struct hmmgpu_pt {
 
 static unsigned int pt_index(unsigned long va, unsigned int level)
 {
-	return (va >> (HMMGPU_PAGE_SHIFT + 9 * level)) & (HMMGPU_PT_ENTRIES - 1);
+	return HMMGPU_PT_INDEX(va, level);
 }
 
 static struct hmmgpu_pt *pt_alloc(struct hmmgpu *gpu, gfp_t gfp)
@@ -269,7 +269,7 @@ int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 static bool pt_scan(struct hmmgpu_mirror *mirror, struct hmmgpu_pt *pt, unsigned int level,
 		    unsigned long base, unsigned long start, unsigned long end, bool clear)
 {
-	unsigned long span = 1UL << (HMMGPU_PAGE_SHIFT + 9 * level);
+	unsigned long span = 1UL << HMMGPU_PT_LEVEL_SHIFT(level);
 	bool found = false;
 	unsigned int i;
 

@@ -6,7 +6,15 @@
 #ifndef HMMGPU_HW_H
 #define HMMGPU_HW_H
 
+#ifdef __KERNEL__
+#include <linux/build_bug.h>
+#include <linux/stddef.h>
 #include <linux/types.h>
+#else
+#include <assert.h>
+#include <stddef.h>
+#include <linux/types.h>
+#endif
 
 #define HMMGPU_PCI_VENDOR_ID            0x1234
 #define HMMGPU_PCI_DEVICE_ID            0x4847
@@ -27,7 +35,9 @@
 #define HMMGPU_NUM_QUEUES               0x11
 #define HMMGPU_VA_BITS                  0x30
 #define HMMGPU_PT_LEVELS                0x4
+#define HMMGPU_PT_INDEX_BITS            0x9
 #define HMMGPU_PT_ENTRIES               0x200
+#define HMMGPU_DMA_ADDR_BITS            0x34
 #define HMMGPU_MAX_RING_ENTRIES         0x10000
 #define HMMGPU_MAX_FAULT_ENTRIES        0x10000
 #define HMMGPU_QUEUE_BASE               0x1000
@@ -36,10 +46,15 @@
 #define HMMGPU_FAULT_RECORD_SIZE        0x20
 #define HMMGPU_SRC_APERTURE_SHIFT       0x8
 #define HMMGPU_DST_APERTURE_SHIFT       0xa
+#define HMMGPU_APERTURE_MASK            0x3
 #define HMMGPU_ATOMIC_OP_SHIFT          0x10
+#define HMMGPU_ATOMIC_OP_MASK           0xf
 #define HMMGPU_PTE_ADDR_MASK            0xffffffffff000ULL
+#define HMMGPU_PTE_FLAGS_MASK           0x3f
+#define HMMGPU_PTE_RESERVED_MASK        0xfff0000000000fc0ULL
 #define HMMGPU_SAN_VRAM_ALLOC           0x1
 #define HMMGPU_SAN_ORDER_SHIFT          0x1
+#define HMMGPU_SAN_ORDER_MASK           0xf
 #define HMMGPU_SAN_PAGE_SHIFT           0x5
 #define HMMGPU_REG_ID                   0x0
 #define HMMGPU_REG_VERSION              0x4
@@ -136,25 +151,42 @@
 #define HMMGPU_SAN_FAULT_OVERFLOW       0x4
 #define HMMGPU_SAN_BUS_MASTER_OFF       0x5
 #define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + (q) * HMMGPU_QUEUE_STRIDE + (r))
+/* VA bit where a level's table index starts (level 0: the 4 KiB leaf) */
+#define HMMGPU_PT_LEVEL_SHIFT(l)       (HMMGPU_PAGE_SHIFT + (l) * HMMGPU_PT_INDEX_BITS)
+#define HMMGPU_PT_INDEX(va, l)         (((va) >> HMMGPU_PT_LEVEL_SHIFT(l)) & (HMMGPU_PT_ENTRIES - 1))
 
 /* A command: 64 bytes, little-endian, in a queue's ring. */
 struct hmmgpu_command {
 	__le32 opcode;
-	__le32 flags;
-	__le32 ctx;
-	__le32 reserved;
+	__le32 flags;          /* IRQ, apertures, atomic op */
+	__le32 ctx;            /* the command's context */
+	__le32 reserved;       /* must be 0 */
 	__le64 args[5];
-	__le64 status;		/* bus address for the completion status, or 0 */
+	__le64 status;         /* bus address for the status, or 0 */
 };
+static_assert(sizeof(struct hmmgpu_command) == 64, "hmmgpu_command size");
+static_assert(offsetof(struct hmmgpu_command, opcode) == 0, "opcode");
+static_assert(offsetof(struct hmmgpu_command, flags) == 4, "flags");
+static_assert(offsetof(struct hmmgpu_command, ctx) == 8, "ctx");
+static_assert(offsetof(struct hmmgpu_command, reserved) == 12, "reserved");
+static_assert(offsetof(struct hmmgpu_command, args) == 16, "args");
+static_assert(offsetof(struct hmmgpu_command, status) == 56, "status");
 
 /* A fault record: 32 bytes, written by the device into the fault buffer. */
 struct hmmgpu_fault_record {
 	__le64 va;
-	__le64 timestamp;
+	__le64 timestamp;      /* device clock, ns */
 	__le32 ctx;
-	__le32 access;
+	__le32 access;         /* Access bits */
 	__le32 queue;
-	__le32 reason;
+	__le32 reason;         /* FaultReason */
 };
+static_assert(sizeof(struct hmmgpu_fault_record) == 32, "hmmgpu_fault_record size");
+static_assert(offsetof(struct hmmgpu_fault_record, va) == 0, "va");
+static_assert(offsetof(struct hmmgpu_fault_record, timestamp) == 8, "timestamp");
+static_assert(offsetof(struct hmmgpu_fault_record, ctx) == 16, "ctx");
+static_assert(offsetof(struct hmmgpu_fault_record, access) == 20, "access");
+static_assert(offsetof(struct hmmgpu_fault_record, queue) == 24, "queue");
+static_assert(offsetof(struct hmmgpu_fault_record, reason) == 28, "reason");
 
 #endif /* HMMGPU_HW_H */

@@ -31,10 +31,10 @@ static uint64_t *build_page_table(void)
 	int level;
 
 	for (level = 3; level > 0; level--) {
-		uint64_t *t = tables + (3 - level) * 512;
-		int idx = (VA >> (12 + 9 * level)) & 511;
+		uint64_t *t = tables + (3 - level) * HMMGPU_PT_ENTRIES;
+		int idx = HMMGPU_PT_INDEX(VA, level);
 
-		t[idx] = phys(tables + (4 - level) * 512) | HMMGPU_PTE_VALID;
+		t[idx] = phys(tables + (4 - level) * HMMGPU_PT_ENTRIES) | HMMGPU_PTE_VALID;
 	}
 	qwr(CTX, HMMGPU_QREG_PT_BASE_LO, (uint32_t)phys(tables));
 	qwr(CTX, HMMGPU_QREG_PT_BASE_HI, (uint32_t)(phys(tables) >> 32));
@@ -43,7 +43,7 @@ static uint64_t *build_page_table(void)
 	ring[0].ctx = CTX;
 	if (raw_wait(HMMGPU_KERNEL_QUEUE, raw_submit(HMMGPU_KERNEL_QUEUE, ring, 1)))
 		exit(1);
-	return &tables[3 * 512 + ((VA >> 12) & 511)];
+	return &tables[3 * HMMGPU_PT_ENTRIES + HMMGPU_PT_INDEX(VA, 0)];
 }
 
 /* Context CTX copies @len bytes at VA into the second data page; returns the wait target. */
