@@ -3,8 +3,10 @@
 Pure Python, no libvfio-user: the server (server.py) wires `mmio_read` /
 `mmio_write` to BAR0 and gives the model guest memory, a `raise_irq` function
 and a Bus Master probe, so tests can drive the whole device in-process. The
-register semantics are those of docs/hardware.md; state lives in the engine
-and is protected by the engine's lock.
+register semantics are those of docs/hardware.md; each register is a reader
+and/or writer in a table checked against hwdef at start-up. State lives with
+the unit that uses it (engine, fault unit, queues, sanitizer), protected by
+the engine's lock.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from . import trace as tr
 from .engine import Engine
 from .hwdef import QReg, Reg
 from .memory import GuestMemory, Vram
+from .queue import Queue
 
 log = logging.getLogger("hmmgpu.device")
 
 QUEUE_END = hw.QUEUE_BASE + hw.NUM_QUEUES * hw.QUEUE_STRIDE
+# the kernel queue has no address space of its own: no page-table root
+_CONTEXT_ONLY = {int(QReg.PT_BASE_LO), int(QReg.PT_BASE_HI)}
 
 
 def _lo(v: int) -> int:
@@ -49,6 +54,7 @@ class Gpu:
         self.vram = Vram(vram_size)
         self.engine = Engine(self.mem, self.vram, self.raise_irq, bus_master)
         self.lock = self.engine.lock
+        self._register_file()
         self.reset()
 
     def reset(self) -> None:
@@ -95,57 +101,11 @@ class Gpu:
             return self._bad_access("read", offset, size)
         with self.lock:
             if hw.QUEUE_BASE <= offset < QUEUE_END:
-                return self._queue_read(*divmod(offset - hw.QUEUE_BASE, hw.QUEUE_STRIDE))
-            e = self.engine
-            match offset:
-                case Reg.ID:
-                    return hw.ID_MAGIC
-                case Reg.VERSION:
-                    return (hw.VERSION_MAJOR << 16) | hw.VERSION_MINOR
-                case Reg.SCRATCH:
-                    return self.scratch
-                case Reg.IRQ_COUNT:
-                    return _lo(self.irq_count)
-                case Reg.ERROR:
-                    return int(e.error)
-                case Reg.ERROR_QUEUE:
-                    return e.error_queue
-                case Reg.ERROR_COUNT:
-                    return _lo(e.error_count)
-                case Reg.ERROR_ADDR_LO:
-                    return _lo(e.error_addr)
-                case Reg.ERROR_ADDR_HI:
-                    return _hi(e.error_addr)
-                case Reg.VRAM_SIZE_LO:
-                    return _lo(self.vram.size)
-                case Reg.VRAM_SIZE_HI:
-                    return _hi(self.vram.size)
-                case Reg.NUM_CONTEXTS:
-                    return hw.NUM_CONTEXTS
-                case Reg.INTR_STATUS:
-                    return int(e.intr_status)
-                case Reg.FAULT_BASE_LO:
-                    return _lo(e.fault_base)
-                case Reg.FAULT_BASE_HI:
-                    return _hi(e.fault_base)
-                case Reg.FAULT_SIZE:
-                    return e.fault_size
-                case Reg.FAULT_PUT:
-                    return e.fault_put
-                case Reg.FAULT_GET:
-                    return e.fault_get
-                case Reg.FAULT_OVERFLOW:
-                    return _lo(e.fault_overflow)
-                case Reg.TIMESTAMP_LO:
-                    now = e.now()
-                    self.timestamp_latch = _hi(now)
-                    return _lo(now)
-                case Reg.TIMESTAMP_HI:
-                    return self.timestamp_latch
-                case Reg.SAN_REPORTS:
-                    return _lo(e.sanitizer.count - self.san_reports_base)
-                case _:
-                    return 0  # undefined and write-only offsets read as zero
+                q, reg = divmod(offset - hw.QUEUE_BASE, hw.QUEUE_STRIDE)
+                read = self._queue_readers.get(reg)
+                return read(self.engine.queues[q]) if read else 0
+            read = self._readers.get(offset)
+            return read() if read else 0  # undefined and write-only offsets read as zero
 
     def _mmio_write(self, offset: int, size: int, value: int) -> None:
         if size != 4 or offset % 4:
@@ -153,88 +113,133 @@ class Gpu:
             return
         with self.lock:
             if hw.QUEUE_BASE <= offset < QUEUE_END:
-                self._queue_write(*divmod(offset - hw.QUEUE_BASE, hw.QUEUE_STRIDE), value)
+                q, reg = divmod(offset - hw.QUEUE_BASE, hw.QUEUE_STRIDE)
+                write_q = self._queue_writers.get(reg)
+                if write_q and (q != hw.KERNEL_QUEUE or reg not in _CONTEXT_ONLY):
+                    write_q(q, self.engine.queues[q], value)
                 return
-            e = self.engine
-            match offset:
-                case Reg.SCRATCH:
-                    self.scratch = value
-                case Reg.TEST_DOORBELL:
-                    if value < hw.IRQ_VECTORS:
-                        self.raise_irq(value)
-                    else:
-                        e.record_error(hw.ErrorCode.BAD_VECTOR, None, value,
-                                       "TEST_DOORBELL vector")
-                case Reg.ERROR:
-                    if value == 0:
-                        e.error = hw.ErrorCode.NONE
-                case Reg.INTR_STATUS:
-                    e.intr_status &= ~hw.IntrStatus(value & 0x7)
-                case Reg.DEVICE_RESET:
-                    if value & 1:
-                        self.reset()
-                case Reg.SAN_VRAM:
-                    e.sanitizer.vram_write(value)
-                case Reg.FAULT_BASE_LO:
-                    e.fault_base = _set_lo(e.fault_base, value)
-                case Reg.FAULT_BASE_HI:
-                    e.fault_base = _set_hi(e.fault_base, value)
-                case Reg.FAULT_SIZE:
-                    e.fault_size, e.fault_put, e.fault_get = value, 0, 0
-                case Reg.FAULT_GET:
-                    if e.fault_size and value < e.fault_size:
-                        e.fault_get = value
-                    else:
-                        e.record_error(hw.ErrorCode.BAD_REGISTER, None, value,
-                                       f"FAULT_GET past FAULT_SIZE {e.fault_size}")
-                case _:
-                    pass  # writes to read-only or undefined registers are ignored
+            write = self._writers.get(offset)
+            if write:
+                write(value)  # writes to read-only or undefined registers are ignored
 
-    def _queue_read(self, q: int, reg: int) -> int:
-        queue = self.engine.queues[q]
-        match reg:
-            case QReg.RING_BASE_LO:
-                return _lo(queue.ring_base)
-            case QReg.RING_BASE_HI:
-                return _hi(queue.ring_base)
-            case QReg.RING_SIZE:
-                return queue.ring_size
-            case QReg.HEAD:
-                return queue.head
-            case QReg.TAIL:
-                return queue.tail
-            case QReg.STATUS:
-                return queue.status_register
-            case QReg.ERROR:
-                return int(queue.error)
-            case QReg.PT_BASE_LO:
-                return _lo(queue.pt_base)
-            case QReg.PT_BASE_HI:
-                return _hi(queue.pt_base)
-            case QReg.COMPLETED:
-                return queue.completed
-            case _:
-                return 0
+    # ---- the register file ----------------------------------------------------------
 
-    def _queue_write(self, q: int, reg: int, value: int) -> None:
-        queue = self.engine.queues[q]
-        match reg:
-            case QReg.RING_BASE_LO:
-                queue.ring_base = _set_lo(queue.ring_base, value)
-            case QReg.RING_BASE_HI:
-                queue.ring_base = _set_hi(queue.ring_base, value)
-            case QReg.RING_SIZE:
-                queue.ring_size = value
-            case QReg.TAIL:
-                self.engine.write_tail(q, value)
-            case QReg.CONTROL:
-                self.engine.control(q, value)
-            case QReg.PT_BASE_LO if q != hw.KERNEL_QUEUE:
-                queue.pt_base = _set_lo(queue.pt_base, value)
-            case QReg.PT_BASE_HI if q != hw.KERNEL_QUEUE:
-                queue.pt_base = _set_hi(queue.pt_base, value)
-            case _:
-                pass
+    def _register_file(self) -> None:
+        """Reader and writer of every register, checked against hwdef.REGISTERS
+        (and QReg) so that a register defined there cannot go unimplemented."""
+        e, f = self.engine, self.engine.faults
+
+        def timestamp_lo() -> int:
+            now = e.now()
+            self.timestamp_latch = _hi(now)
+            return _lo(now)
+
+        def set_scratch(v: int) -> None:
+            self.scratch = v
+
+        def set_error(v: int) -> None:
+            if v == 0:
+                e.error = hw.ErrorCode.NONE
+
+        def clear_intr(v: int) -> None:
+            e.intr_status &= ~hw.IntrStatus(v & 0x7)
+
+        def set_fault_base_lo(v: int) -> None:
+            f.base = _set_lo(f.base, v)
+
+        def set_fault_base_hi(v: int) -> None:
+            f.base = _set_hi(f.base, v)
+
+        def set_fault_get(v: int) -> None:
+            if not f.set_get(v):
+                e.record_error(hw.ErrorCode.BAD_REGISTER, None, v,
+                               f"FAULT_GET past FAULT_SIZE {f.size}")
+
+        self._readers: dict[int, Callable[[], int]] = {
+            Reg.ID: lambda: hw.ID_MAGIC,
+            Reg.VERSION: lambda: (hw.VERSION_MAJOR << 16) | hw.VERSION_MINOR,
+            Reg.SCRATCH: lambda: self.scratch,
+            Reg.IRQ_COUNT: lambda: _lo(self.irq_count),
+            Reg.ERROR: lambda: int(e.error),
+            Reg.ERROR_QUEUE: lambda: e.error_queue,
+            Reg.ERROR_COUNT: lambda: _lo(e.error_count),
+            Reg.ERROR_ADDR_LO: lambda: _lo(e.error_addr),
+            Reg.ERROR_ADDR_HI: lambda: _hi(e.error_addr),
+            Reg.VRAM_SIZE_LO: lambda: _lo(self.vram.size),
+            Reg.VRAM_SIZE_HI: lambda: _hi(self.vram.size),
+            Reg.NUM_CONTEXTS: lambda: hw.NUM_CONTEXTS,
+            Reg.INTR_STATUS: lambda: int(e.intr_status),
+            Reg.FAULT_BASE_LO: lambda: _lo(f.base),
+            Reg.FAULT_BASE_HI: lambda: _hi(f.base),
+            Reg.FAULT_SIZE: lambda: f.size,
+            Reg.FAULT_PUT: lambda: f.put,
+            Reg.FAULT_GET: lambda: f.get,
+            Reg.FAULT_OVERFLOW: lambda: _lo(f.overflow),
+            Reg.TIMESTAMP_LO: timestamp_lo,
+            Reg.TIMESTAMP_HI: lambda: self.timestamp_latch,
+            Reg.SAN_REPORTS: lambda: _lo(e.sanitizer.count - self.san_reports_base),
+        }
+        self._writers: dict[int, Callable[[int], None]] = {
+            Reg.SCRATCH: set_scratch,
+            Reg.TEST_DOORBELL: self._test_doorbell,
+            Reg.ERROR: set_error,
+            Reg.INTR_STATUS: clear_intr,
+            Reg.DEVICE_RESET: lambda v: self.reset() if v & 1 else None,
+            Reg.SAN_VRAM: e.sanitizer.vram_write,
+            Reg.FAULT_BASE_LO: set_fault_base_lo,
+            Reg.FAULT_BASE_HI: set_fault_base_hi,
+            Reg.FAULT_SIZE: f.set_size,
+            Reg.FAULT_GET: set_fault_get,
+        }
+        for r in hw.REGISTERS:
+            assert (r.reg in self._readers) == ("R" in r.access), f"{r.reg.name} read"
+            assert (r.reg in self._writers) == (r.access != "RO"), f"{r.reg.name} write"
+
+        self._queue_readers: dict[int, Callable[[Queue], int]] = {
+            QReg.RING_BASE_LO: lambda q: _lo(q.ring_base),
+            QReg.RING_BASE_HI: lambda q: _hi(q.ring_base),
+            QReg.RING_SIZE: lambda q: q.ring_size,
+            QReg.HEAD: lambda q: q.head,
+            QReg.TAIL: lambda q: q.tail,
+            QReg.STATUS: lambda q: q.status_register,
+            QReg.ERROR: lambda q: int(q.error),
+            QReg.PT_BASE_LO: lambda q: _lo(q.pt_base),
+            QReg.PT_BASE_HI: lambda q: _hi(q.pt_base),
+            QReg.COMPLETED: lambda q: q.completed,
+        }
+
+        def ring_base_lo(_i: int, q: Queue, v: int) -> None:
+            q.ring_base = _set_lo(q.ring_base, v)
+
+        def ring_base_hi(_i: int, q: Queue, v: int) -> None:
+            q.ring_base = _set_hi(q.ring_base, v)
+
+        def ring_size(_i: int, q: Queue, v: int) -> None:
+            q.ring_size = v
+
+        def pt_base_lo(_i: int, q: Queue, v: int) -> None:
+            q.pt_base = _set_lo(q.pt_base, v)
+
+        def pt_base_hi(_i: int, q: Queue, v: int) -> None:
+            q.pt_base = _set_hi(q.pt_base, v)
+
+        self._queue_writers: dict[int, Callable[[int, Queue, int], None]] = {
+            QReg.RING_BASE_LO: ring_base_lo,
+            QReg.RING_BASE_HI: ring_base_hi,
+            QReg.RING_SIZE: ring_size,
+            QReg.TAIL: lambda i, _q, v: e.write_tail(i, v),
+            QReg.CONTROL: lambda i, _q, v: e.control(i, v),
+            QReg.PT_BASE_LO: pt_base_lo,
+            QReg.PT_BASE_HI: pt_base_hi,
+        }
+        assert set(self._queue_readers) | set(self._queue_writers) == set(hw.QReg)
+
+    def _test_doorbell(self, value: int) -> None:
+        if value < hw.IRQ_VECTORS:
+            self.raise_irq(value)
+        else:
+            self.engine.record_error(hw.ErrorCode.BAD_VECTOR, None, value,
+                                     "TEST_DOORBELL vector")
 
     def _bad_access(self, what: str, offset: int, size: int) -> int:
         self.engine.record_error(hw.ErrorCode.BAD_REGISTER, None, offset,

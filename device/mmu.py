@@ -21,8 +21,8 @@ that frees or moves a page table must invalidate, as it must for a PTE.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import hwdef as hw
 from . import trace as tr
@@ -77,10 +77,22 @@ def needed_flags(access: hw.Access) -> int:
 _NEEDED = {a: needed_flags(hw.Access(a)) for a in range(8)}
 
 
+class Checks(Protocol):
+    """What watches translations (the sanitizer): called only when enabled."""
+
+    enabled: bool
+
+    def tlb_hit(self, ctx: int, t: Translation) -> None: ...
+    def walk(self, ctx: int, t: Translation) -> None: ...
+
+
 class Mmu:
-    def __init__(self, mem: GuestMemory, vram_size: int) -> None:
+    def __init__(self, mem: GuestMemory, vram_size: int, trace: Recorder | None = None,
+                 checks: Checks | None = None) -> None:
         self.mem = mem
         self.vram_size = vram_size
+        self.trace = trace
+        self.checks = checks
         # (ctx, first VA of the page) -> translation; 4 KiB and 2 MiB pages
         # live in separate maps so a 2 MiB-aligned 4 KiB page never answers
         # for the rest of its 2 MiB.
@@ -90,10 +102,6 @@ class Mmu:
         self.tlb_large: OrderedDict[tuple[int, int], Translation] = OrderedDict()
         # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
-        self.trace: Recorder | None = None  # set by the engine
-        # sanitizer hooks, set by the engine: a TLB hit, a successful walk
-        self.check_hit: Callable[[int, Translation], None] | None = None
-        self.check_walk: Callable[[int, Translation], None] | None = None
 
     # ---- walking ---------------------------------------------------------------
 
@@ -149,9 +157,10 @@ class Mmu:
         """Translation of `va` allowing `access`, else Fault."""
         t = self.tlb.get((ctx, va & ~(hw.PAGE_SIZE - 1))) or \
             self.tlb_large.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1)))
+        checks = self.checks
         if t is not None:
-            if self.check_hit is not None:
-                self.check_hit(ctx, t)
+            if checks is not None and checks.enabled:
+                checks.tlb_hit(ctx, t)
             need = _NEEDED[int(access)]
             if (t.flags & need) != need:
                 raise Fault(va, hw.FaultReason.PERMISSION)
@@ -162,8 +171,8 @@ class Mmu:
             if rec is not None and rec.on:  # a walk that found nothing: a fault follows
                 rec.emit(tr.WALK, NONE, ctx, va=va)
             raise Fault(va, hw.FaultReason.NOT_PRESENT)
-        if self.check_walk is not None:
-            self.check_walk(ctx, t)
+        if checks is not None and checks.enabled:
+            checks.walk(ctx, t)
         # a successful walk is recorded as the TLB fill it makes
         if rec is not None and rec.on and (t.flags & _NEEDED[int(access)]) == \
                 _NEEDED[int(access)]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import hwdef as hw
 from .hwdef import SanCheck
+from .memory import DeviceError, GuestMemory
 from .trace import NONE, Kind, Recorder
 
 log = logging.getLogger("hmmgpu.device")
@@ -47,10 +49,22 @@ class Report:
                 f"{self.detail} [addr {self.addr:#x}]")
 
 
+_PTE_VALID = int(hw.Pte.VALID)
+# (queue, ctx, command id) of the command executing, NONE where there is none
+Where = Callable[[], tuple[int, int, int]]
+
+
 class Sanitizer:
-    def __init__(self, clock, trace: Recorder, vram_size: int, enabled: bool = True) -> None:
+    """The checks and what they remember. The MMU calls tlb_hit() and walk()
+    while it translates (when `enabled`); the engine calls report() for
+    device errors that are driver bugs."""
+
+    def __init__(self, clock: Callable[[], int], trace: Recorder, vram_size: int,
+                 mem: GuestMemory, where: Where, enabled: bool = True) -> None:
         self.clock = clock
         self.trace = trace
+        self.mem = mem
+        self.where = where
         self.enabled = enabled
         self.vram_pages = vram_size // hw.PAGE_SIZE
         self.reports: list[Report] = []
@@ -98,10 +112,36 @@ class Sanitizer:
                             NONE if ctx is None else ctx, command or 0, addr=addr,
                             aux=int(check))
 
-    def first_use_of_cleared(self, ctx: int, va: int, queue: int, command: int) -> bool:
-        """A TLB entry whose PTE was cleared is used: is this still the command
-        that used it first since (the driver's invalidation may be on its way)?"""
-        return self._cleared.setdefault((ctx, va), (queue, command)) == (queue, command)
+    def tlb_hit(self, ctx: int, t) -> None:
+        """STALE_TLB: the PTE behind a TLB hit must still say what the TLB holds.
+
+        A PTE rewritten to another valid mapping is reported at once: without
+        TLB_INVALIDATE the device keeps the old page. A cleared PTE is the
+        first half of a correct invalidation (clear, then TLB_INVALIDATE), and
+        commands already running may use the entry in between; it is reported
+        when a command that started after that first sighting still uses it.
+        """
+        try:
+            now = self.mem.read_u64(t.pte_addr)
+        except DeviceError:
+            now = 0
+        if now == t.pte:
+            return
+        queue, _, command = self.where()
+        if not now & _PTE_VALID and \
+                self._cleared.setdefault((ctx, t.va), (queue, command)) == (queue, command):
+            return  # still the command that first saw it: inside the window
+        self.report(SanCheck.STALE_TLB, queue, ctx, command, t.va,
+                    f"TLB entry for va {t.va:#x} used, but its PTE at {t.pte_addr:#x} changed "
+                    f"from {t.pte:#x} to {now:#x} without TLB_INVALIDATE", once_key=t.va)
+
+    def walk(self, ctx: int, t) -> None:
+        """VRAM_PTE: a VRAM PTE must point at VRAM the driver holds."""
+        if t.vram and self.vram_page_freed(t.addr, t.size):
+            queue, _, command = self.where()
+            self.report(SanCheck.VRAM_PTE, queue, ctx, command, t.va,
+                        f"PTE at {t.pte_addr:#x} maps va {t.va:#x} to VRAM offset {t.addr:#x}, "
+                        "a page the driver freed", once_key=t.va)
 
     def invalidated(self, ctx: int) -> None:
         """TLB_INVALIDATE: the context's stale-TLB state starts over."""

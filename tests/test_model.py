@@ -80,3 +80,15 @@ def test_vram_size_and_contexts_are_reported() -> None:
 def test_server_vram_option_parses_sizes() -> None:
     from hmmgpu.device.server import _size
     assert (_size("512M"), _size("1G"), _size("4096")) == (512 << 20, 1 << 30, 4096)
+
+
+def test_a_register_hwdef_defines_but_the_model_does_not_implement_is_refused(
+        monkeypatch) -> None:
+    """The register file is checked against hwdef.REGISTERS when a GPU is made:
+    a writable register without a writer cannot ship."""
+    import pytest
+    regs = tuple(hw.Register(r.reg, "RW", r.reset, r.doc) if r.reg == hw.Reg.ID else r
+                 for r in hw.REGISTERS)
+    monkeypatch.setattr(hw, "REGISTERS", regs)
+    with pytest.raises(AssertionError, match="ID write"):
+        make()

@@ -1,0 +1,216 @@
+"""The copy engine: what one command does, once the scheduler fetched it.
+
+execute() checks the command (reserved field, flag bits, context), then runs
+it. A range is checked whole before any byte moves; a device-virtual range is
+translated page by page first, and every page without a valid or permitted
+PTE becomes a Fault handed to the fault unit as one batch (then Fault is
+raised and the scheduler leaves the queue stalled on the command). Errors are
+raised as DeviceError with the code and the ERROR_ADDR value of
+docs/hardware.md; the scheduler records them and completes the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import hwdef as hw
+from . import trace as tr
+from .hwdef import Access, Aperture, ErrorCode, Opcode
+from .memory import DeviceError, GuestMemory, Vram
+from .mmu import Fault, Mmu
+from .queue import Command, Queue
+from .sanitizer import Sanitizer
+from .trace import DMA_VRAM, Recorder
+
+MAX_FAULTS_PER_COMMAND = 64
+_FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
+_VA_END = 1 << hw.VA_BITS
+
+# report_faults(queue, ctx, faults, access): record them and stall the queue
+ReportFaults = Callable[[Queue, int, list[Fault], Access], None]
+
+
+class Executor:
+    def __init__(self, mem: GuestMemory, vram: Vram, mmu: Mmu, trace: Recorder,
+                 sanitizer: Sanitizer, queues: Callable[[], list[Queue]],
+                 where: Callable[[], tuple[int, int, int]],
+                 report_faults: ReportFaults) -> None:
+        self.mem = mem
+        self.vram = vram
+        self.mmu = mmu
+        self.trace = trace
+        self.sanitizer = sanitizer
+        self._queues = queues
+        self._where = where
+        self._report_faults = report_faults
+
+    # ---- checks ------------------------------------------------------------------------
+
+    @staticmethod
+    def context(queue: Queue, cmd: Command) -> int:
+        """The context of a command (checked by execute() for every opcode)."""
+        return cmd.ctx if queue.index == hw.KERNEL_QUEUE else queue.index
+
+    @staticmethod
+    def _check(queue: Queue, cmd: Command) -> None:
+        if cmd.reserved:
+            raise DeviceError(ErrorCode.BAD_COMMAND, cmd.reserved, "reserved field set")
+        valid = _FLAGS_VALID.get(cmd.opcode)
+        if valid is not None and cmd.flags & ~valid:
+            raise DeviceError(ErrorCode.BAD_COMMAND, cmd.flags,
+                              f"flag bits {cmd.flags & ~valid:#x} undefined for "
+                              f"{hw.opcode_name(cmd.opcode)}")
+        # a context queue only reaches its own address space: ctx is 0 or
+        # names it; the kernel queue may name any context that exists
+        if queue.index == hw.KERNEL_QUEUE:
+            if cmd.ctx >= hw.NUM_CONTEXTS:
+                raise DeviceError(ErrorCode.CONTEXT, cmd.ctx, "no such context")
+        elif cmd.ctx not in (0, queue.index):
+            raise DeviceError(ErrorCode.CONTEXT, cmd.ctx,
+                              f"context queue {queue.index} cannot name context {cmd.ctx}")
+
+    # ---- commands ----------------------------------------------------------------------
+
+    def execute(self, queue: Queue, cmd: Command) -> None:
+        self._check(queue, cmd)
+        a = cmd.args
+        match cmd.opcode:
+            case Opcode.NOP:
+                pass
+            case Opcode.COPY:
+                self._copy(queue, cmd, cmd.aperture(hw.SRC_APERTURE_SHIFT), a[0],
+                           cmd.aperture(hw.DST_APERTURE_SHIFT), a[1], a[2])
+            case Opcode.READ:
+                self._copy(queue, cmd, Aperture.VA, a[0], Aperture.SYS, a[1], a[2])
+            case Opcode.WRITE:
+                self._copy(queue, cmd, Aperture.SYS, a[1], Aperture.VA, a[0], a[2])
+            case Opcode.FILL:
+                self._fill(queue, cmd, cmd.aperture(hw.DST_APERTURE_SHIFT), a[0], a[1], a[2])
+            case Opcode.ATOMIC:
+                self._atomic(queue, cmd)
+            case Opcode.TLB_INVALIDATE:
+                ctx = self.context(queue, cmd)
+                dropped = self.mmu.invalidate(ctx, a[0], a[1])
+                self.sanitizer.invalidated(ctx)
+                if self.trace.on:
+                    self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
+                                    va=a[0], length=a[1], aux=dropped)
+            case Opcode.FENCE:
+                if a[0] % 8:
+                    raise DeviceError(ErrorCode.BAD_COMMAND, a[0], "fence address not 8-aligned")
+                self.write_u64(a[0], a[1])
+            case _:
+                raise DeviceError(ErrorCode.BAD_OPCODE, cmd.opcode, "unknown opcode")
+
+    def write_u64(self, addr: int, value: int) -> None:
+        """A device write of one word to system memory (status, fence, result)."""
+        if self.trace.on:
+            self.trace.emit(tr.DMA_WRITE, *self._where(), addr=addr, length=8)
+        self.mem.write_u64(addr, value)
+
+    def _segments(self, queue: Queue, cmd: Command, aperture: int, addr: int, length: int,
+                  access: Access) -> list[np.ndarray]:
+        """Views covering [addr, addr+length) in `aperture`; faults for all
+        missing pages of a VA range are reported together."""
+        if length <= 0:
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "length 0")
+        if addr + length > 1 << 64:
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
+        # an ATOMIC writes as well as reads: a read-only DMA mapping refuses it
+        write = bool(access & (Access.WRITE | Access.ATOMIC))
+        tracing = self.trace.on
+        kind = tr.DMA_WRITE if write else tr.DMA_READ
+        if aperture == Aperture.SYS:
+            if tracing:
+                self.trace.emit(kind, *self._where(), addr=addr, length=length)
+            return [self.mem.view(addr, length, write)]
+        if aperture == Aperture.VRAM:
+            if tracing:
+                self.trace.emit(kind, *self._where(), flags=DMA_VRAM, addr=addr, length=length)
+            return [self.vram.view(addr, length)]
+        if aperture != Aperture.VA:
+            raise DeviceError(ErrorCode.BAD_COMMAND, aperture, "bad aperture")
+        if addr + length > _VA_END:  # no page table can map it: not a fault
+            raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
+        ctx = self.context(queue, cmd)
+        root = self._queues()[ctx].pt_base
+        runs: list[list] = []  # [vram, target, length, va]: contiguous pages merge
+        faults: list[Fault] = []
+        va, end = addr, addr + length
+        while va < end:
+            try:
+                t = self.mmu.translate(ctx, root, va, access)
+            except Fault as f:
+                faults.append(f)
+                if len(faults) >= MAX_FAULTS_PER_COMMAND:
+                    break
+                va = (va & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
+                continue
+            n = min(end, t.va + t.size) - va
+            assert n > 0, f"translation {t} does not cover {va:#x}"
+            if not faults:
+                target = t.target(va)
+                last = runs[-1] if runs else None
+                if last is not None and last[0] == t.vram and last[1] + last[2] == target:
+                    last[2] += n
+                else:
+                    runs.append([t.vram, target, n, va])
+            va += n
+        if faults:
+            self._report_faults(queue, ctx, faults, access)
+            raise faults[0]
+        views: list[np.ndarray] = []
+        command = self._where()[2]
+        for vram, target, n, run_va in runs:
+            if tracing:
+                self.trace.emit(kind, queue.index, ctx, command, DMA_VRAM if vram else 0,
+                                va=run_va, addr=target, length=n)
+            if vram:
+                views.append(self.vram.view(target, n))
+            else:
+                views.extend(self.mem.views(target, n, write))
+        return views
+
+    def _copy(self, queue: Queue, cmd: Command, src_ap: int, src: int, dst_ap: int, dst: int,
+              length: int) -> None:
+        src_views = self._segments(queue, cmd, src_ap, src, length, Access.READ)
+        dst_views = self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE)
+        si = di = so = do = 0
+        while si < len(src_views):
+            s, d = src_views[si], dst_views[di]
+            n = min(len(s) - so, len(d) - do)
+            np.copyto(d[do:do + n], s[so:so + n])
+            so += n
+            do += n
+            if so == len(s):
+                si, so = si + 1, 0
+            if do == len(d):
+                di, do = di + 1, 0
+
+    def _fill(self, queue: Queue, cmd: Command, dst_ap: int, dst: int, length: int,
+              pattern: int) -> None:
+        if length % 4 or dst % 4:
+            raise DeviceError(ErrorCode.BAD_COMMAND, dst, "FILL needs 4-byte alignment")
+        if pattern >> 32:
+            raise DeviceError(ErrorCode.BAD_COMMAND, pattern, "FILL pattern is 32 bits")
+        for v in self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE):
+            v.view(np.uint32)[:] = pattern
+
+    def _atomic(self, queue: Queue, cmd: Command) -> None:
+        va, operand, result = cmd.args[0], cmd.args[1], cmd.args[2]
+        if va % 8:
+            raise DeviceError(ErrorCode.BAD_COMMAND, va, "ATOMIC needs 8-byte alignment")
+        op = (cmd.flags >> hw.ATOMIC_OP_SHIFT) & hw.ATOMIC_OP_MASK
+        if op not in (hw.AtomicOp.FETCH_ADD, hw.AtomicOp.SWAP):
+            # malformed is an error before it can fault: no replay would fix it
+            raise DeviceError(ErrorCode.BAD_COMMAND, op, "unknown atomic op")
+        # the trace shows the atomic's 8 bytes as written (a read-modify-write)
+        (view,) = self._segments(queue, cmd, Aperture.VA, va, 8, Access.ATOMIC)
+        word = view.view(np.uint64)
+        old = int(word[0])
+        word[0] = (old + operand) & 0xFFFF_FFFF_FFFF_FFFF if op == hw.AtomicOp.FETCH_ADD \
+            else operand
+        if result:
+            self.write_u64(result, old)

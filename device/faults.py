@@ -1,0 +1,90 @@
+"""The fault unit: the fault buffer registers and the records it writes.
+
+A command whose VA range faults hands its faults here (all of them, as one
+batch, under the engine's lock); each becomes a 32-byte record at FAULT_PUT in
+the driver's ring buffer, or is counted in FAULT_OVERFLOW when the buffer is
+full. Without a valid buffer a fault cannot be reported, so the command fails
+with FAULT_BUFFER instead of stalling forever (docs/hardware.md, Replayable
+faults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import hwdef as hw
+from . import trace as tr
+from .hwdef import Access, ErrorCode, SanCheck
+from .memory import DeviceError, GuestMemory
+from .mmu import Fault
+from .sanitizer import Sanitizer
+from .trace import Recorder
+
+
+class FaultUnit:
+    def __init__(self, mem: GuestMemory, trace: Recorder, sanitizer: Sanitizer,
+                 clock: Callable[[], int]) -> None:
+        self.mem = mem
+        self.trace = trace
+        self.sanitizer = sanitizer
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.base = 0
+        self.size = 0
+        self.put = 0
+        self.get = 0
+        self.overflow = 0
+
+    # ---- registers (the caller holds the engine's lock) ----------------------------
+
+    def set_size(self, value: int) -> None:
+        """FAULT_SIZE: a new buffer starts empty."""
+        self.size, self.put, self.get = value, 0, 0
+
+    def set_get(self, value: int) -> bool:
+        """FAULT_GET; False (the write is dropped) when past FAULT_SIZE."""
+        if self.size and value < self.size:
+            self.get = value
+            return True
+        return False
+
+    def usable(self) -> bool:
+        size = self.size
+        return bool(size) and not size & (size - 1) and size <= hw.MAX_FAULT_ENTRIES \
+            and not self.base % hw.PAGE_SIZE
+
+    # ---- reporting --------------------------------------------------------------------
+
+    def record(self, queue: int, ctx: int, command: int, faults: list[Fault],
+               access: Access) -> None:
+        """Write one record per fault. Raises DeviceError(FAULT_BUFFER) when
+        there is no valid buffer or it is not in guest RAM."""
+        if not self.usable():
+            raise DeviceError(ErrorCode.FAULT_BUFFER, self.base,
+                              f"fault at {faults[0].va:#x} with no valid fault buffer")
+        size = self.size
+        for f in faults:
+            if (self.put + 1) % size == self.get % size:
+                self.overflow += 1
+                self.sanitizer.report(
+                    SanCheck.FAULT_OVERFLOW, queue, ctx, command, f.va,
+                    f"fault at {f.va:#x} lost: the fault buffer ({size} entries) is full; "
+                    f"PUT {self.put} GET {self.get}")
+                continue
+            rec = hw.FAULT_RECORD.pack(f.va, self.clock(), ctx, int(access), queue,
+                                       int(f.reason))
+            slot = self.base + (self.put % size) * hw.FAULT_RECORD_SIZE
+            if self.trace.on:  # the fault, and the record's DMA write
+                self.trace.emit(tr.FAULT, queue, ctx, command, flags=int(access), va=f.va,
+                                addr=slot, length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
+            try:
+                self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)[:] = \
+                    np.frombuffer(rec, dtype=np.uint8)
+            except DeviceError as e:
+                raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
+                                  "fault buffer not in guest memory") from e
+            self.put = (self.put + 1) % size
