@@ -141,6 +141,8 @@ struct hmmgpu_mirror {
 	u64 *retired;			/* leaf PTEs cleared, to unmap after the TLB flush */
 	unsigned int nr_retired;
 	bool tlb_stale;			/* the device TLB may hold a cleared PTE */
+	unsigned long stale_start;	/* VAs retired since the last sync: */
+	unsigned long stale_end;	/* what it must invalidate besides its range */
 	unsigned long req_start;	/* the READ/WRITE in flight, for fault-in */
 	unsigned long req_end;
 	unsigned long buf_start;	/* its user buffer, when the device copies to/from it */

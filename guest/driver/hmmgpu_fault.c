@@ -25,6 +25,7 @@
 #include <linux/slab.h>
 
 #include "hmmgpu.h"
+#include "test_hmm_uapi.h"
 
 #define HMMGPU_MAX_FAULT_PAGES	(16UL << (20 - PAGE_SHIFT))	/* 16 MiB per batch */
 
@@ -60,6 +61,21 @@ static bool hmmgpu_can_map_2m(struct hmmgpu *gpu, unsigned long hpfn, unsigned l
 		return hmmgpu_page_is_vram(gpu, page) &&
 		       IS_ALIGNED(hmmgpu_vram_offset(gpu, page), SZ_2M);
 	return true;
+}
+
+/* A page of the range is in this GPU's VRAM and not writable. */
+static bool hmmgpu_own_read_only(struct hmmgpu *gpu, struct hmm_range *range)
+{
+	unsigned long i, npages = (range->end - range->start) >> PAGE_SHIFT;
+
+	for (i = 0; i < npages; i++) {
+		unsigned long hpfn = range->hmm_pfns[i];
+
+		if ((hpfn & HMM_PFN_VALID) && !(hpfn & HMM_PFN_WRITE) &&
+		    hmmgpu_page_is_vram(gpu, hmm_pfn_to_page(hpfn)))
+			return true;
+	}
+	return false;
 }
 
 /* Write the device PTEs for a faulted range. Called with mirror->mutex held. */
@@ -114,6 +130,7 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 	unsigned long timeout = jiffies + msecs_to_jiffies(HMM_RANGE_DEFAULT_TIMEOUT);
 	/* the most tables the range can need: per 2 MiB, per 1 GiB, per 512 GiB span */
 	unsigned int tables = min_t(unsigned long, npages / HMMGPU_PT_ENTRIES + 3, 64);
+	bool moved = false;
 	int ret, sync;
 
 	range.hmm_pfns = kvcalloc(npages, sizeof(*range.hmm_pfns), GFP_KERNEL);
@@ -146,6 +163,22 @@ again:
 			continue;
 		if (ret)
 			goto put;
+		if (write && !moved && hmmgpu_own_read_only(mirror->gpu, &range)) {
+			/*
+			 * hmm_range_fault() reports a page in our own VRAM as it
+			 * is, never faulting it for write (mm/hmm.c:276): one
+			 * migrated read-only (from the zero page, or shared after
+			 * fork) would fault again on every replay. Bring it back;
+			 * the CPU's write fault then gives the range its own page.
+			 */
+			struct hmm_dmirror_cmd back = { .addr = start, .npages = npages };
+
+			moved = true;
+			ret = hmmgpu_migrate(mirror, &back, false);
+			if (ret)
+				goto put;
+			continue;
+		}
 		mutex_lock(&mirror->mutex);
 		if (!mmu_interval_read_retry(range.notifier, range.notifier_seq))
 			break;

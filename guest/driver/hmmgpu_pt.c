@@ -33,6 +33,8 @@
 
 #include "hmmgpu.h"
 
+#define PT_LARGE_SIZE	(1UL << HMMGPU_LARGE_PAGE_SHIFT)
+
 struct hmmgpu_pt {
 	u64 *cpu;			/* HMMGPU_PT_ENTRIES entries, read by the device */
 	dma_addr_t dma;
@@ -131,6 +133,8 @@ int hmmgpu_pt_create(struct hmmgpu_mirror *mirror)
 	mirror->nr_spare = 0;
 	mirror->nr_retired = 0;
 	mirror->tlb_stale = false;
+	mirror->stale_start = ULONG_MAX;
+	mirror->stale_end = 0;
 	mirror->retired = kmalloc_array(HMMGPU_PT_RETIRE_MAX, sizeof(u64), GFP_KERNEL);
 	if (!mirror->retired)
 		return -ENOMEM;
@@ -153,9 +157,12 @@ static void pt_unmap_retired(struct hmmgpu_mirror *mirror)
 }
 
 /*
- * The device forgets every PTE cleared or replaced since the last sync
- * (TLB_INVALIDATE of [start, start + len), len 0: the whole context), then the
- * retired pages are unmapped. Called with mirror->mutex held; sleeps.
+ * The device forgets every PTE cleared or replaced since the last sync, then
+ * the retired pages are unmapped. The TLB_INVALIDATE covers [start, start +
+ * len) (len 0: the whole context) and every VA retired since the last sync:
+ * those may lie outside the caller's range (a notifier's sync must not
+ * unmap, nor forget, what an unfinished fault-in replaced elsewhere). Called
+ * with mirror->mutex held; sleeps.
  */
 int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len)
 {
@@ -164,6 +171,12 @@ int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned l
 	lockdep_assert_held(&mirror->mutex);
 	if (!mirror->tlb_stale)
 		return 0;
+	if (len && mirror->stale_start < mirror->stale_end) {
+		unsigned long end = max(start + len, mirror->stale_end);
+
+		start = min(start, mirror->stale_start);
+		len = end - start;
+	}
 	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
 	if (ret) {
 		/* the device may still reach them: better leaked than reused under it */
@@ -172,14 +185,18 @@ int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned l
 		return ret;
 	}
 	mirror->tlb_stale = false;
+	mirror->stale_start = ULONG_MAX;
+	mirror->stale_end = 0;
 	pt_unmap_retired(mirror);
 	return 0;
 }
 
-/* A leaf PTE leaves the table: unmapped at the next hmmgpu_pt_sync(). */
-static void pt_retire(struct hmmgpu_mirror *mirror, u64 pte)
+/* The leaf PTE of [va, va + size) leaves the table: unmapped at the next hmmgpu_pt_sync(). */
+static void pt_retire(struct hmmgpu_mirror *mirror, unsigned long va, unsigned long size, u64 pte)
 {
 	mirror->tlb_stale = true;
+	mirror->stale_start = min(mirror->stale_start, va);
+	mirror->stale_end = max(mirror->stale_end, va + size);
 	if ((pte & HMMGPU_PTE_VRAM) || !(pte & HMMGPU_PTE_VALID))
 		return;
 	if (mirror->nr_retired == HMMGPU_PT_RETIRE_MAX)
@@ -242,7 +259,7 @@ int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 				/* a 2 MiB page is here: replace it by a table */
 				old = pt->cpu[i];
 				WRITE_ONCE(pt->cpu[i], 0);
-				pt_retire(mirror, old);
+				pt_retire(mirror, va & ~(PT_LARGE_SIZE - 1), PT_LARGE_SIZE, old);
 			}
 			pt->child[i] = pt_alloc_locked(mirror);
 			if (!pt->child[i])
@@ -257,7 +274,7 @@ int hmmgpu_pt_map(struct hmmgpu_mirror *mirror, unsigned long va, u64 pte,
 	old = pt->cpu[i];
 	WRITE_ONCE(pt->cpu[i], pte | HMMGPU_PTE_VALID | (order ? HMMGPU_PTE_LARGE : 0));
 	if (old & HMMGPU_PTE_VALID)
-		pt_retire(mirror, old);
+		pt_retire(mirror, va & ~((PAGE_SIZE << order) - 1), PAGE_SIZE << order, old);
 	return 0;
 }
 
@@ -285,7 +302,7 @@ static bool pt_scan(struct hmmgpu_mirror *mirror, struct hmmgpu_pt *pt, unsigned
 			found = true;
 			if (clear) {
 				WRITE_ONCE(pt->cpu[i], 0);
-				pt_retire(mirror, old);
+				pt_retire(mirror, lo, span, old);
 			}
 		}
 		if (found && !clear)
