@@ -180,6 +180,9 @@ class Mmu:
                      length=t.size)
         need = _NEEDED[int(access)]
         if (t.flags & need) != need:
+            if rec is not None and rec.on:  # what the PTE allows, and where it is
+                rec.emit(tr.WALK, NONE, ctx, flags=t.flags, va=va, addr=t.pte_addr,
+                         aux=t.pte & 0xFFFFFFFF)
             raise Fault(va, hw.FaultReason.PERMISSION)
         tlb = self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb
         if len(tlb) >= TLB_ENTRIES:

@@ -50,6 +50,7 @@ class Report:
 
 
 _PTE_VALID = int(hw.Pte.VALID)
+_PTE_PERMS = int(hw.Pte.READ | hw.Pte.WRITE | hw.Pte.ATOMIC)
 # (queue, ctx, command id) of the command executing, NONE where there is none
 Where = Callable[[], tuple[int, int, int]]
 
@@ -115,11 +116,14 @@ class Sanitizer:
     def tlb_hit(self, ctx: int, t) -> None:
         """STALE_TLB: the PTE behind a TLB hit must still say what the TLB holds.
 
-        A PTE rewritten to another valid mapping is reported at once: without
-        TLB_INVALIDATE the device keeps the old page. A cleared PTE is the
-        first half of a correct invalidation (clear, then TLB_INVALIDATE), and
-        commands already running may use the entry in between; it is reported
-        when a command that started after that first sighting still uses it.
+        A PTE rewritten to another page is reported at once: without
+        TLB_INVALIDATE the device keeps the old page. A PTE that now allows
+        more (same page, permission bits added) is never reported: the entry
+        the device uses allows less, at worst a fault it replays. A cleared
+        PTE, or one that allows less, is the first half of a correct
+        invalidation (change, then TLB_INVALIDATE), and commands already
+        running may use the entry in between; it is reported when a command
+        that started after that first sighting still uses it.
         """
         try:
             now = self.mem.read_u64(t.pte_addr)
@@ -127,8 +131,11 @@ class Sanitizer:
             now = 0
         if now == t.pte:
             return
+        same_page = now & _PTE_VALID and (now & ~_PTE_PERMS) == (t.pte & ~_PTE_PERMS)
+        if same_page and now & t.pte & _PTE_PERMS == t.pte & _PTE_PERMS:
+            return  # an upgrade
         queue, _, command = self.where()
-        if not now & _PTE_VALID and \
+        if (not now & _PTE_VALID or same_page) and \
                 self._cleared.setdefault((ctx, t.va), (queue, command)) == (queue, command):
             return  # still the command that first saw it: inside the window
         self.report(SanCheck.STALE_TLB, queue, ctx, command, t.va,

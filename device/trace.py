@@ -57,7 +57,9 @@ class Kind(IntEnum):
 
     DMA_READ = 1         # va (0 for SYS/VRAM apertures), addr, length
     DMA_WRITE = 2
-    WALK = 3             # a walk that found nothing at va (a successful walk is a TLB_FILL)
+    WALK = 3             # a walk that found nothing at va, or (flags = PTE permission bits,
+                         # addr = PTE address, aux = PTE bits 31:0) a PTE without the access;
+                         # a successful walk is a TLB_FILL
     TLB_FILL = 4         # va of the page, addr = target, length = page size
     TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped
     FAULT = 6            # va, flags = access, aux = reason

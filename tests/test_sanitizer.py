@@ -82,6 +82,31 @@ def test_a_cleared_pte_may_be_used_by_the_running_command_not_by_the_next(rig: R
     assert reports(rig) == []  # the correct sequence, with one use in the window
 
 
+def test_a_pte_that_only_gains_permissions_is_not_stale(rig: Rig) -> None:
+    """Found by the stress test: the driver adds ATOMIC to a PTE (device-
+    exclusive access) and invalidates on another queue; a command using the
+    old, weaker entry meanwhile is no bug."""
+    page = rig.page(1)
+    rig.drv.map(3, VA, page, Pte.READ)
+    read_va(rig, 3, VA)
+    rig.drv.map(3, VA, page, RW | Pte.ATOMIC)
+    read_va(rig, 3, VA)
+    read_va(rig, 3, VA)
+    assert reports(rig) == []
+
+
+def test_a_pte_that_loses_permissions_has_the_window_of_a_cleared_one(rig: Rig) -> None:
+    page = rig.page(1)
+    rig.drv.map(3, VA, page, RW)
+    read_va(rig, 3, VA)
+    rig.drv.map(3, VA, page, Pte.READ)  # write-protect (COW), invalidation on its way
+    read_va(rig, 3, VA)
+    assert reports(rig) == []
+    read_va(rig, 3, VA)  # a later command: no invalidation came
+    (r,) = reports(rig)
+    assert r["check"] == "STALE_TLB"
+
+
 def test_dma_outside_the_mapped_guest_memory_is_reported_with_its_command(rig: Rig) -> None:
     rig.drv.submit(hw.KERNEL_QUEUE, Opcode.FILL, (0x7_0000_0000, 64, 0),
                    flags=hw.cmd_flags(dst=Aperture.SYS))
