@@ -148,6 +148,7 @@ class Lab:
                      for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
+        self._stops_seen = 0  # QMP event mark: STOP events before it are handled
         self.guest: Guest | None = None
         self.accel = ""
         self.kernel: GuestKernel | None = None
@@ -330,11 +331,19 @@ class Lab:
 
     def _vm_stopped_by_qemu(self) -> str:
         """Why QEMU stopped the guest on its own ("" while it runs, or while we
-        paused it). A stopped guest answers nothing: SSH would wait forever."""
-        if self.qmp is None:
+        paused it). A stopped guest answers nothing: SSH would wait forever.
+        QEMU announces every stop with a STOP event; only then is its run
+        state asked for, not on every watchdog tick."""
+        qmp = self.qmp
+        if qmp is None:
+            return ""
+        mark = qmp.mark()  # taken first: a STOP arriving meanwhile is seen again, not lost
+        stops = [e for e in qmp.events.since(self._stops_seen) if e.get("event") == "STOP"]
+        self._stops_seen = mark
+        if not stops:
             return ""
         try:
-            status = self.qmp.cmd("query-status", timeout=5)["status"]
+            status = qmp.cmd("query-status", timeout=5)["status"]
         except VmError:
             return ""  # QEMU going away is the exit check's business
         if status not in VM_STOPPED_BY_QEMU:
