@@ -24,7 +24,7 @@ from .shell import run
 from .toolbox import Toolbox
 
 GUEST_TOOLS = ["mmio_bench", "gpu_smoke", "fault_bench", "gpu_atomic", "san_bugs",
-               "mirror_threads", "mirror_remove", "hmm_stress"]
+               "mirror_threads", "mirror_remove", "mirror_reap", "hmm_stress"]
 MODULE_DIRS = ["driver", "testmod"]  # under guest/
 SELFTEST_MM = "tools/testing/selftests/mm"
 

@@ -163,6 +163,17 @@ def test_two_threads_on_one_file_keep_their_requests_apart(paths) -> None:
     assert r.stdout.strip() == "ok 200", r.stdout + r.stderr
 
 
+def test_a_reap_of_a_process_the_device_maps_is_refused_without_sleeping(paths) -> None:
+    """mirror_reap (guest/tools): process_mrelease() on a killed child whose
+    pages 8-15 and 32-39 of one VMA the device maps zaps with a non-blockable
+    notifier; the driver cannot flush the device TLB without sleeping, so
+    every reap fails with EAGAIN (a driver that looked only at the range's
+    first page slept in the flush and let the reap succeed), and the child's
+    own exit then tears the mapping down with no WARN."""
+    r = guest_tool(paths, "mirror_reap", "/dev/hmm_dmirror0 20")
+    assert r.stdout.strip() == "eagain 20 reaped 0 other 0", r.stdout + r.stderr
+
+
 def test_unbind_with_an_open_file_gives_enodev_and_rebind_works(paths) -> None:
     """mirror_remove (guest/tools) holds /dev/hmm_dmirror0 open with pages
     migrated to VRAM while the driver is unbound: no Oops, later ioctls fail
