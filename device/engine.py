@@ -29,7 +29,7 @@ from . import trace as tr
 from .executor import Executor
 from .faults import FaultUnit
 from .hwdef import Access, ErrorCode, QueueStatus, SanCheck
-from .memory import DeviceError, GuestMemory, Vram
+from .memory import DeviceError, Fabric, GuestMemory, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
 from .sanitizer import Sanitizer
@@ -47,7 +47,8 @@ _IRQ = int(hw.CmdFlags.IRQ)
 
 class Engine:
     def __init__(self, mem: GuestMemory, vram: Vram, raise_irq: Callable[[int], None],
-                 bus_master: Callable[[], bool] = lambda: True) -> None:
+                 bus_master: Callable[[], bool] = lambda: True,
+                 fabric: Fabric | None = None) -> None:
         self.mem = mem
         self.vram = vram
         self._raise_irq = raise_irq
@@ -58,7 +59,7 @@ class Engine:
         self.queues: list[Queue] = []
         self.trace = Recorder(self._t0, meta={"vram_size": vram.size})
         self.sanitizer = Sanitizer(self.now, self.trace, vram.size, mem, self.where)
-        self.mmu = Mmu(mem, vram.size, self.trace, self.sanitizer)
+        self.mmu = Mmu(mem, vram.size, self.trace, self.sanitizer, fabric)
         self.faults = FaultUnit(mem, self.trace, self.sanitizer, self.now)
         self.executor = Executor(mem, vram, self.mmu, self.trace, self.sanitizer,
                                  lambda: self.queues, self.where, self._report_faults)

@@ -22,9 +22,10 @@ from .memory import DeviceError, GuestMemory, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
 from .sanitizer import Sanitizer
-from .trace import DMA_VRAM, Recorder
+from .trace import DMA_VRAM, Recorder, dma_flags
 
 MAX_FAULTS_PER_COMMAND = 64
+_SYS, _LOCAL = -2, -1  # where a run of pages is; a fabric id (>= 0) is a peer's VRAM
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
 
@@ -136,7 +137,7 @@ class Executor:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
         ctx = self.context(queue, cmd)
         root = self._queues()[ctx].pt_base
-        runs: list[list] = []  # [vram, target, length, va]: contiguous pages merge
+        runs: list[list] = []  # [memory, target, length, va]: contiguous pages merge
         faults: list[Fault] = []
         va, end = addr, addr + length
         while va < end:
@@ -152,26 +153,36 @@ class Executor:
             assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
                 target = t.target(va)
+                memory = _SYS if not t.vram else t.peer  # _LOCAL is -1, like no peer
                 last = runs[-1] if runs else None
-                if last is not None and last[0] == t.vram and last[1] + last[2] == target:
+                if last is not None and last[0] == memory and last[1] + last[2] == target:
                     last[2] += n
                 else:
-                    runs.append([t.vram, target, n, va])
+                    runs.append([memory, target, n, va])
             va += n
         if faults:
             self._report_faults(queue, ctx, faults, access)
             raise faults[0]
         views: list[np.ndarray] = []
         command = self._where()[2]
-        for vram, target, n, run_va in runs:
+        for memory, target, n, run_va in runs:
             if tracing:
-                self.trace.emit(kind, queue.index, ctx, command, DMA_VRAM if vram else 0,
+                self.trace.emit(kind, queue.index, ctx, command,
+                                dma_flags(memory != _SYS, max(memory, -1)),
                                 va=run_va, addr=target, length=n)
-            if vram:
+            if memory == _SYS:
+                views.extend(self.mem.views(target, n, write))
+            elif memory == _LOCAL:
                 views.append(self.vram.view(target, n))
             else:
-                views.extend(self.mem.views(target, n, write))
+                views.append(self._peer_vram(memory).view(target, n))
         return views
+
+    def _peer_vram(self, peer: int) -> Vram:
+        vram = self.mmu.fabric.peer(peer) if self.mmu.fabric is not None else None
+        if vram is None:  # the walk saw the link; it cannot go down while the device runs
+            raise DeviceError(ErrorCode.PTE_INVALID, peer, f"no link to fabric id {peer}")
+        return vram
 
     def _copy(self, queue: Queue, cmd: Command, src_ap: int, src: int, dst_ap: int, dst: int,
               length: int) -> None:

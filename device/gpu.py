@@ -18,7 +18,7 @@ from . import hwdef as hw
 from . import trace as tr
 from .engine import Engine
 from .hwdef import QReg, Reg
-from .memory import GuestMemory, Vram
+from .memory import Fabric, GuestMemory, Vram
 from .queue import Queue
 
 log = logging.getLogger("hmmgpu.device")
@@ -47,12 +47,15 @@ def _set_hi(v: int, hi: int) -> int:
 class Gpu:
     def __init__(self, raise_irq: Callable[[int], bool] | None = None,
                  mem: GuestMemory | None = None, vram_size: int = hw.DEFAULT_VRAM_SIZE,
-                 bus_master: Callable[[], bool] = lambda: True) -> None:
+                 bus_master: Callable[[], bool] = lambda: True, vram_bar: bool = True,
+                 vram_path: str | None = None, fabric: Fabric | None = None) -> None:
         # raise_irq(vector) -> True when the interrupt was delivered
         self._deliver = raise_irq or (lambda _v: False)
         self.mem = mem or GuestMemory()
-        self.vram = Vram(vram_size)
-        self.engine = Engine(self.mem, self.vram, self.raise_irq, bus_master)
+        self.vram = Vram(vram_size, vram_path)
+        self.caps = hw.Caps.VRAM_BAR if vram_bar else hw.Caps(0)
+        self.fabric = fabric or Fabric()
+        self.engine = Engine(self.mem, self.vram, self.raise_irq, bus_master, self.fabric)
         self.lock = self.engine.lock
         self._register_file()
         self.reset()
@@ -178,6 +181,9 @@ class Gpu:
             Reg.TIMESTAMP_LO: timestamp_lo,
             Reg.TIMESTAMP_HI: lambda: self.timestamp_latch,
             Reg.SAN_REPORTS: lambda: _lo(e.sanitizer.count - self.san_reports_base),
+            Reg.CAPS: lambda: int(self.caps),
+            Reg.FABRIC_ID: lambda: self.fabric.own_id,
+            Reg.PEER_LINKS: lambda: self.fabric.links,
         }
         self._writers: dict[int, Callable[[int], None]] = {
             Reg.SCRATCH: set_scratch,

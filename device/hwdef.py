@@ -36,10 +36,15 @@ MSIX_BAR = 2
 MSIX_BAR_SIZE = 0x1000
 MSIX_TABLE_OFFSET = 0x000
 MSIX_PBA_OFFSET = 0x800
+# BAR4 (64-bit, prefetchable): the VRAM, CPU-addressable and coherent with the
+# device's own accesses (one memory behind both). Its size is the VRAM size
+# rounded up to a power of two; bytes past the VRAM read 0 and ignore writes.
+# A device served with --no-vram-bar has no BAR4 and CAPS.VRAM_BAR clear.
+VRAM_BAR = 4
 
 ID_MAGIC = 0x4D4D4748  # bytes "HGMM" in little-endian order
 VERSION_MAJOR = 0
-VERSION_MINOR = 2
+VERSION_MINOR = 3
 
 # ---- device geometry -------------------------------------------------------------
 PAGE_SHIFT = 12
@@ -91,6 +96,13 @@ class Reg(IntEnum):
     # SAN_VRAM_ALLOC | order << SAN_ORDER_SHIFT | page << SAN_PAGE_SHIFT
     SAN_VRAM = 0x060
     SAN_REPORTS = 0x064  # read: sanitizer reports since reset
+    CAPS = 0x068  # Caps: what this device has
+    FABRIC_ID = 0x06C  # this device's id on the device-to-device fabric
+    PEER_LINKS = 0x070  # bit N: a link to the device with fabric id N
+
+
+class Caps(IntFlag):
+    VRAM_BAR = 1 << 0  # BAR4 maps the VRAM, coherent with the device
 
 
 # Per-queue registers: queue q's window starts at QUEUE_BASE + q * QUEUE_STRIDE.
@@ -176,6 +188,11 @@ REGISTERS: tuple[Register, ...] = (
              "sanitizer: VRAM folio allocated (bit 0 = 1) or freed; order in bits 4:1, "
              "page index in bits 31:5"),
     Register(Reg.SAN_REPORTS, "RO", 0, "sanitizer reports since reset"),
+    Register(Reg.CAPS, "RO", int(Caps.VRAM_BAR),
+             "capabilities (Caps); VRAM_BAR clear on a device served with --no-vram-bar"),
+    Register(Reg.FABRIC_ID, "RO", 0, "fabric id of this device (0..15), set when it is served"),
+    Register(Reg.PEER_LINKS, "RO", 0,
+             "bit N set: a link to the device with fabric id N (its VRAM by PEER PTEs)"),
 )
 
 def pt_level_shift(level: int) -> int:
@@ -315,10 +332,14 @@ class Pte(IntFlag):
     ATOMIC = 1 << 3
     VRAM = 1 << 4  # aperture: address is a VRAM offset, else a bus address
     LARGE = 1 << 5  # level-1 entry maps a 2 MiB page
+    PEER = 1 << 6  # with VRAM: the VRAM of the peer named in PEER_ID, over the fabric
 
 
+PTE_PEER_SHIFT = 7  # bits 10:7: the peer's fabric id (a PEER PTE only)
+PTE_PEER_MASK = 0xF
+MAX_FABRIC_ID = PTE_PEER_MASK
 PTE_ADDR_MASK = ((1 << DMA_ADDR_BITS) - 1) & ~(PAGE_SIZE - 1)
-PTE_FLAGS_MASK = 0x3F
+PTE_FLAGS_MASK = 0x7FF
 PTE_RESERVED_MASK = ~(PTE_ADDR_MASK | PTE_FLAGS_MASK) & 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -382,7 +403,7 @@ def _defines() -> list[tuple[str, int]]:
         ("PCI_CLASS_BASE", PCI_CLASS_BASE), ("PCI_CLASS_SUB", PCI_CLASS_SUB),
         ("BAR0_SIZE", BAR0_SIZE), ("MSIX_BAR", MSIX_BAR), ("MSIX_BAR_SIZE", MSIX_BAR_SIZE),
         ("MSIX_TABLE_OFFSET", MSIX_TABLE_OFFSET),
-        ("MSIX_PBA_OFFSET", MSIX_PBA_OFFSET), ("ID_MAGIC", ID_MAGIC),
+        ("MSIX_PBA_OFFSET", MSIX_PBA_OFFSET), ("VRAM_BAR", VRAM_BAR), ("ID_MAGIC", ID_MAGIC),
         ("VERSION_MAJOR", VERSION_MAJOR), ("VERSION_MINOR", VERSION_MINOR),
         ("PAGE_SHIFT", PAGE_SHIFT), ("LARGE_PAGE_SHIFT", LARGE_PAGE_SHIFT),
         ("NUM_CONTEXTS", NUM_CONTEXTS), ("KERNEL_QUEUE", KERNEL_QUEUE),
@@ -396,7 +417,8 @@ def _defines() -> list[tuple[str, int]]:
         ("APERTURE_MASK", APERTURE_MASK),
         ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT), ("ATOMIC_OP_MASK", ATOMIC_OP_MASK),
         ("PTE_ADDR_MASK", PTE_ADDR_MASK), ("PTE_FLAGS_MASK", PTE_FLAGS_MASK),
-        ("PTE_RESERVED_MASK", PTE_RESERVED_MASK),
+        ("PTE_RESERVED_MASK", PTE_RESERVED_MASK), ("PTE_PEER_SHIFT", PTE_PEER_SHIFT),
+        ("PTE_PEER_MASK", PTE_PEER_MASK),
         ("SAN_VRAM_ALLOC", SAN_VRAM_ALLOC), ("SAN_ORDER_SHIFT", SAN_ORDER_SHIFT),
         ("SAN_ORDER_MASK", SAN_ORDER_MASK), ("SAN_PAGE_SHIFT", SAN_PAGE_SHIFT),
     ]
@@ -413,6 +435,7 @@ def _defines() -> list[tuple[str, int]]:
     out += [("CMD_IRQ", int(CmdFlags.IRQ))]
     out += [(f"ATOMIC_{a.name}", int(a)) for a in AtomicOp]
     out += [(f"PTE_{p.name}", int(p)) for p in Pte]
+    out += [(f"CAPS_{c.name}", int(c)) for c in Caps]
     out += [(f"ACCESS_{a.name}", int(a)) for a in Access]
     out += [(f"FAULT_{r.name}", int(r)) for r in FaultReason]
     out += [(f"SAN_{c.name}", int(c)) for c in SanCheck]

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import mmap
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,14 +114,62 @@ class GuestMemory:
 
 
 class Vram:
-    """Device-local memory, not addressable by the CPU. Pages are committed
-    lazily by the host kernel (np.zeros maps zero pages on demand)."""
+    """Device-local memory in a shared memory file (a memfd, or a file a peer
+    can open by path). The VRAM BAR maps the same file into the guest, so the
+    CPU's view and the copy engine's are one memory; pages are committed on
+    first touch."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.array = np.zeros(size, dtype=np.uint8)
+    def __init__(self, size: int, path: str | None = None, create: bool = True) -> None:
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        self.fd = os.open(path, flags, 0o600) if path else \
+            os.memfd_create("hmmgpu-vram", os.MFD_CLOEXEC)
+        try:
+            if create:
+                os.ftruncate(self.fd, size)
+            else:
+                size = os.fstat(self.fd).st_size
+            self.size = size
+            self._map = mmap.mmap(self.fd, size) if size else None
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.array = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None \
+            else np.zeros(0, dtype=np.uint8)
+        weakref.finalize(self, os.close, self.fd)
+
+    @classmethod
+    def attach(cls, path: str) -> Vram:
+        """A peer's VRAM, by the path of its file."""
+        return cls(0, path, create=False)
 
     def view(self, offset: int, length: int) -> np.ndarray:
         if not in_range(offset, length, 0, self.size):
             raise DeviceError(ErrorCode.VRAM_RANGE, offset, f"{length} bytes")
         return self.array[offset:offset + length]
+
+
+class Fabric:
+    """The device-to-device links: peers by fabric id, each a VRAM file. A
+    peer's file is opened on first use (its server may start after this one)
+    and kept; a link whose file is missing is down."""
+
+    def __init__(self, own_id: int = 0, peers: dict[int, str] | None = None) -> None:
+        self.own_id = own_id
+        self.paths = dict(peers or {})
+        self._open: dict[int, Vram] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def links(self) -> int:
+        """PEER_LINKS: one bit per configured peer."""
+        return sum(1 << p for p in self.paths)
+
+    def peer(self, fabric_id: int) -> Vram | None:
+        with self._lock:
+            v = self._open.get(fabric_id)
+            if v is None and fabric_id in self.paths:
+                try:
+                    v = self._open[fabric_id] = Vram.attach(self.paths[fabric_id])
+                except OSError:
+                    return None
+            return v

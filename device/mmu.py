@@ -27,7 +27,7 @@ from typing import Protocol
 from . import hwdef as hw
 from . import trace as tr
 from .hwdef import ErrorCode, Pte
-from .memory import DeviceError, GuestMemory
+from .memory import DeviceError, Fabric, GuestMemory
 from .trace import NONE, Recorder
 
 LEVEL_SHIFT = tuple(hw.pt_level_shift(level) for level in range(hw.PT_LEVELS))
@@ -35,7 +35,8 @@ INDEX_MASK = hw.PT_ENTRIES - 1
 VA_LIMIT = 1 << hw.VA_BITS
 TLB_ENTRIES = 8192  # per page size
 # plain ints: IntFlag operators cost a Python call per bit test in the walk loop
-_VALID, _LARGE, _VRAM = int(Pte.VALID), int(Pte.LARGE), int(Pte.VRAM)
+_VALID, _LARGE, _VRAM, _PEER = int(Pte.VALID), int(Pte.LARGE), int(Pte.VRAM), int(Pte.PEER)
+_PEER_ID = hw.PTE_PEER_MASK << hw.PTE_PEER_SHIFT
 _PERMS = int(Pte.READ | Pte.WRITE | Pte.ATOMIC)
 _RESERVED, _ADDR = int(hw.PTE_RESERVED_MASK), int(hw.PTE_ADDR_MASK)
 
@@ -49,6 +50,7 @@ class Translation:
     flags: int  # Pte READ / WRITE / ATOMIC bits
     pte_addr: int  # bus address of the leaf PTE
     pte: int = 0  # the leaf PTE as read
+    peer: int = -1  # fabric id whose VRAM `addr` is in (a PEER PTE), else -1
 
     def target(self, va: int) -> int:
         return self.addr + (va - self.va)
@@ -88,9 +90,10 @@ class Checks(Protocol):
 
 class Mmu:
     def __init__(self, mem: GuestMemory, vram_size: int, trace: Recorder | None = None,
-                 checks: Checks | None = None) -> None:
+                 checks: Checks | None = None, fabric: Fabric | None = None) -> None:
         self.mem = mem
         self.vram_size = vram_size
+        self.fabric = fabric
         self.trace = trace
         self.checks = checks
         # (ctx, first VA of the page) -> translation; 4 KiB and 2 MiB pages
@@ -139,17 +142,34 @@ class Mmu:
                 if addr % size:
                     raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "misaligned page")
                 vram = bool(pte & _VRAM)
-                if vram and addr + size > self.vram_size:
+                peer = self._peer(pte, pte_addr) if pte & (_PEER | _PEER_ID) else -1
+                limit = self.vram_size if peer < 0 else self._peer_size(peer, pte_addr)
+                if vram and addr + size > limit:
                     raise DeviceError(ErrorCode.VRAM_RANGE, pte_addr,
                                       f"PTE maps VRAM offset {addr:#x}")
                 if level == 0 and ctx is not None:
                     self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)
                 return Translation(va & ~(size - 1), size, addr, vram, pte & _PERMS, pte_addr,
-                                   pte)
-            if pte & _VRAM:
+                                   pte, peer)
+            if pte & (_VRAM | _PEER | _PEER_ID):
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, "page table in VRAM")
             table = addr
         raise AssertionError("unreachable")
+
+    def _peer(self, pte: int, pte_addr: int) -> int:
+        """The fabric id a leaf PTE names: PEER needs VRAM, and the id bits
+        mean nothing without PEER."""
+        if not pte & _PEER or not pte & _VRAM:
+            raise DeviceError(ErrorCode.PTE_INVALID, pte_addr,
+                              "PEER needs VRAM" if pte & _PEER else "peer id without PEER")
+        return (pte >> hw.PTE_PEER_SHIFT) & hw.PTE_PEER_MASK
+
+    def _peer_size(self, peer: int, pte_addr: int) -> int:
+        fabric = self.fabric
+        vram = fabric.peer(peer) if fabric is not None and peer != fabric.own_id else None
+        if vram is None:
+            raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, f"no link to fabric id {peer}")
+        return vram.size
 
     # ---- translating with the TLB ---------------------------------------------------
 
@@ -176,8 +196,8 @@ class Mmu:
         # a successful walk is recorded as the TLB fill it makes
         if rec is not None and rec.on and (t.flags & _NEEDED[int(access)]) == \
                 _NEEDED[int(access)]:
-            rec.emit(tr.TLB_FILL, NONE, ctx, flags=int(t.vram), va=t.va, addr=t.addr,
-                     length=t.size)
+            rec.emit(tr.TLB_FILL, NONE, ctx, flags=tr.dma_flags(t.vram, t.peer), va=t.va,
+                     addr=t.addr, length=t.size)
         need = _NEEDED[int(access)]
         if (t.flags & need) != need:
             if rec is not None and rec.on:  # what the PTE allows, and where it is

@@ -144,7 +144,7 @@ class Sanitizer:
 
     def walk(self, ctx: int, t) -> None:
         """VRAM_PTE: a VRAM PTE must point at VRAM the driver holds."""
-        if t.vram and self.vram_page_freed(t.addr, t.size):
+        if t.vram and t.peer < 0 and self.vram_page_freed(t.addr, t.size):
             queue, _, command = self.where()
             self.report(SanCheck.VRAM_PTE, queue, ctx, command, t.va,
                         f"PTE at {t.pte_addr:#x} maps va {t.va:#x} to VRAM offset {t.addr:#x}, "

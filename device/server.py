@@ -21,7 +21,7 @@ from . import hwdef as hw
 from . import pyvfio
 from .control import ControlServer
 from .gpu import Gpu
-from .memory import GuestMemory
+from .memory import Fabric, GuestMemory
 
 log = logging.getLogger("hmmgpu.device")
 
@@ -34,6 +34,15 @@ PCI_EXP_FLAGS_V2_ENDPOINT = 0x0002  # version 2, device/port type 0 (endpoint)
 PCI_COMMAND = 0x04
 PCI_REVISION_ID = 0x08
 PCI_COMMAND_MASTER = 0x04
+PCI_BASE_ADDRESS_0 = 0x10
+# memory BAR type bits: 64-bit (type 2) and prefetchable; libvfio-user keeps a
+# BAR's low bits when the guest writes it (lib/pci.c pci_hdr_write_bar)
+PCI_BAR_MEM_64_PREFETCH = 0x04 | 0x08
+
+
+def vram_bar_size(vram_size: int) -> int:
+    """A BAR is a power of two; the VRAM BAR is the smallest that holds the VRAM."""
+    return 1 << max(vram_size - 1, hw.PAGE_SIZE - 1).bit_length()
 
 
 def pcie_capability() -> bytes:
@@ -49,12 +58,15 @@ def msix_capability(vectors: int, bar: int, table: int, pba: int) -> bytes:
 
 class GpuServer:
     def __init__(self, socket_path: str, library: str | None = None, msix: bool = True,
-                 vram_size: int = hw.DEFAULT_VRAM_SIZE, control: str | None = None) -> None:
+                 vram_size: int = hw.DEFAULT_VRAM_SIZE, control: str | None = None,
+                 vram_bar: bool = True, vram_file: str | None = None,
+                 fabric: Fabric | None = None) -> None:
         self.socket_path = socket_path
         self.ctx = pyvfio.Context(socket_path, library=library)
         self.mem = GuestMemory()
         self.gpu = Gpu(raise_irq=self._trigger, mem=self.mem, vram_size=vram_size,
-                       bus_master=self._bus_master)
+                       bus_master=self._bus_master, vram_bar=vram_bar, vram_path=vram_file,
+                       fabric=fabric)
         self._stop_r, self._stop_w = os.pipe()
         self.connected = False
 
@@ -74,6 +86,15 @@ class GpuServer:
                              hw.MSIX_BAR_SIZE, self._msix_bar_access,
                              pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM)
             ctx.setup_irqs(pyvfio.VFU_DEV_MSIX_IRQ, hw.IRQ_VECTORS)
+        if vram_bar:
+            # QEMU maps the VRAM file into the guest (the mmap area), so CPU
+            # accesses never reach this process; the callback serves a client
+            # that does not map, and the BAR's tail past the VRAM
+            vram = self.gpu.vram
+            ctx.setup_region(pyvfio.VFU_PCI_DEV_BAR0_REGION_IDX + hw.VRAM_BAR,
+                             vram_bar_size(vram.size), self._vram_bar_access,
+                             pyvfio.VFU_REGION_FLAG_RW | pyvfio.VFU_REGION_FLAG_MEM,
+                             mmap_areas=[(0, vram.size)], fd=vram.fd)
         ctx.setup_dma(on_register=self._dma_register, on_unregister=self._dma_unregister)
         ctx.setup_reset(self._on_reset)
         ctx.setup_quiesce(self._on_quiesce)
@@ -81,6 +102,8 @@ class GpuServer:
         self.config = ctx.config_space()
         # vfu_pci_init() ignores its revision argument (lib/pci.c): set the byte
         self.config[PCI_REVISION_ID] = hw.PCI_REVISION
+        if vram_bar:  # QEMU reads the BAR's type from here when it realizes the device
+            self.config[PCI_BASE_ADDRESS_0 + 4 * hw.VRAM_BAR] |= PCI_BAR_MEM_64_PREFETCH
         self.control = ControlServer(control, self.gpu.engine.trace,
                                      self.gpu.engine.sanitizer) if control else None
 
@@ -100,6 +123,14 @@ class GpuServer:
             self.gpu.mmio_write(offset + 4, 4, hi)
         else:
             self.gpu.mmio_write(offset, count, int.from_bytes(data, "little"))
+        return None
+
+    def _vram_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
+        vram = self.gpu.vram
+        inside = max(0, min(count, vram.size - offset))
+        if data is None:
+            return vram.array[offset:offset + inside].tobytes() + bytes(count - inside)
+        vram.array[offset:offset + inside] = memoryview(data)[:inside]
         return None
 
     def _msix_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
@@ -198,6 +229,13 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
+def _peer(text: str) -> tuple[int, str]:
+    fabric_id, sep, path = text.partition("=")
+    if not sep or not fabric_id.isdigit() or int(fabric_id) > hw.MAX_FABRIC_ID or not path:
+        raise argparse.ArgumentTypeError(f"not ID=PATH with ID 0-{hw.MAX_FABRIC_ID}: {text!r}")
+    return int(fabric_id), path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="hmmgpu device serve",
                                 description="Serve one emulated hmmgpu over vfio-user.")
@@ -214,18 +252,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="switch the driver sanitizer off (it is on by default)")
     p.add_argument("--vram", type=_size, default=hw.DEFAULT_VRAM_SIZE,
                    help="VRAM size, e.g. 512M or 1G (default 512M)")
+    p.add_argument("--no-vram-bar", action="store_true",
+                   help="no VRAM BAR (BAR4): the VRAM is device-only and CAPS.VRAM_BAR is 0")
+    p.add_argument("--vram-file", metavar="PATH",
+                   help="keep the VRAM in this file (created; a peer opens it by this path) "
+                        "instead of an anonymous memfd")
+    p.add_argument("--fabric-id", type=int, default=0, choices=range(hw.MAX_FABRIC_ID + 1),
+                   metavar="N", help="this device's id on the device-to-device fabric (0-15)")
+    p.add_argument("--peer", action="append", default=[], type=_peer, metavar="ID=PATH",
+                   help="a link to the device with fabric id ID, whose VRAM file is PATH "
+                        "(repeatable)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
         filename=args.log_file, level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        peers = dict(args.peer)
+        if args.fabric_id in peers:
+            p.error(f"--peer {args.fabric_id}: that is this device's own --fabric-id")
         server = GpuServer(args.socket, args.library, msix=not args.no_msix,
-                           vram_size=args.vram, control=args.control)
+                           vram_size=args.vram, control=args.control,
+                           vram_bar=not args.no_vram_bar, vram_file=args.vram_file,
+                           fabric=Fabric(args.fabric_id, peers))
         if args.trace:
             server.gpu.engine.trace.start(args.trace)
         server.gpu.engine.set_sanitizer(not args.no_sanitize)
-    except (pyvfio.LibraryNotFound, pyvfio.VfuError) as e:
+    except (pyvfio.LibraryNotFound, pyvfio.VfuError, OSError) as e:
         print(f"hmmgpu device: {e}", file=sys.stderr)
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,7 +53,8 @@ NONE = 255
 
 
 class Kind(IntEnum):
-    """Record kinds. flags bit 0 of DMA: 1 = VRAM (else system memory)."""
+    """Record kinds. DMA flags: bit 0 VRAM (else system memory), bit 1 a
+    peer's VRAM (fabric id in bits 7:4)."""
 
     DMA_READ = 1         # va (0 for SYS/VRAM apertures), addr, length
     DMA_WRITE = 2
@@ -76,6 +77,16 @@ class Kind(IntEnum):
 
 
 DMA_VRAM = 1
+DMA_PEER = 2  # with DMA_VRAM: a peer's VRAM over the fabric, its fabric id in bits 7:4
+DMA_PEER_SHIFT = 4
+
+
+def dma_flags(vram: bool, peer: int = -1) -> int:
+    """DMA and TLB_FILL flags for memory in local VRAM, a peer's (fabric id
+    `peer` >= 0) or system memory."""
+    if not vram:
+        return 0
+    return DMA_VRAM if peer < 0 else DMA_VRAM | DMA_PEER | peer << DMA_PEER_SHIFT
 # plain ints for the hot paths (an IntEnum costs a conversion per record)
 (DMA_READ, DMA_WRITE, WALK, TLB_FILL, TLB_INVALIDATE, FAULT, REPLAY, CANCEL, MMIO_READ,
  MMIO_WRITE, IRQ, CMD_START, CMD_DONE, MARK, SANITIZER, ERROR) = (int(k) for k in Kind)

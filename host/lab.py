@@ -71,6 +71,8 @@ class LabConfig:
     # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
     msix: bool = True
     vram_mb: int = 512  # per GPU
+    # the VRAM BAR (CPU-coherent VRAM, BAR4); False: device-only VRAM
+    vram_bar: bool = True
     # record a DMA trace of each GPU from its start, streamed to the run
     # directory as gpuN.hmmtrace (control it later with gpu.trace either way)
     trace: bool = False
@@ -91,12 +93,34 @@ class LabConfig:
     fail_fast: bool = False
 
 
+SHM = Path("/dev/shm")
+
+
+def vram_dir(run_dir: Path) -> Path:
+    """Where a lab's GPUs keep their VRAM files: tmpfs, named after the run
+    (whose name holds the harness's pid); directories left by a harness that
+    died are removed first."""
+    if not SHM.is_dir():
+        return run_dir
+    for old in SHM.glob("hmmgpu-*"):
+        pid = old.name.split("-")[3] if old.name.count("-") >= 4 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    d = SHM / f"hmmgpu-{run_dir.name}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
 class GpuProcess:
     """One device server child process."""
 
     def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
-                 vram_mb: int = 512, trace: bool = False) -> None:
+                 vram_mb: int = 512, trace: bool = False, vram_dir: Path | None = None,
+                 vram_bar: bool = True, peers: dict[int, Path] | None = None) -> None:
         self.index = index
+        self.vram_file = (vram_dir or run_dir) / f"gpu{index}.vram"
+        self.vram_bar = vram_bar
+        self.peers = peers or {}
         self.trace_from_start = trace
         self.library = library
         self.vram_mb = vram_mb
@@ -112,7 +136,11 @@ class GpuProcess:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "hmmgpu.device.server", "--socket", str(self.socket),
                "--log-file", str(self.log), "--library", str(self.library),
-               "--vram", f"{self.vram_mb}M", "--control", str(self.control)]
+               "--vram", f"{self.vram_mb}M", "--control", str(self.control),
+               "--vram-file", str(self.vram_file), "--fabric-id", str(self.index)]
+        cmd += [f"--peer={i}={path}" for i, path in sorted(self.peers.items())]
+        if not self.vram_bar:
+            cmd.append("--no-vram-bar")
         if self.trace_from_start:
             cmd += ["--trace", str(self.trace_file)]
         if not self.msix:
@@ -143,8 +171,13 @@ class Lab:
             shutil.copy(self.paths.versions, self.run_dir / "versions.json")
         self.console = Console(self.run_dir / "console.log")
         self.qemu_log = self.run_dir / "qemu.log"
+        # the GPUs' VRAM files, where each GPU's fabric peers open them
+        self.vram_dir = vram_dir(self.run_dir)
+        vram_files = {i: self.vram_dir / f"gpu{i}.vram" for i in range(self.config.gpus)}
         self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,
-                                self.config.vram_mb, self.config.trace)
+                                self.config.vram_mb, self.config.trace, self.vram_dir,
+                                self.config.vram_bar,
+                                {p: f for p, f in vram_files.items() if p != i})
                      for i in range(self.config.gpus)]
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
@@ -559,5 +592,6 @@ class Lab:
         self.kill()
         for g in self.gpus:
             g.stop()
+        shutil.rmtree(self.vram_dir, ignore_errors=True)
         if self.virtiofs is not None:
             self.virtiofs.stop()

@@ -55,6 +55,8 @@ class RegionInfo:
     flags: int
     size: int
     offset: int
+    caps: bytes = b""  # the capability chain, from the first capability on
+    fd: int = -1  # for mmap(), at `offset`: the caller closes it
 
 
 class VfioUserClient:
@@ -63,6 +65,7 @@ class VfioUserClient:
         self.sock.settimeout(timeout)
         self.sock.connect(path)
         self.msg_id = 0
+        self.last_fds: list[int] = []  # file descriptors the last reply carried
         self.server_version: tuple[int, int, dict[str, object]] | None = None
 
     def close(self) -> None:
@@ -75,6 +78,20 @@ class VfioUserClient:
         self.close()
 
     # ---- framing -------------------------------------------------------------
+
+    def _recv_header(self) -> bytes:
+        """The reply header, and any descriptors sent with it (SCM_RIGHTS
+        arrives with the message's first bytes) into last_fds."""
+        data, anc, _flags, _addr = self.sock.recvmsg(HEADER.size, socket.CMSG_SPACE(8 * 4))
+        self.last_fds = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self.last_fds += list(fds)
+        if not data:
+            raise VfioUserError(104, "server closed the connection")
+        return data + self._recv_exact(HEADER.size - len(data))
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
@@ -93,7 +110,7 @@ class VfioUserClient:
                                        array.array("i", fds))])
         else:
             self.sock.sendall(msg)
-        hdr = self._recv_exact(HEADER.size)
+        hdr = self._recv_header()
         msg_id, rcmd, size, flags, error = HEADER.unpack(hdr)
         body = self._recv_exact(size - HEADER.size)
         if msg_id != self.msg_id or rcmd != cmd or (flags & 0xF) != F_TYPE_REPLY:
@@ -119,10 +136,14 @@ class VfioUserClient:
         _argsz, flags, regions, irqs = struct.unpack_from("<IIII", body)
         return flags, regions, irqs
 
-    def region_info(self, index: int) -> RegionInfo:
-        body = self.request(DEVICE_GET_REGION_INFO, struct.pack("<IIIIQQ", 32, 0, index, 0, 0, 0))
-        _argsz, flags, idx, _cap, size, offset = struct.unpack_from("<IIIIQQ", body)
-        return RegionInfo(idx, flags, size, offset)
+    def region_info(self, index: int, argsz: int = 32) -> RegionInfo:
+        """A region's info; with a larger argsz, its capability chain too
+        (`caps`), and the region's file descriptor when it can be mapped (`fd`)."""
+        body = self.request(DEVICE_GET_REGION_INFO,
+                            struct.pack("<IIIIQQ", argsz, 0, index, 0, 0, 0) + bytes(argsz - 32))
+        _argsz, flags, idx, cap, size, offset = struct.unpack_from("<IIIIQQ", body)
+        return RegionInfo(idx, flags, size, offset, body[cap:] if cap else b"",
+                          self.last_fds[0] if self.last_fds else -1)
 
     def irq_info(self, index: int) -> tuple[int, int]:
         """(flags, count)"""

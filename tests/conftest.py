@@ -6,6 +6,7 @@ real device server over its socket.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -44,15 +45,15 @@ def rig() -> Rig:
     return Rig()
 
 
-@pytest.fixture
-def server_socket(paths: Paths, tmp_path: Path) -> Iterator[Path]:
-    """A real device server process on a fresh socket; yields the socket path."""
+@contextlib.contextmanager
+def serving(paths: Paths, tmp_path: Path, *args: str) -> Iterator[Path]:
+    """A real device server process with `args` on a fresh socket."""
     sock = tmp_path / "gpu.sock"
     log = tmp_path / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "hmmgpu.device.server", "--socket",
                              str(sock), "--log-file", str(log), "--library",
                              str(paths.libvfio_user), "--control",
-                             str(sock.with_suffix(".ctl"))])
+                             str(sock.with_suffix(".ctl")), *args])
     deadline = time.monotonic() + 20
     # the control socket comes up after the vfio-user one: wait for both
     while not sock.exists() or not sock.with_suffix(".ctl").exists():
@@ -63,6 +64,13 @@ def server_socket(paths: Paths, tmp_path: Path) -> Iterator[Path]:
     proc.terminate()
     assert proc.wait(10) == 0, "server did not exit cleanly on SIGTERM"
     assert not sock.exists(), "server left its socket behind"
+
+
+@pytest.fixture
+def server_socket(paths: Paths, tmp_path: Path) -> Iterator[Path]:
+    """A real device server process on a fresh socket; yields the socket path."""
+    with serving(paths, tmp_path) as sock:
+        yield sock
 
 
 @pytest.fixture(scope="module")

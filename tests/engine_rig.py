@@ -8,7 +8,7 @@ import numpy as np
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device.gpu import Gpu
 from hmmgpu.device.hwdef import Pte, Reg
-from hmmgpu.device.memory import GuestMemory
+from hmmgpu.device.memory import Fabric, GuestMemory
 from hmmgpu.host.userdrv import ModelMmio, UserDriver
 
 BUS = 0x1_0000_0000
@@ -18,14 +18,16 @@ RW = Pte.READ | Pte.WRITE
 
 
 class Rig:
-    def __init__(self, ram_size: int = 32 << 20, vram_size: int = 8 << 20) -> None:
+    def __init__(self, ram_size: int = 32 << 20, vram_size: int = 8 << 20,
+                 fabric: Fabric | None = None, vram_path: str | None = None) -> None:
         self.irqs: list[int] = []
         self.bus_master = True
         self.ram = np.zeros(ram_size, dtype=np.uint8)
         self.mem = GuestMemory()
         self.mem.add_array(BUS, self.ram)
         self.gpu = Gpu(raise_irq=lambda v: self.irqs.append(v) is None, mem=self.mem,
-                       vram_size=vram_size, bus_master=lambda: self.bus_master)
+                       vram_size=vram_size, bus_master=lambda: self.bus_master,
+                       fabric=fabric, vram_path=vram_path)
         self.drv = UserDriver(ModelMmio(self.gpu), self.ram, BUS)
         self.drv.enable_faults()
 

@@ -3,6 +3,7 @@ Python client (no QEMU): negotiation, device/region/IRQ info, MMIO, MSI-X."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import struct
@@ -15,7 +16,8 @@ from hmmgpu.host import vfio_client as vu
 from hmmgpu.host.vfio_client import VfioUserClient
 
 BAR0 = 0
-REGION_FLAG_READ, REGION_FLAG_WRITE = 1, 2
+REGION_FLAG_READ, REGION_FLAG_WRITE, REGION_FLAG_MMAP = 1, 2, 4
+CAP_SPARSE_MMAP = 1  # VFIO_REGION_INFO_CAP_SPARSE_MMAP
 
 
 @pytest.fixture
@@ -174,3 +176,37 @@ def test_server_accepts_a_new_client_after_the_first_leaves(server_socket: Path)
             c.negotiate()
             assert c.read32(BAR0, hw.Reg.SCRATCH) == 0, "state must reset on disconnect"
             c.write32(BAR0, hw.Reg.SCRATCH, value)
+
+
+def test_the_vram_bar_is_a_mappable_64bit_prefetchable_bar_over_the_vram(
+        paths, tmp_path) -> None:
+    """BAR4 is the VRAM file: a client (QEMU) maps it with the fd of the
+    region info, and what it stores there is what the device reads (the BAR
+    callback answers from the device's VRAM); past the 3 MiB VRAM, the 4 MiB
+    BAR reads 0."""
+    from conftest import serving
+    with serving(paths, tmp_path, "--vram", "3M") as sock, VfioUserClient(str(sock)) as c:
+        c.negotiate()
+        info = c.region_info(hw.VRAM_BAR, argsz=256)
+        assert info.size == 4 << 20 and info.flags & REGION_FLAG_MMAP and info.fd >= 0
+        cap_id, _version, _next, nr_areas = struct.unpack_from("<HHII", info.caps)
+        assert cap_id == CAP_SPARSE_MMAP and nr_areas == 1
+        assert struct.unpack_from("<QQ", info.caps, 16) == (0, 3 << 20)  # the VRAM only
+        bar_type = c.read32(vu.CFG_REGION_INDEX, 0x10 + 4 * hw.VRAM_BAR) & 0xF
+        assert bar_type == 0xC  # memory, 64-bit, prefetchable
+        with mmap.mmap(info.fd, 3 << 20, offset=info.offset) as m:
+            m[0x2000:0x2004] = b"\xde\xad\xbe\xef"
+            assert c.read(hw.VRAM_BAR, 0x2000, 4) == b"\xde\xad\xbe\xef"
+            c.write(hw.VRAM_BAR, 0x3000, b"\x01\x02")
+            assert m[0x3000:0x3002] == b"\x01\x02"
+        os.close(info.fd)
+        assert c.read(hw.VRAM_BAR, (3 << 20) + 8, 4) == bytes(4)
+        assert c.read32(BAR0, hw.Reg.CAPS) == hw.Caps.VRAM_BAR
+
+
+def test_a_server_without_the_vram_bar_has_no_bar4(paths, tmp_path) -> None:
+    from conftest import serving
+    with serving(paths, tmp_path, "--no-vram-bar") as sock, VfioUserClient(str(sock)) as c:
+        c.negotiate()
+        assert c.region_info(hw.VRAM_BAR).size == 0
+        assert c.read32(BAR0, hw.Reg.CAPS) == 0

@@ -25,9 +25,10 @@
 #define HMMGPU_MSIX_BAR_SIZE            0x1000
 #define HMMGPU_MSIX_TABLE_OFFSET        0x0
 #define HMMGPU_MSIX_PBA_OFFSET          0x800
+#define HMMGPU_VRAM_BAR                 0x4
 #define HMMGPU_ID_MAGIC                 0x4d4d4748
 #define HMMGPU_VERSION_MAJOR            0x0
-#define HMMGPU_VERSION_MINOR            0x2
+#define HMMGPU_VERSION_MINOR            0x3
 #define HMMGPU_PAGE_SHIFT               0xc
 #define HMMGPU_LARGE_PAGE_SHIFT         0x15
 #define HMMGPU_NUM_CONTEXTS             0x10
@@ -50,8 +51,10 @@
 #define HMMGPU_ATOMIC_OP_SHIFT          0x10
 #define HMMGPU_ATOMIC_OP_MASK           0xf
 #define HMMGPU_PTE_ADDR_MASK            0xffffffffff000ULL
-#define HMMGPU_PTE_FLAGS_MASK           0x3f
-#define HMMGPU_PTE_RESERVED_MASK        0xfff0000000000fc0ULL
+#define HMMGPU_PTE_FLAGS_MASK           0x7ff
+#define HMMGPU_PTE_RESERVED_MASK        0xfff0000000000800ULL
+#define HMMGPU_PTE_PEER_SHIFT           0x7
+#define HMMGPU_PTE_PEER_MASK            0xf
 #define HMMGPU_SAN_VRAM_ALLOC           0x1
 #define HMMGPU_SAN_ORDER_SHIFT          0x1
 #define HMMGPU_SAN_ORDER_MASK           0xf
@@ -81,6 +84,9 @@
 #define HMMGPU_REG_TIMESTAMP_HI         0x5c
 #define HMMGPU_REG_SAN_VRAM             0x60
 #define HMMGPU_REG_SAN_REPORTS          0x64
+#define HMMGPU_REG_CAPS                 0x68
+#define HMMGPU_REG_FABRIC_ID            0x6c
+#define HMMGPU_REG_PEER_LINKS           0x70
 #define HMMGPU_QREG_RING_BASE_LO        0x0
 #define HMMGPU_QREG_RING_BASE_HI        0x4
 #define HMMGPU_QREG_RING_SIZE           0x8
@@ -140,6 +146,8 @@
 #define HMMGPU_PTE_ATOMIC               0x8
 #define HMMGPU_PTE_VRAM                 0x10
 #define HMMGPU_PTE_LARGE                0x20
+#define HMMGPU_PTE_PEER                 0x40
+#define HMMGPU_CAPS_VRAM_BAR            0x1
 #define HMMGPU_ACCESS_READ              0x1
 #define HMMGPU_ACCESS_WRITE             0x2
 #define HMMGPU_ACCESS_ATOMIC            0x4
