@@ -11,7 +11,8 @@
  * hmmgpu_pt.c     the device page tables of one mirror
  * hmmgpu_fault.c  device page faults: drain the fault buffer, fault in, replay
  * hmmgpu_mirror.c the dmirror ABI of lib/test_hmm.c on top of the device
- * hmmgpu_devmem.c VRAM as DEVICE_PRIVATE memory; migration with the copy engine
+ * hmmgpu_devmem.c VRAM as DEVICE_PRIVATE and DEVICE_COHERENT memory; migration
+ *                 with the copy engine
  */
 
 /**
@@ -55,6 +56,12 @@
 #include "hmmgpu_hw.h"
 
 #define HMMGPU_MAX_DEVICES	4
+/*
+ * Two /dev/hmm_dmirrorN per GPU, numbered as lib/test_hmm.c does for its
+ * pair of devices: GPUs 0 and 1 have private memory on minors 0 and 1 and
+ * coherent memory on 2 and 3 (what hmm-tests opens); GPUs 2 and 3 on 4-5, 6-7.
+ */
+#define HMMGPU_MAX_MINORS	(2 * HMMGPU_MAX_DEVICES)
 #define HMMGPU_RING_ENTRIES	256
 #define HMMGPU_MAX_BATCH	128	/* commands per submission */
 #define HMMGPU_FAULT_ENTRIES	512
@@ -78,6 +85,29 @@ struct hmmgpu_queue {
 	u64 seq;			/* last fence value submitted */
 };
 
+/* A part of the VRAM registered as one dev_pagemap, behind one /dev/hmm_dmirrorN. */
+struct hmmgpu_pool {
+	struct dev_pagemap pgmap;	/* owner: the struct hmmgpu */
+	struct hmmgpu *gpu;
+	bool coherent;			/* MEMORY_DEVICE_COHERENT over the VRAM BAR */
+	bool ready;			/* memremap_pages() done */
+	u64 vram_base;			/* VRAM offset of the pool's first page */
+	unsigned long npages;
+	unsigned long pfn;		/* pfn of the pool's first page */
+	struct resource *res;		/* private: the free physical range it took */
+	/* the allocator, under hmmgpu.devmem_lock */
+	unsigned long *bitmap;		/* a set bit is a free device page */
+	u16 *chunk_free;		/* free pages in each 2 MiB chunk */
+	unsigned long *large;		/* chunks that have held a THP */
+	unsigned long nchunks;
+	unsigned long nfree;
+	unsigned long hint;		/* chunk that served the last 4 KiB page */
+	/* its /dev/hmm_dmirrorN */
+	int minor;
+	struct cdev *cdev;		/* outlives us while files are open */
+	struct device *chardev;
+};
+
 struct hmmgpu_vector {
 	struct hmmgpu *gpu;
 	atomic64_t count;
@@ -91,8 +121,10 @@ struct hmmgpu {
 	void __iomem *bar0;
 	int nvec;			/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
 	struct hmmgpu_vector vec[HMMGPU_IRQ_VECTORS];
-	int minor;
+	int slot;			/* 0..HMMGPU_MAX_DEVICES-1: picks the minors */
 	u64 vram_size;
+	u32 fabric_id;			/* FABRIC_ID */
+	u32 peer_links;			/* PEER_LINKS: whose VRAM PEER PTEs reach */
 
 	struct hmmgpu_queue kq;		/* the kernel queue */
 	struct hmmgpu_queue cq[HMMGPU_NUM_CONTEXTS];
@@ -106,31 +138,22 @@ struct hmmgpu {
 	spinlock_t ctx_lock;
 	struct hmmgpu_mirror *ctx_mirror[HMMGPU_NUM_CONTEXTS];
 
-	/* VRAM as DEVICE_PRIVATE memory (hmmgpu_devmem.c) */
-	struct dev_pagemap pgmap;
-	struct resource *devmem_res;
-	unsigned long devmem_pfn;	/* pfn of VRAM offset 0 */
-	spinlock_t devmem_lock;		/* the allocator fields below */
-	unsigned long *devmem_bitmap;	/* a set bit is a free device page */
-	u16 *devmem_chunk_free;		/* free pages in each 2 MiB chunk */
-	unsigned long *devmem_large;	/* chunks that have held a THP */
-	unsigned long devmem_nchunks;
-	unsigned long devmem_nfree;
-	unsigned long devmem_hint;	/* chunk that served the last 4 KiB page */
+	/* the VRAM as device memory (hmmgpu_devmem.c) */
+	struct hmmgpu_pool priv;	/* DEVICE_PRIVATE */
+	struct hmmgpu_pool coh;		/* DEVICE_COHERENT; not ready without a usable BAR */
+	spinlock_t devmem_lock;		/* the pools' allocators and san_runs */
 	/* VRAM allocations and frees not yet told to the device's sanitizer */
 	struct hmmgpu_san_run {
 		unsigned long start, pages;
 		bool alloc;
 	} san_runs[32];
 	unsigned int san_nruns;
-
-	struct cdev *cdev;		/* outlives us while files are open */
-	struct device *chardev;
 };
 
 /* One open of /dev/hmm_dmirrorN: a process address space mirrored by the GPU. */
 struct hmmgpu_mirror {
 	struct hmmgpu *gpu;
+	struct hmmgpu_pool *pool;	/* the memory its minor hands out */
 	unsigned int ctx;
 	struct mmu_interval_notifier notifier;
 	struct mutex req_lock;		/* one ioctl at a time: req_* below */
@@ -180,7 +203,7 @@ static inline u32 hmmgpu_qread(struct hmmgpu_queue *q, u32 reg)
 /* hmmgpu_main.c */
 bool hmmgpu_dev_enter(struct hmmgpu *gpu, int *idx);
 void hmmgpu_dev_exit(int idx);
-struct hmmgpu *hmmgpu_get_by_minor(unsigned int minor);
+struct hmmgpu_pool *hmmgpu_get_by_minor(unsigned int minor);
 void hmmgpu_put(struct hmmgpu *gpu);
 
 /* hmmgpu_queue.c */
@@ -218,8 +241,9 @@ struct hmm_dmirror_cmd;
 int hmmgpu_devmem_init(struct hmmgpu *gpu);
 void hmmgpu_devmem_fini(struct hmmgpu *gpu);
 void hmmgpu_devmem_evict(struct hmmgpu *gpu);
+struct hmmgpu_pool *hmmgpu_page_pool(struct page *page);
 bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page);
-u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page);
+u64 hmmgpu_vram_offset(struct page *page);
 unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu);
 void hmmgpu_san_flush(struct hmmgpu *gpu);
 void hmmgpu_san_flush_locked(struct hmmgpu *gpu);

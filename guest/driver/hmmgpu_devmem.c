@@ -1,18 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * hmmgpu: VRAM as DEVICE_PRIVATE memory, and migration with the copy engine.
+ * hmmgpu: VRAM as DEVICE_PRIVATE and DEVICE_COHERENT memory, and migration
+ * with the copy engine.
  */
 
 /**
  * DOC: device memory
  *
- * The whole VRAM is registered with memremap_pages() as MEMORY_DEVICE_PRIVATE
- * over a free physical range (request_free_mem_region()); device page N is
- * VRAM offset N * PAGE_SIZE. A bitmap of free pages and a free count per 2 MiB
- * chunk, under devmem_lock, serve both sizes of device folio: a THP takes a
- * whole free chunk, a 4 KiB page comes from a partly used chunk first, and
- * folio_free() gives pages back, so a chunk is whole again once all its pages
- * are freed. Chunks that held a THP serve only THPs afterwards.
+ * The VRAM is split in two pools, each one dev_pagemap and one
+ * /dev/hmm_dmirrorN. The first part is MEMORY_DEVICE_PRIVATE over a free
+ * physical range (request_free_mem_region()): the CPU cannot reach it and a
+ * CPU access migrates the page back (migrate_to_ram). The rest, when the
+ * device has a usable VRAM BAR, is MEMORY_DEVICE_COHERENT over the BAR itself:
+ * the kernel maps it write-back (memremap_pages(), never ioremap) and the CPU
+ * reads and writes those pages in place. A pool's page N is VRAM offset
+ * vram_base + N * PAGE_SIZE. A bitmap of free pages and a free count per
+ * 2 MiB chunk, under devmem_lock, serve both sizes of device folio: a THP
+ * takes a whole free chunk, a 4 KiB page comes from a partly used chunk
+ * first, and folio_free() gives pages back. Chunks that held a THP serve only
+ * THPs afterwards. The coherent pool hands out 4 KiB pages only: a
+ * PMD-mapped device-coherent THP cannot be collected for migration back with
+ * MIGRATE_VMA_SELECT_DEVICE_COHERENT on this kernel (mm/migrate_device.c:155,
+ * a PMD is collected only with SELECT_SYSTEM), so the kernel splits THP
+ * sources instead.
  */
 
 /**
@@ -43,6 +53,14 @@
 static bool sanitize = true;
 module_param(sanitize, bool, 0444);
 MODULE_PARM_DESC(sanitize, "report VRAM folios to the device's sanitizer (default: on)");
+
+static int coherent_mb = -1;
+module_param(coherent_mb, int, 0444);
+MODULE_PARM_DESC(coherent_mb, "VRAM MiB used as device-coherent memory through the VRAM BAR "
+		 "(default -1: half; 0: none)");
+
+static const struct dev_pagemap_ops hmmgpu_private_ops;
+static const struct dev_pagemap_ops hmmgpu_coherent_ops;
 
 /*
  * Driver sanitizer: the device learns which VRAM pages we hold. Allocations
@@ -100,26 +118,37 @@ void hmmgpu_san_flush(struct hmmgpu *gpu)
 	spin_unlock(&gpu->devmem_lock);
 }
 
-static struct hmmgpu *page_gpu(struct page *page)
+/* The pool of any hmmgpu (this GPU or a peer) a page belongs to, else NULL. */
+struct hmmgpu_pool *hmmgpu_page_pool(struct page *page)
 {
-	return container_of(page_pgmap(page), struct hmmgpu, pgmap);
+	struct dev_pagemap *pgmap;
+
+	if (!is_zone_device_page(page))
+		return NULL;
+	pgmap = page_pgmap(page);
+	if (pgmap->ops != &hmmgpu_private_ops && pgmap->ops != &hmmgpu_coherent_ops)
+		return NULL;
+	return container_of(pgmap, struct hmmgpu_pool, pgmap);
 }
 
 bool hmmgpu_page_is_vram(struct hmmgpu *gpu, struct page *page)
 {
-	return is_device_private_page(page) && page_pgmap(page) == &gpu->pgmap;
+	struct hmmgpu_pool *pool = hmmgpu_page_pool(page);
+
+	return pool && pool->gpu == gpu;
 }
 
-u64 hmmgpu_vram_offset(struct hmmgpu *gpu, struct page *page)
+/* The VRAM offset of a page of any hmmgpu, in the VRAM of the GPU that owns it. */
+u64 hmmgpu_vram_offset(struct page *page)
 {
-	return (u64)(page_to_pfn(page) - gpu->devmem_pfn) << PAGE_SHIFT;
+	struct hmmgpu_pool *pool = hmmgpu_page_pool(page);
+
+	return pool->vram_base + ((u64)(page_to_pfn(page) - pool->pfn) << PAGE_SHIFT);
 }
 
-static unsigned long hmmgpu_chunk_pages(struct hmmgpu *gpu, unsigned long c)
+static unsigned long hmmgpu_chunk_pages(struct hmmgpu_pool *pool, unsigned long c)
 {
-	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
-
-	return min_t(unsigned long, HPAGE_PMD_NR, npages - c * HPAGE_PMD_NR);
+	return min_t(unsigned long, HPAGE_PMD_NR, pool->npages - c * HPAGE_PMD_NR);
 }
 
 /*
@@ -128,18 +157,17 @@ static unsigned long hmmgpu_chunk_pages(struct hmmgpu *gpu, unsigned long c)
  * the reference driver's pools do: on 7.3, the pages of a freed device THP
  * reused as 4 KiB folios left CPU migration entries that never resolved.
  */
-static long hmmgpu_chunk_for_page(struct hmmgpu *gpu)
+static long hmmgpu_chunk_for_page(struct hmmgpu_pool *pool)
 {
 	long c, any = -1;
 
-	c = gpu->devmem_hint;
-	if (c < gpu->devmem_nchunks && gpu->devmem_chunk_free[c] &&
-	    !test_bit(c, gpu->devmem_large))
+	c = pool->hint;
+	if (c < pool->nchunks && pool->chunk_free[c] && !test_bit(c, pool->large))
 		return c;
-	for (c = 0; c < gpu->devmem_nchunks; c++) {
-		if (!gpu->devmem_chunk_free[c] || test_bit(c, gpu->devmem_large))
+	for (c = 0; c < pool->nchunks; c++) {
+		if (!pool->chunk_free[c] || test_bit(c, pool->large))
 			continue;
-		if (gpu->devmem_chunk_free[c] < hmmgpu_chunk_pages(gpu, c))
+		if (pool->chunk_free[c] < hmmgpu_chunk_pages(pool, c))
 			return c;
 		if (any < 0)
 			any = c;
@@ -148,14 +176,16 @@ static long hmmgpu_chunk_for_page(struct hmmgpu *gpu)
 }
 
 /* Pick a whole chunk for a THP: one that held a THP before, else a fresh one. */
-static long hmmgpu_chunk_for_thp(struct hmmgpu *gpu)
+static long hmmgpu_chunk_for_thp(struct hmmgpu_pool *pool)
 {
 	long c, any = -1;
 
-	for (c = 0; c < gpu->devmem_nchunks; c++) {
-		if (gpu->devmem_chunk_free[c] != HPAGE_PMD_NR)
+	if (pool->coherent)
+		return -1;	/* 4 KiB pages only: see DOC: device memory */
+	for (c = 0; c < pool->nchunks; c++) {
+		if (pool->chunk_free[c] != HPAGE_PMD_NR)
 			continue;
-		if (test_bit(c, gpu->devmem_large))
+		if (test_bit(c, pool->large))
 			return c;
 		if (any < 0)
 			any = c;
@@ -163,61 +193,69 @@ static long hmmgpu_chunk_for_thp(struct hmmgpu *gpu)
 	return any;
 }
 
-/* Allocate a device folio of @order (0, or HPAGE_PMD_ORDER for a THP). */
-static struct page *hmmgpu_devmem_alloc(struct hmmgpu *gpu, unsigned int order)
+/* The sanitizer's page index of a pool's page @idx: VRAM pages, not pool pages. */
+static unsigned long hmmgpu_san_index(struct hmmgpu_pool *pool, unsigned long idx)
 {
+	return (pool->vram_base >> PAGE_SHIFT) + idx;
+}
+
+/* Allocate a device folio of @order (0, or HPAGE_PMD_ORDER for a THP). */
+static struct page *hmmgpu_devmem_alloc(struct hmmgpu_pool *pool, unsigned int order)
+{
+	struct hmmgpu *gpu = pool->gpu;
 	unsigned long idx = ULONG_MAX;
 	struct page *page;
 	long c;
 
 	spin_lock(&gpu->devmem_lock);
 	if (order) {
-		c = hmmgpu_chunk_for_thp(gpu);
+		c = hmmgpu_chunk_for_thp(pool);
 		if (c >= 0) {
 			idx = c * HPAGE_PMD_NR;
-			bitmap_clear(gpu->devmem_bitmap, idx, HPAGE_PMD_NR);
-			gpu->devmem_chunk_free[c] = 0;
-			__set_bit(c, gpu->devmem_large);
+			bitmap_clear(pool->bitmap, idx, HPAGE_PMD_NR);
+			pool->chunk_free[c] = 0;
+			__set_bit(c, pool->large);
 		}
 	} else {
-		c = hmmgpu_chunk_for_page(gpu);
+		c = hmmgpu_chunk_for_page(pool);
 		if (c >= 0) {
-			idx = find_next_bit(gpu->devmem_bitmap, c * HPAGE_PMD_NR +
-					    hmmgpu_chunk_pages(gpu, c), c * HPAGE_PMD_NR);
-			__clear_bit(idx, gpu->devmem_bitmap);
-			gpu->devmem_chunk_free[c]--;
-			gpu->devmem_hint = c;
+			idx = find_next_bit(pool->bitmap, c * HPAGE_PMD_NR +
+					    hmmgpu_chunk_pages(pool, c), c * HPAGE_PMD_NR);
+			__clear_bit(idx, pool->bitmap);
+			pool->chunk_free[c]--;
+			pool->hint = c;
 		}
 	}
 	if (idx != ULONG_MAX) {
-		gpu->devmem_nfree -= 1UL << order;
-		hmmgpu_san_vram(gpu, idx, order, true);
+		pool->nfree -= 1UL << order;
+		hmmgpu_san_vram(gpu, hmmgpu_san_index(pool, idx), order, true);
 	}
 	spin_unlock(&gpu->devmem_lock);
 	if (idx == ULONG_MAX)
 		return NULL;
-	page = pfn_to_page(gpu->devmem_pfn + idx);
-	zone_device_folio_init(page_folio(page), &gpu->pgmap, order);
+	page = pfn_to_page(pool->pfn + idx);
+	zone_device_folio_init(page_folio(page), &pool->pgmap, order);
 	return page;
 }
 
 static void hmmgpu_folio_free(struct folio *folio)
 {
-	struct hmmgpu *gpu = page_gpu(&folio->page);
-	unsigned long idx = folio_pfn(folio) - gpu->devmem_pfn;
+	struct hmmgpu_pool *pool = hmmgpu_page_pool(&folio->page);
+	unsigned long idx = folio_pfn(folio) - pool->pfn;
 	unsigned long nr = folio_nr_pages(folio);
+	struct hmmgpu *gpu = pool->gpu;
 
 	spin_lock(&gpu->devmem_lock);
-	hmmgpu_san_vram(gpu, idx, folio_order(folio), false);
-	bitmap_set(gpu->devmem_bitmap, idx, nr);
-	gpu->devmem_chunk_free[idx / HPAGE_PMD_NR] += nr;
-	gpu->devmem_nfree += nr;
+	hmmgpu_san_vram(gpu, hmmgpu_san_index(pool, idx), folio_order(folio), false);
+	bitmap_set(pool->bitmap, idx, nr);
+	pool->chunk_free[idx / HPAGE_PMD_NR] += nr;
+	pool->nfree += nr;
 	spin_unlock(&gpu->devmem_lock);
 }
 
 unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
 {
-	return READ_ONCE(gpu->devmem_nfree);
+	return READ_ONCE(gpu->priv.nfree) + READ_ONCE(gpu->coh.nfree);
 }
 
 /*
@@ -387,7 +425,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 		nr = 1;
 		if (!page || !(src[i] & MIGRATE_PFN_MIGRATE) || !hmmgpu_page_is_vram(gpu, page))
 			continue;
-		from = hmmgpu_vram_offset(gpu, page);
+		from = hmmgpu_vram_offset(page);
 		if (src[i] & MIGRATE_PFN_COMPOUND) {
 			order = folio_order(page_folio(page));
 			nr = min(1UL << order, n - i);
@@ -454,7 +492,7 @@ static struct folio *hmmgpu_alloc_sys(void *p, unsigned long i, unsigned int ord
  */
 static vm_fault_t hmmgpu_migrate_to_ram(struct vm_fault *vmf)
 {
-	struct hmmgpu *gpu = page_gpu(vmf->page);
+	struct hmmgpu *gpu = hmmgpu_page_pool(vmf->page)->gpu;
 	unsigned int order = vmf->pte ? 0 : folio_order(page_folio(vmf->page));
 	unsigned long nr = 1UL << order;
 	struct migrate_vma args = {
@@ -487,9 +525,14 @@ out:
 	return fault;
 }
 
-static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
+static const struct dev_pagemap_ops hmmgpu_private_ops = {
 	.folio_free = hmmgpu_folio_free,
 	.migrate_to_ram = hmmgpu_migrate_to_ram,
+};
+
+/* the CPU reaches coherent pages in place: nothing to migrate on a CPU fault */
+static const struct dev_pagemap_ops hmmgpu_coherent_ops = {
+	.folio_free = hmmgpu_folio_free,
 };
 
 /*
@@ -500,6 +543,7 @@ static const struct dev_pagemap_ops hmmgpu_devmem_ops = {
 static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args)
 {
 	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
+	struct hmmgpu_pool *pool = mirror->pool;
 	struct hmmgpu *gpu = mirror->gpu;
 	unsigned long i, k, nr;
 	int ret;
@@ -518,7 +562,7 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 		nr = 1;
 		if (!(src & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (spage && is_device_private_page(spage))
+		if (spage && is_zone_device_page(spage))
 			continue;	/* already device memory (ours or another GPU's) */
 		if (mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC) {
 			mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
@@ -526,21 +570,21 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 		}
 		if (src & MIGRATE_PFN_COMPOUND) {
 			nr = min_t(unsigned long, HPAGE_PMD_NR, args->npages - i);
-			dpage = fail ? NULL : hmmgpu_devmem_alloc(gpu, HPAGE_PMD_ORDER);
+			dpage = fail ? NULL : hmmgpu_devmem_alloc(pool, HPAGE_PMD_ORDER);
 			if (dpage) {
 				args->dst[i] = migrate_pfn(page_to_pfn(dpage)) | write |
 					       MIGRATE_PFN_COMPOUND;
-				hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(gpu, dpage), nr);
+				hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(dpage), nr);
 				continue;
 			}
 			/* all 4 KiB pages or none: a hole is filled as a whole */
 			for (k = 0; k < nr; k++) {
-				dpage = hmmgpu_devmem_alloc(gpu, 0);
+				dpage = hmmgpu_devmem_alloc(pool, 0);
 				if (!dpage)
 					break;
 				args->dst[i + k] = migrate_pfn(page_to_pfn(dpage)) | write;
 				hmmgpu_copy_add(l, spage ? spage + k : NULL,
-						hmmgpu_vram_offset(gpu, dpage), 1);
+						hmmgpu_vram_offset(dpage), 1);
 			}
 			if (k < nr) {
 				l->n -= k;
@@ -550,11 +594,11 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 		}
 		if (fail)
 			continue;
-		dpage = hmmgpu_devmem_alloc(gpu, 0);
+		dpage = hmmgpu_devmem_alloc(pool, 0);
 		if (!dpage)
 			continue;
 		args->dst[i] = migrate_pfn(page_to_pfn(dpage)) | write;
-		hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(gpu, dpage), 1);
+		hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(dpage), 1);
 	}
 	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, true);
 	if (ret)
@@ -600,8 +644,10 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			.dst = dst,
 			.start = addr,
 			.pgmap_owner = gpu,
+			/* back to system memory: this GPU's pages of either kind */
 			.flags = (to_vram ? MIGRATE_VMA_SELECT_SYSTEM :
-					    MIGRATE_VMA_SELECT_DEVICE_PRIVATE) |
+					    MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
+					    MIGRATE_VMA_SELECT_DEVICE_COHERENT) |
 				 MIGRATE_VMA_SELECT_COMPOUND,
 		};
 
@@ -642,90 +688,208 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	return ret;
 }
 
-/* Move every page out of VRAM (RELEASE, unbind). */
-void hmmgpu_devmem_evict(struct hmmgpu *gpu)
+/* Move every page of a pool out of VRAM. */
+static void hmmgpu_pool_evict(struct hmmgpu_pool *pool)
 {
-	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
 	unsigned long *src, *dst;
 	unsigned long pfn;
 
+	if (!pool->ready)
+		return;
 	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL | __GFP_NOFAIL);
 	dst = src + MIGRATE_CHUNK;
 
 	/* chunks of 2 MiB: a device THP is never cut in two */
-	for (pfn = 0; pfn < npages; pfn += MIGRATE_CHUNK) {
-		unsigned long n = min_t(unsigned long, MIGRATE_CHUNK, npages - pfn);
+	for (pfn = 0; pfn < pool->npages; pfn += MIGRATE_CHUNK) {
+		unsigned long n = min_t(unsigned long, MIGRATE_CHUNK, pool->npages - pfn);
 
-		migrate_device_range(src, gpu->devmem_pfn + pfn, n);
-		if (hmmgpu_evacuate(gpu, src, dst, n, hmmgpu_alloc_sys, NULL, false, NULL))
-			dev_err(&gpu->pdev->dev, "eviction copy failed\n");
+		migrate_device_range(src, pool->pfn + pfn, n);
+		if (hmmgpu_evacuate(pool->gpu, src, dst, n, hmmgpu_alloc_sys, NULL, false, NULL))
+			dev_err(&pool->gpu->pdev->dev, "eviction copy failed\n");
 		migrate_device_pages(src, dst, n);
 		migrate_device_finalize(src, dst, n);
 	}
 	kvfree(src);
 }
 
-static void hmmgpu_devmem_free_maps(struct hmmgpu *gpu)
+/* Move every page out of VRAM (RELEASE, unbind). */
+void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 {
-	bitmap_free(gpu->devmem_bitmap);
-	bitmap_free(gpu->devmem_large);
-	kvfree(gpu->devmem_chunk_free);
+	hmmgpu_pool_evict(&gpu->priv);
+	hmmgpu_pool_evict(&gpu->coh);
+}
+
+static void hmmgpu_pool_free_maps(struct hmmgpu_pool *pool)
+{
+	bitmap_free(pool->bitmap);
+	bitmap_free(pool->large);
+	kvfree(pool->chunk_free);
+}
+
+/*
+ * Register [vram_base, vram_base + size) of the VRAM as @pool; @phys is where
+ * its struct pages go: the VRAM BAR for coherent memory, a free physical
+ * range (requested here) for private memory.
+ */
+static int hmmgpu_pool_init(struct hmmgpu *gpu, struct hmmgpu_pool *pool, bool coherent,
+			    u64 vram_base, u64 size, phys_addr_t phys)
+{
+	unsigned long npages = size >> PAGE_SHIFT;
+	struct resource *res = NULL;
+	unsigned long c;
+	void *addr;
+
+	pool->gpu = gpu;
+	pool->coherent = coherent;
+	pool->vram_base = vram_base;
+	pool->npages = npages;
+	pool->nchunks = DIV_ROUND_UP(npages, HPAGE_PMD_NR);
+	pool->bitmap = bitmap_zalloc(npages, GFP_KERNEL);
+	pool->large = bitmap_zalloc(pool->nchunks, GFP_KERNEL);
+	pool->chunk_free = kvcalloc(pool->nchunks, sizeof(*pool->chunk_free), GFP_KERNEL);
+	if (!pool->bitmap || !pool->large || !pool->chunk_free) {
+		hmmgpu_pool_free_maps(pool);
+		return -ENOMEM;
+	}
+	if (!coherent) {
+		/* section-aligned, so VRAM chunks are 2 MiB-aligned pfns as THPs need */
+		res = request_free_mem_region(&iomem_resource, size, "hmmgpu VRAM");
+		if (IS_ERR(res)) {
+			hmmgpu_pool_free_maps(pool);
+			return PTR_ERR(res);
+		}
+		phys = res->start;
+	}
+	pool->res = res;
+	pool->pgmap.type = coherent ? MEMORY_DEVICE_COHERENT : MEMORY_DEVICE_PRIVATE;
+	pool->pgmap.range.start = phys;
+	pool->pgmap.range.end = phys + size - 1;
+	pool->pgmap.nr_range = 1;
+	pool->pgmap.ops = coherent ? &hmmgpu_coherent_ops : &hmmgpu_private_ops;
+	pool->pgmap.owner = gpu;
+	addr = memremap_pages(&pool->pgmap, dev_to_node(&gpu->pdev->dev));
+	if (IS_ERR(addr)) {
+		if (res)
+			release_mem_region(res->start, resource_size(res));
+		hmmgpu_pool_free_maps(pool);
+		pool->res = NULL;
+		return PTR_ERR(addr);
+	}
+	pool->pfn = PHYS_PFN(phys);
+	bitmap_fill(pool->bitmap, npages);
+	for (c = 0; c < pool->nchunks; c++)
+		pool->chunk_free[c] = hmmgpu_chunk_pages(pool, c);
+	pool->nfree = npages;
+	pool->hint = 0;
+	pool->ready = true;
+	return 0;
+}
+
+static void hmmgpu_pool_fini(struct hmmgpu_pool *pool)
+{
+	if (!pool->ready)
+		return;
+	hmmgpu_pool_evict(pool);
+	memunmap_pages(&pool->pgmap);
+	if (pool->res)
+		release_mem_region(pool->res->start, resource_size(pool->res));
+	hmmgpu_pool_free_maps(pool);
+	pool->res = NULL;
+	pool->ready = false;
+}
+
+/*
+ * The direct map of the coherent pool is write-back. memremap_pages() maps it
+ * with the cache mode the PAT code grants (pfnmap_track(), mm/memremap.c:185),
+ * which silently becomes UC- where the MTRRs say uncached
+ * (arch/x86/mm/pat/memtype.c memtype_reserve()).
+ */
+static bool hmmgpu_mapped_wb(phys_addr_t phys)
+{
+#ifdef CONFIG_X86
+	unsigned int level;
+	pte_t *pte = lookup_address((unsigned long)__va(phys), &level);
+
+	return pte && !(pte_flags(*pte) & (_PAGE_PWT | _PAGE_PCD));
+#else
+	return true;
+#endif
+}
+
+/*
+ * How much of the VRAM can be device-coherent, and why not when it cannot:
+ * the device must have the VRAM BAR (CAPS), the firmware must have placed it
+ * as a 64-bit prefetchable BAR above 4 GiB (the PCI hole below is uncached).
+ */
+static u64 hmmgpu_coherent_size(struct hmmgpu *gpu, const char **why)
+{
+	struct pci_dev *pdev = gpu->pdev;
+	resource_size_t start = pci_resource_start(pdev, HMMGPU_VRAM_BAR);
+	unsigned long flags = pci_resource_flags(pdev, HMMGPU_VRAM_BAR);
+	u64 size;
+
+	if (!coherent_mb) {
+		*why = "coherent_mb=0";
+		return 0;
+	}
+	if (!(hmmgpu_read(gpu, HMMGPU_REG_CAPS) & HMMGPU_CAPS_VRAM_BAR)) {
+		*why = "the device has no VRAM BAR";
+		return 0;
+	}
+	if (pci_resource_len(pdev, HMMGPU_VRAM_BAR) < gpu->vram_size) {
+		*why = "BAR4 is smaller than the VRAM";
+		return 0;
+	}
+	if (!(flags & IORESOURCE_MEM_64) || !(flags & IORESOURCE_PREFETCH)) {
+		*why = "BAR4 is not a 64-bit prefetchable memory BAR";
+		return 0;
+	}
+	if (start < SZ_4G) {
+		*why = "BAR4 lies below 4 GiB, in the PCI hole the firmware maps uncached";
+		return 0;
+	}
+	size = coherent_mb < 0 ? gpu->vram_size / 2 : (u64)coherent_mb << 20;
+	size = ALIGN_DOWN(min(size, gpu->vram_size - SZ_2M), SZ_2M);
+	if (!size)
+		*why = "the VRAM is too small to share";
+	return size;
 }
 
 int hmmgpu_devmem_init(struct hmmgpu *gpu)
 {
-	unsigned long npages = gpu->vram_size >> PAGE_SHIFT;
-	struct resource *res;
-	unsigned long c;
-	void *addr;
+	struct pci_dev *pdev = gpu->pdev;
+	const char *why = NULL;
+	u64 coh = hmmgpu_coherent_size(gpu, &why);
+	resource_size_t bar = pci_resource_start(pdev, HMMGPU_VRAM_BAR);
+	int ret;
 
 	spin_lock_init(&gpu->devmem_lock);
-	gpu->devmem_nchunks = DIV_ROUND_UP(npages, HPAGE_PMD_NR);
-	gpu->devmem_bitmap = bitmap_zalloc(npages, GFP_KERNEL);
-	gpu->devmem_large = bitmap_zalloc(gpu->devmem_nchunks, GFP_KERNEL);
-	gpu->devmem_chunk_free = kvcalloc(gpu->devmem_nchunks, sizeof(*gpu->devmem_chunk_free),
-					  GFP_KERNEL);
-	if (!gpu->devmem_bitmap || !gpu->devmem_large || !gpu->devmem_chunk_free) {
-		hmmgpu_devmem_free_maps(gpu);
-		return -ENOMEM;
+	if (coh) {
+		u64 base = gpu->vram_size - coh;
+
+		ret = hmmgpu_pool_init(gpu, &gpu->coh, true, base, coh, bar + base);
+		if (ret) {
+			why = "memremap_pages() refused the BAR";
+			coh = 0;
+		} else if (!hmmgpu_mapped_wb(bar + base)) {
+			hmmgpu_pool_fini(&gpu->coh);
+			why = "the kernel mapped BAR4 uncached (MTRR or PAT)";
+			coh = 0;
+		}
 	}
-	/* section-aligned, so VRAM chunks are 2 MiB-aligned pfns as THPs need */
-	res = request_free_mem_region(&iomem_resource, gpu->vram_size, "hmmgpu VRAM");
-	if (IS_ERR(res)) {
-		hmmgpu_devmem_free_maps(gpu);
-		return PTR_ERR(res);
-	}
-	gpu->devmem_res = res;
-	gpu->pgmap.type = MEMORY_DEVICE_PRIVATE;
-	gpu->pgmap.range.start = res->start;
-	gpu->pgmap.range.end = res->end;
-	gpu->pgmap.nr_range = 1;
-	gpu->pgmap.ops = &hmmgpu_devmem_ops;
-	gpu->pgmap.owner = gpu;
-	addr = memremap_pages(&gpu->pgmap, dev_to_node(&gpu->pdev->dev));
-	if (IS_ERR(addr)) {
-		release_mem_region(res->start, resource_size(res));
-		hmmgpu_devmem_free_maps(gpu);
-		gpu->devmem_res = NULL;
-		return PTR_ERR(addr);
-	}
-	gpu->devmem_pfn = res->start >> PAGE_SHIFT;
-	bitmap_fill(gpu->devmem_bitmap, npages);
-	for (c = 0; c < gpu->devmem_nchunks; c++)
-		gpu->devmem_chunk_free[c] = hmmgpu_chunk_pages(gpu, c);
-	gpu->devmem_nfree = npages;
-	gpu->devmem_hint = 0;
-	return 0;
+	if (coh)
+		dev_info(&pdev->dev, "VRAM BAR %pR: %llu MiB device-coherent memory\n",
+			 &pdev->resource[HMMGPU_VRAM_BAR], coh >> 20);
+	else
+		dev_info(&pdev->dev, "no device-coherent memory: %s\n", why);
+	ret = hmmgpu_pool_init(gpu, &gpu->priv, false, 0, gpu->vram_size - coh, 0);
+	if (ret)
+		hmmgpu_pool_fini(&gpu->coh);
+	return ret;
 }
 
 void hmmgpu_devmem_fini(struct hmmgpu *gpu)
 {
-	if (!gpu->devmem_res)
-		return;
-	hmmgpu_devmem_evict(gpu);
-	memunmap_pages(&gpu->pgmap);
-	release_mem_region(gpu->devmem_res->start, resource_size(gpu->devmem_res));
-	hmmgpu_devmem_free_maps(gpu);
-	gpu->devmem_res = NULL;
+	hmmgpu_pool_fini(&gpu->priv);
+	hmmgpu_pool_fini(&gpu->coh);
 }
-

@@ -34,14 +34,31 @@ static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int o
 {
 	struct page *page = hmm_pfn_to_page(hpfn);
 	u64 flags = HMMGPU_PTE_READ;
+	struct hmmgpu_pool *pool;
 	dma_addr_t dma;
 
 	/* ATOMIC is granted only with device-exclusive access (hmmgpu_mirror.c) */
 	if (hpfn & HMM_PFN_WRITE)
 		flags |= HMMGPU_PTE_WRITE;
+	pool = hmmgpu_page_pool(page);
 	/* migrated to this GPU: the device reads its own VRAM */
-	if (hmmgpu_page_is_vram(gpu, page))
-		return hmmgpu_vram_offset(gpu, page) | flags | HMMGPU_PTE_VRAM;
+	if (pool && pool->gpu == gpu)
+		return hmmgpu_vram_offset(page) | flags | HMMGPU_PTE_VRAM;
+	/*
+	 * Another GPU's coherent VRAM (its private pages never get here:
+	 * hmm_range_fault() migrates them, they are not ours): over the fabric.
+	 */
+	if (pool) {
+		u32 peer = pool->gpu->fabric_id;
+
+		if (!(gpu->peer_links & BIT(peer))) {
+			dev_warn_once(&gpu->pdev->dev, "no fabric link to GPU %u, whose VRAM "
+				      "a mirror maps\n", peer);
+			return 0;
+		}
+		return hmmgpu_vram_offset(page) | flags | HMMGPU_PTE_VRAM | HMMGPU_PTE_PEER |
+		       (u64)peer << HMMGPU_PTE_PEER_SHIFT;
+	}
 	dma = dma_map_page(&gpu->pdev->dev, page, 0, PAGE_SIZE << order, DMA_BIDIRECTIONAL);
 	if (dma_mapping_error(&gpu->pdev->dev, dma))
 		return 0;
@@ -57,9 +74,9 @@ static bool hmmgpu_can_map_2m(struct hmmgpu *gpu, unsigned long hpfn, unsigned l
 	if (hmm_pfn_to_map_order(hpfn) < 9 || !IS_ALIGNED(va, SZ_2M) || left < 512)
 		return false;
 	/* a device THP in our VRAM is one aligned 2 MiB run of VRAM */
-	if (is_device_private_page(page))
+	if (is_zone_device_page(page))
 		return hmmgpu_page_is_vram(gpu, page) &&
-		       IS_ALIGNED(hmmgpu_vram_offset(gpu, page), SZ_2M);
+		       IS_ALIGNED(hmmgpu_vram_offset(page), SZ_2M);
 	return true;
 }
 
@@ -72,6 +89,7 @@ static bool hmmgpu_own_read_only(struct hmmgpu *gpu, struct hmm_range *range)
 		unsigned long hpfn = range->hmm_pfns[i];
 
 		if ((hpfn & HMM_PFN_VALID) && !(hpfn & HMM_PFN_WRITE) &&
+		    is_device_private_page(hmm_pfn_to_page(hpfn)) &&
 		    hmmgpu_page_is_vram(gpu, hmm_pfn_to_page(hpfn)))
 			return true;
 	}

@@ -34,10 +34,10 @@
 
 static dev_t hmmgpu_devt;
 static const struct class hmmgpu_class = { .name = "hmmgpu" };
-static DEFINE_IDA(hmmgpu_minors);
-/* minor -> GPU, for open(); an entry goes when its PCI device is removed */
+static DEFINE_IDA(hmmgpu_slots);
+/* minor -> pool, for open(); an entry goes when its PCI device is removed */
 static DEFINE_MUTEX(hmmgpu_devices_lock);
-static struct hmmgpu *hmmgpu_devices[HMMGPU_MAX_DEVICES];
+static struct hmmgpu_pool *hmmgpu_devices[HMMGPU_MAX_MINORS];
 DEFINE_STATIC_SRCU(hmmgpu_srcu);
 
 /*
@@ -74,18 +74,18 @@ void hmmgpu_put(struct hmmgpu *gpu)
 	kref_put(&gpu->ref, hmmgpu_free);
 }
 
-/* The GPU behind a minor, with a reference; NULL once it is removed. */
-struct hmmgpu *hmmgpu_get_by_minor(unsigned int minor)
+/* The pool behind a minor, with a reference to its GPU; NULL once it is removed. */
+struct hmmgpu_pool *hmmgpu_get_by_minor(unsigned int minor)
 {
-	struct hmmgpu *gpu = NULL;
+	struct hmmgpu_pool *pool = NULL;
 
 	mutex_lock(&hmmgpu_devices_lock);
-	if (minor < HMMGPU_MAX_DEVICES && hmmgpu_devices[minor]) {
-		gpu = hmmgpu_devices[minor];
-		kref_get(&gpu->ref);
+	if (minor < HMMGPU_MAX_MINORS && hmmgpu_devices[minor]) {
+		pool = hmmgpu_devices[minor];
+		kref_get(&pool->gpu->ref);
 	}
 	mutex_unlock(&hmmgpu_devices_lock);
-	return gpu;
+	return pool;
 }
 
 static irqreturn_t hmmgpu_irq(int irq, void *data)
@@ -280,57 +280,78 @@ static int hmmgpu_setup_vectors(struct hmmgpu *gpu)
  * alive after removal, and __fput() drops its reference only after our
  * ->release (fs/file_table.c:515), so it must not live inside struct hmmgpu.
  */
-static int hmmgpu_chardev_add(struct hmmgpu *gpu)
+static int hmmgpu_chardev_add(struct hmmgpu_pool *pool, int minor)
 {
-	dev_t devt;
+	struct hmmgpu *gpu = pool->gpu;
+	dev_t devt = MKDEV(MAJOR(hmmgpu_devt), minor);
 	int ret;
 
-	gpu->minor = ida_alloc_max(&hmmgpu_minors, HMMGPU_MAX_DEVICES - 1, GFP_KERNEL);
-	if (gpu->minor < 0)
-		return gpu->minor;
-	devt = MKDEV(MAJOR(hmmgpu_devt), gpu->minor);
-	gpu->cdev = cdev_alloc();
-	if (!gpu->cdev) {
-		ret = -ENOMEM;
-		goto free_minor;
-	}
-	gpu->cdev->ops = &hmmgpu_mirror_fops;
-	gpu->cdev->owner = THIS_MODULE;
+	pool->minor = minor;
+	pool->cdev = cdev_alloc();
+	if (!pool->cdev)
+		return -ENOMEM;
+	pool->cdev->ops = &hmmgpu_mirror_fops;
+	pool->cdev->owner = THIS_MODULE;
 	mutex_lock(&hmmgpu_devices_lock);
-	hmmgpu_devices[gpu->minor] = gpu;
+	hmmgpu_devices[minor] = pool;
 	mutex_unlock(&hmmgpu_devices_lock);
-	ret = cdev_add(gpu->cdev, devt, 1);
+	ret = cdev_add(pool->cdev, devt, 1);
 	if (ret) {
-		kobject_put(&gpu->cdev->kobj);	/* nobody else has it yet */
+		kobject_put(&pool->cdev->kobj);	/* nobody else has it yet */
 		goto unlist;
 	}
 	/* the name the kernel's hmm-tests open */
-	gpu->chardev = device_create(&hmmgpu_class, &gpu->pdev->dev, devt, gpu,
-				     "hmm_dmirror%d", gpu->minor);
-	if (IS_ERR(gpu->chardev)) {
-		ret = PTR_ERR(gpu->chardev);
-		cdev_del(gpu->cdev);
+	pool->chardev = device_create(&hmmgpu_class, &gpu->pdev->dev, devt, gpu,
+				      "hmm_dmirror%d", minor);
+	if (IS_ERR(pool->chardev)) {
+		ret = PTR_ERR(pool->chardev);
+		cdev_del(pool->cdev);
 		goto unlist;
 	}
 	return 0;
 unlist:
 	mutex_lock(&hmmgpu_devices_lock);
-	hmmgpu_devices[gpu->minor] = NULL;
+	hmmgpu_devices[minor] = NULL;
 	mutex_unlock(&hmmgpu_devices_lock);
-free_minor:
-	ida_free(&hmmgpu_minors, gpu->minor);
+	pool->cdev = NULL;
 	return ret;
 }
 
 /* No new opens; files already open keep the cdev (and their gpu reference). */
-static void hmmgpu_chardev_del(struct hmmgpu *gpu)
+static void hmmgpu_chardev_del(struct hmmgpu_pool *pool)
 {
+	if (!pool->cdev)
+		return;
 	mutex_lock(&hmmgpu_devices_lock);
-	hmmgpu_devices[gpu->minor] = NULL;
+	hmmgpu_devices[pool->minor] = NULL;
 	mutex_unlock(&hmmgpu_devices_lock);
-	device_destroy(&hmmgpu_class, MKDEV(MAJOR(hmmgpu_devt), gpu->minor));
-	cdev_del(gpu->cdev);
-	ida_free(&hmmgpu_minors, gpu->minor);
+	device_destroy(&hmmgpu_class, MKDEV(MAJOR(hmmgpu_devt), pool->minor));
+	cdev_del(pool->cdev);
+	pool->cdev = NULL;
+}
+
+static void hmmgpu_chardevs_del(struct hmmgpu *gpu)
+{
+	hmmgpu_chardev_del(&gpu->coh);
+	hmmgpu_chardev_del(&gpu->priv);
+	ida_free(&hmmgpu_slots, gpu->slot);
+}
+
+/* The private minor, and the coherent one when that pool exists (HMMGPU_MAX_MINORS). */
+static int hmmgpu_chardevs_add(struct hmmgpu *gpu)
+{
+	int minor, ret;
+
+	gpu->slot = ida_alloc_max(&hmmgpu_slots, HMMGPU_MAX_DEVICES - 1, GFP_KERNEL);
+	if (gpu->slot < 0)
+		return gpu->slot;
+	minor = (gpu->slot / 2) * 4 + gpu->slot % 2;
+	ret = hmmgpu_chardev_add(&gpu->priv, minor);
+	if (!ret && gpu->coh.ready)
+		ret = hmmgpu_chardev_add(&gpu->coh, minor + 2);
+	if (ret)
+		hmmgpu_chardevs_del(gpu);
+	return ret;
 }
 
 static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -367,6 +388,8 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	gpu->vram_size = (u64)hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_HI) << 32 |
 			 hmmgpu_read(gpu, HMMGPU_REG_VRAM_SIZE_LO);
+	gpu->fabric_id = hmmgpu_read(gpu, HMMGPU_REG_FABRIC_ID);
+	gpu->peer_links = hmmgpu_read(gpu, HMMGPU_REG_PEER_LINKS);
 	pci_set_master(pdev);
 
 	ret = hmmgpu_setup_vectors(gpu);
@@ -379,13 +402,16 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hmmgpu_devmem_init(gpu);
 	if (ret)
 		goto engine_fini;
-	ret = hmmgpu_chardev_add(gpu);
+	ret = hmmgpu_chardevs_add(gpu);
 	if (ret)
 		goto devmem_fini;
-	dev_info(&pdev->dev, "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, /dev/hmm_dmirror%d\n",
+	dev_info(&pdev->dev, "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, fabric id %u, "
+		 "/dev/hmm_dmirror%d (private)\n",
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) >> 16,
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) & 0xffff, gpu->vram_size >> 20,
-		 gpu->nvec, gpu->minor);
+		 gpu->nvec, gpu->fabric_id, gpu->priv.minor);
+	if (gpu->coh.cdev)
+		dev_info(&pdev->dev, "/dev/hmm_dmirror%d (coherent)\n", gpu->coh.minor);
 	return 0;
 
 devmem_fini:
@@ -414,7 +440,7 @@ static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
 
-	hmmgpu_chardev_del(gpu);
+	hmmgpu_chardevs_del(gpu);
 	WRITE_ONCE(gpu->gone, true);
 	synchronize_srcu(&hmmgpu_srcu);
 	hmmgpu_mirrors_detach(gpu);
@@ -445,7 +471,7 @@ static int __init hmmgpu_init(void)
 {
 	int ret;
 
-	ret = alloc_chrdev_region(&hmmgpu_devt, 0, HMMGPU_MAX_DEVICES, "hmm_dmirror");
+	ret = alloc_chrdev_region(&hmmgpu_devt, 0, HMMGPU_MAX_MINORS, "hmm_dmirror");
 	if (ret)
 		return ret;
 	ret = class_register(&hmmgpu_class);
@@ -459,7 +485,7 @@ static int __init hmmgpu_init(void)
 unregister_class:
 	class_unregister(&hmmgpu_class);
 unregister_region:
-	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_DEVICES);
+	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_MINORS);
 	return ret;
 }
 
@@ -467,7 +493,7 @@ static void __exit hmmgpu_exit(void)
 {
 	pci_unregister_driver(&hmmgpu_driver);
 	class_unregister(&hmmgpu_class);
-	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_DEVICES);
+	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_MINORS);
 }
 
 module_init(hmmgpu_init);

@@ -75,19 +75,22 @@ static void hmmgpu_mirror_unlist(struct hmmgpu_mirror *mirror);
 static int hmmgpu_mirror_open(struct inode *inode, struct file *filp)
 {
 	struct hmmgpu_mirror *mirror;
+	struct hmmgpu_pool *pool;
 	struct hmmgpu *gpu;
 	unsigned int ctx;
 	int ret;
 
-	gpu = hmmgpu_get_by_minor(iminor(inode));
-	if (!gpu)
+	pool = hmmgpu_get_by_minor(iminor(inode));
+	if (!pool)
 		return -ENODEV;
+	gpu = pool->gpu;
 	mirror = kzalloc_obj(*mirror);
 	if (!mirror) {
 		ret = -ENOMEM;
 		goto put;
 	}
 	mirror->gpu = gpu;	/* the reference taken above, dropped at release */
+	mirror->pool = pool;
 	mutex_init(&mirror->mutex);
 	mutex_init(&mirror->req_lock);
 	ret = hmmgpu_pt_create(mirror);
@@ -358,6 +361,9 @@ static unsigned char hmmgpu_snapshot_perm(struct hmmgpu_mirror *mirror, unsigned
 	if (is_device_private_page(page))
 		perm = page_pgmap(page)->owner == mirror->gpu ?
 			HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL : HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE;
+	else if (is_device_coherent_page(page))
+		perm = page_pgmap(page)->owner == mirror->gpu ?
+			HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL : HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE;
 	else if (is_zero_pfn(page_to_pfn(page)))
 		perm = HMM_DMIRROR_PROT_ZERO;
 	else
