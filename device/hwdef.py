@@ -60,7 +60,7 @@ PT_INDEX_BITS = 9  # VA bits per level
 PT_ENTRIES = 1 << PT_INDEX_BITS
 # bus addresses a PTE can hold (address field bits 51:12): the driver's DMA mask
 DMA_ADDR_BITS = 52
-DEFAULT_VRAM_SIZE = 512 << 20
+DEFAULT_VRAM_SIZE = 1 << 30
 MAX_RING_ENTRIES = 1 << 16
 MAX_FAULT_ENTRIES = 1 << 16
 

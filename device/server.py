@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sanitize", action="store_true",
                    help="switch the driver sanitizer off (it is on by default)")
     p.add_argument("--vram", type=_size, default=hw.DEFAULT_VRAM_SIZE,
-                   help="VRAM size, e.g. 512M or 1G (default 512M)")
+                   help="VRAM size, e.g. 512M or 1G (default 1G)")
     p.add_argument("--no-vram-bar", action="store_true",
                    help="no VRAM BAR (BAR4): the VRAM is device-only and CAPS.VRAM_BAR is 0")
     p.add_argument("--vram-file", metavar="PATH",

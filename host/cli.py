@@ -394,7 +394,7 @@ def build_parser() -> ArgumentParser:
                        help="boot the lab VM, print its PCI devices, run a command")
     s.add_argument("--gpus", type=int, default=1, help="emulated GPUs to attach")
     s.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
-    s.add_argument("--vram", type=int, default=512, help="VRAM per GPU in MiB")
+    s.add_argument("--vram", type=int, default=1024, help="VRAM per GPU in MiB")
     s.add_argument("--trace", action="store_true",
                    help="record each GPU's DMA trace from the start into the run directory")
     s.add_argument("--hold", action="store_true", help="keep the VM running until Ctrl-C")
@@ -455,7 +455,7 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--socket", required=True)
     d.add_argument("--log-file")
     d.add_argument("--no-msix", action="store_true", help="no MSI-X (allows device_del)")
-    d.add_argument("--vram", type=int, default=512, help="VRAM in MiB")
+    d.add_argument("--vram", type=int, default=1024, help="VRAM in MiB")
     d.set_defaults(fn=cmd_device_serve)
 
     s = sub.add_parser("trace", help="DMA traces: control a running GPU, read trace files")

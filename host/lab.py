@@ -70,7 +70,7 @@ class LabConfig:
     # MSI-X on the GPUs. QEMU 11.1 aborts when a vfio-user-pci device with
     # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
     msix: bool = True
-    vram_mb: int = 512  # per GPU
+    vram_mb: int = 1024  # per GPU: private and coherent halves, each room for benchmark_thp_migration
     # the VRAM BAR (CPU-coherent VRAM, BAR4); False: device-only VRAM
     vram_bar: bool = True
     # record a DMA trace of each GPU from its start, streamed to the run
@@ -115,7 +115,7 @@ class GpuProcess:
     """One device server child process."""
 
     def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
-                 vram_mb: int = 512, trace: bool = False, vram_dir: Path | None = None,
+                 vram_mb: int = 1024, trace: bool = False, vram_dir: Path | None = None,
                  vram_bar: bool = True, peers: dict[int, Path] | None = None) -> None:
         self.index = index
         self.vram_file = (vram_dir or run_dir) / f"gpu{index}.vram"

@@ -540,7 +540,8 @@ static const struct dev_pagemap_ops hmmgpu_coherent_ops = {
  * THP (or a 2 MiB hole) gets a 2 MiB device folio when one is free; else 4 KiB
  * device pages, and migrate_vma_pages() splits the source.
  */
-static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args)
+static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args,
+			  unsigned long *resident)
 {
 	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
 	struct hmmgpu_pool *pool = mirror->pool;
@@ -562,8 +563,11 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 		nr = 1;
 		if (!(src & MIGRATE_PFN_MIGRATE))
 			continue;
-		if (spage && is_zone_device_page(spage))
-			continue;	/* already device memory (ours or another GPU's) */
+		if (spage && is_zone_device_page(spage)) {
+			/* collected by SELECT_DEVICE_COHERENT: ours, and it stays */
+			*resident += hmmgpu_page_is_vram(gpu, spage);
+			continue;
+		}
 		if (mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC) {
 			mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
 			fail = true;	/* the test asked for one failed allocation */
@@ -624,8 +628,8 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	struct hmmgpu *gpu = mirror->gpu;
 	struct mm_struct *mm = mirror->notifier.mm;
 	unsigned long start = cmd->addr, end = start + (cmd->npages << PAGE_SHIFT);
+	unsigned long addr, next, i, resident = 0;
 	unsigned long *src, *dst;
-	unsigned long addr, next, i;
 	int ret = 0;
 
 	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL);
@@ -644,11 +648,15 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			.dst = dst,
 			.start = addr,
 			.pgmap_owner = gpu,
-			/* back to system memory: this GPU's pages of either kind */
+			/*
+			 * Back to system memory: this GPU's pages of either kind.
+			 * Toward VRAM, our coherent pages are collected too (they
+			 * are order 0, nothing splits) to count what is already
+			 * here: the reference's -ENOENT means "not in the device".
+			 */
 			.flags = (to_vram ? MIGRATE_VMA_SELECT_SYSTEM :
-					    MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
-					    MIGRATE_VMA_SELECT_DEVICE_COHERENT) |
-				 MIGRATE_VMA_SELECT_COMPOUND,
+					    MIGRATE_VMA_SELECT_DEVICE_PRIVATE) |
+				 MIGRATE_VMA_SELECT_DEVICE_COHERENT | MIGRATE_VMA_SELECT_COMPOUND,
 		};
 
 		if (!vma || !(vma->vm_flags & VM_READ)) {
@@ -664,7 +672,7 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 		if (ret)
 			break;
 		if (to_vram) {
-			ret = hmmgpu_to_vram(mirror, &args);
+			ret = hmmgpu_to_vram(mirror, &args, &resident);
 		} else {
 			struct vma_alloc_arg arg = { .vma = vma, .start = addr };
 			bool fail = mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC;
@@ -682,8 +690,11 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	mmap_read_unlock(mm);
 	mmput(mm);
 	kvfree(src);
-	/* like the reference: nothing migratable (shared memory) is -ENOENT */
-	if (!ret && to_vram && !cmd->cpages && cmd->npages)
+	/*
+	 * like the reference: nothing migratable (shared memory, another GPU's
+	 * memory) is -ENOENT, unless it is in this GPU's memory already
+	 */
+	if (!ret && to_vram && !cmd->cpages && !resident && cmd->npages)
 		ret = -ENOENT;
 	return ret;
 }
