@@ -25,7 +25,7 @@ from .toolbox import Toolbox
 
 GUEST_TOOLS = ["mmio_bench", "gpu_smoke", "fault_bench", "gpu_atomic", "san_bugs",
                "mirror_threads", "mirror_remove", "mirror_reap", "hmm_stress"]
-MODULE_DIRS = ["driver", "testmod"]  # under guest/
+MODULE_DIRS = ["driver", "testmod", "gup_test"]  # under guest/
 SELFTEST_MM = "tools/testing/selftests/mm"
 
 
@@ -59,6 +59,8 @@ def prepare_sources(work: Path, src: Path, module_root: Path = REPO / "guest") -
     for f in ["test_hmm.c", "test_hmm_uapi.h"]:
         shutil.copy(src / "lib" / f, ref / f)
     (ref / "Kbuild").write_text("obj-m := test_hmm.o\n")
+    for f in ["gup_test.c", "gup_test.h"]:  # included by guest/gup_test's module
+        shutil.copy(src / "mm" / f, work / "guest" / "gup_test" / f)
 
 
 def modules_script(kdir: str, work: str) -> str:

@@ -70,7 +70,8 @@ class LabConfig:
     # MSI-X on the GPUs. QEMU 11.1 aborts when a vfio-user-pci device with
     # MSI-X is removed (device_del), so hot-unplug needs msix=False for now.
     msix: bool = True
-    vram_mb: int = 1024  # per GPU: private and coherent halves, each room for benchmark_thp_migration
+    # per GPU: private and coherent halves, each with room for benchmark_thp_migration
+    vram_mb: int = 1024
     # the VRAM BAR (CPU-coherent VRAM, BAR4); False: device-only VRAM
     vram_bar: bool = True
     # record a DMA trace of each GPU from its start, streamed to the run

@@ -73,7 +73,7 @@ TOOLBOX_PACKAGES = [
 MIN_FREE_BYTES = 3 << 30
 
 SELFTEST_FILES = [
-    "lib/test_hmm.c", "lib/test_hmm_uapi.h", "mm/gup_test.h",
+    "lib/test_hmm.c", "lib/test_hmm_uapi.h", "mm/gup_test.c", "mm/gup_test.h",
     "tools/testing/selftests/mm/*", "tools/testing/selftests/kselftest*",
     "scripts/checkpatch.pl", "scripts/spelling.txt", "scripts/const_structs.checkpatch",
     "tools/docs/kernel-doc", "tools/lib/python/*",  # the tests check the driver's kernel-doc

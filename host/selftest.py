@@ -60,6 +60,17 @@ class SelftestResult:
 
 
 MODULES = {"reference": "test_hmm.ko", "hmmgpu": "hmmgpu.ko"}
+# mm/gup_test.c built as a module (guest/gup_test): hmm_gup_test needs it, and
+# the stock kernel has no CONFIG_GUP_TEST
+GUP_TEST = "/sys/kernel/debug/gup_test"
+
+
+def load_gup_test(lab: Lab) -> None:
+    """The gup_test debugfs file, from the kernel itself or our module."""
+    lab.ssh("grep -q ' /sys/kernel/debug ' /proc/mounts || "
+            "mount -t debugfs none /sys/kernel/debug")
+    if lab.ssh(f"test -e {GUP_TEST}", check=False).exit_code:
+        lab.ssh(f"insmod {lab.guest_bin('gup_test.ko')} && test -e {GUP_TEST}")
 
 
 def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
@@ -75,6 +86,7 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
             lab.ssh(f"rmmod {other.removesuffix('.ko')} 2>/dev/null || true")
         lab.ssh(f"test -d /sys/module/{MODULES[mode].removesuffix('.ko')} || "
                 f"insmod {lab.guest_bin(MODULES[mode])}")
+    load_gup_test(lab)
     if lab.config.gdb_port and mode == "hmmgpu":
         print(f"hmmgpu: hmmgpu.ko loaded; gdb: {lab.gdb_command()}", flush=True)
     since = lab.console.size()

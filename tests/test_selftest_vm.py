@@ -21,31 +21,30 @@ TIMING_ONLY = ["-T", "benchmark_thp_migration"]
 def test_reference_hmm_tests_run_completely_without_failures(paths) -> None:
     with Lab(LabConfig(gpus=0, memory_mb=SELFTEST_MEMORY_MB), paths) as lab:
         lab.boot()
-        result = run_in_lab(lab, "reference", " ".join(TIMING_ONLY))
+        result = run_in_lab(lab, "reference", EVERY_VARIANT)
     print(result.summary())
-    assert result.report.complete, result.summary()
-    assert "benchmark_thp_migration" not in {c.name.rsplit(".", 1)[-1]
-                                             for c in result.report.cases}
-    assert not result.kernel_failure, result.kernel_failure
-    assert result.report.failed == [], result.summary()
+    # gup_test.ko is loaded for the reference too: its hmm_gup_test passes
+    check_cases(paths, result, PRIVATE + COHERENT, REFERENCE_SKIPS)
     counts = result.report.count()
-    assert counts["pass"] > 0
     saved = json.loads(result.json_path.read_text())
     assert saved["totals"] == dict(counts) and saved["ok"] is True
 
 
-# Skipped on both drivers, with the selftest's own reason: the stock kernel
-# has no CONFIG_GUP_TEST (the test_hmm.ko reference skips it the same way).
-SKIPPED = {"hmm_gup_test": "could not find gup_test driver"}
+# The reference runs without special-purpose memory (no memmap=), so its
+# coherent variants skip with the selftest's own reason.
+REFERENCE_SKIPS = {"_device_coherent.": "DEVICE_COHERENT not available"}
+PRIVATE = ("hmm_device_private", "hmm2_device_private")
+COHERENT = ("hmm_device_coherent", "hmm2_device_coherent")
 
 
-def device_private_cases(paths) -> list[str]:
-    """Every hmm and hmm2 test of the pinned selftest source, as the
-    device-private variant's case names: the list is the upstream file's."""
+def cases(paths, variants=PRIVATE) -> list[str]:
+    """Every hmm and hmm2 test of the pinned selftest source, as the case
+    names of `variants`: the list is the upstream file's."""
     src = (paths.linux_src / "tools/testing/selftests/mm/hmm-tests.c").read_text()
     tests = re.findall(r"^TEST_F(?:_TIMEOUT)?\((hmm2?),\s*(\w+)", src, re.M)
     assert len(tests) > 30, "hmm-tests.c not parsed"
-    return sorted(f"{f}.{f}_device_private.{t}" for f, t in tests)
+    return sorted(f"{f}.{v}.{t}" for f, t in tests for v in variants
+                  if v.startswith(f + "_"))
 
 
 def timed_out(result) -> set[str]:
@@ -56,14 +55,20 @@ def timed_out(result) -> set[str]:
     return set(re.findall(r"^# (\w+): Test terminated by timeout", tap, re.M))
 
 
-# every device-private case but the timing one, hmm and hmm2
-DEVICE_PRIVATE = " ".join([*TIMING_ONLY, "-v hmm_device_private", "-v hmm2_device_private"])
+def variant_args(variants) -> str:
+    """hmm-tests arguments for every case of `variants` but the timing one."""
+    return " ".join([*TIMING_ONLY, *(f"-v {v}" for v in variants)])
 
 
-def check_device_private(paths, result) -> None:
-    """Every device-private case of the upstream file ran; each passed, but
-    SKIPPED with its reason and at most one kselftest timeout."""
-    expected = [c for c in device_private_cases(paths)
+DEVICE_PRIVATE = variant_args(PRIVATE)
+EVERY_VARIANT = variant_args(PRIVATE + COHERENT)
+
+
+def check_cases(paths, result, variants=PRIVATE, skips: dict[str, str] | None = None) -> None:
+    """Every case of `variants` in the upstream file ran; each passed, but
+    those whose name contains a key of `skips` (skipped with that reason)
+    and at most one kselftest timeout."""
+    expected = [c for c in cases(paths, variants)
                 if not c.endswith(".benchmark_thp_migration")]
     assert not result.kernel_failure, result.kernel_failure
     assert result.report.complete, result.summary()
@@ -71,21 +76,27 @@ def check_device_private(paths, result) -> None:
     slow = timed_out(result)
     assert len(slow) <= 1, f"timed out: {slow}"
     for c in result.report.cases:
-        name = c.name.rsplit(".", 1)[-1]
-        if name in SKIPPED:
-            assert c.status == "skip" and SKIPPED[name] in c.reason, c
-        elif name not in slow:
+        reason = next((r for k, r in (skips or {}).items() if k in c.name), None)
+        if reason is not None:
+            assert c.status == "skip" and reason in c.reason, c
+        elif c.name.rsplit(".", 1)[-1] not in slow:
             assert c.status == "pass", f"{c.name}: {c.status}\n{result.summary()}"
 
 
-def test_emulated_gpus_pass_every_device_private_case_and_the_sanitizer_stays_silent(
+def check_device_private(paths, result) -> None:
+    check_cases(paths, result, PRIVATE)
+
+
+def test_emulated_gpus_pass_every_private_and_coherent_case_and_the_sanitizer_stays_silent(
         paths) -> None:
+    """All four variants, hmm_gup_test included (gup_test.ko), on two GPUs:
+    the coherent ones through the VRAM BAR, double_map over the fabric."""
     with Lab(LabConfig(gpus=2, memory_mb=SELFTEST_MEMORY_MB), paths) as lab:
         lab.boot()
-        result = run_in_lab(lab, "hmmgpu", DEVICE_PRIVATE)
+        result = run_in_lab(lab, "hmmgpu", EVERY_VARIANT)
         irqs = lab.ssh("grep -c 'PCI-MSIX.*hmmgpu' /proc/interrupts").stdout
     print(result.summary())
-    check_device_private(paths, result)
+    check_cases(paths, result, PRIVATE + COHERENT)
     assert int(irqs) == 2 * 4, "both GPUs serve interrupts"
     # the device's driver sanitizer watched the whole run and found nothing
     assert result.sanitizer == [], "\n".join(result.sanitizer)
