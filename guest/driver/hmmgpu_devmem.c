@@ -56,8 +56,8 @@ MODULE_PARM_DESC(sanitize, "report VRAM folios to the device's sanitizer (defaul
 
 static int coherent_mb = -1;
 module_param(coherent_mb, int, 0444);
-MODULE_PARM_DESC(coherent_mb, "VRAM MiB used as device-coherent memory through the VRAM BAR "
-		 "(default -1: half; 0: none)");
+MODULE_PARM_DESC(coherent_mb,
+		 "VRAM MiB used as device-coherent memory through the VRAM BAR (default -1: half; 0: none)");
 
 static const struct dev_pagemap_ops hmmgpu_private_ops;
 static const struct dev_pagemap_ops hmmgpu_coherent_ops;
@@ -181,7 +181,7 @@ static long hmmgpu_chunk_for_thp(struct hmmgpu_pool *pool)
 	long c, any = -1;
 
 	if (pool->coherent)
-		return -1;	/* 4 KiB pages only: see DOC: device memory */
+		return -1;	/* 4 KiB pages only (the "device memory" section) */
 	for (c = 0; c < pool->nchunks; c++) {
 		if (pool->chunk_free[c] != HPAGE_PMD_NR)
 			continue;

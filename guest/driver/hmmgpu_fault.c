@@ -52,8 +52,8 @@ static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int o
 		u32 peer = pool->gpu->fabric_id;
 
 		if (!(gpu->peer_links & BIT(peer))) {
-			dev_warn_once(&gpu->pdev->dev, "no fabric link to GPU %u, whose VRAM "
-				      "a mirror maps\n", peer);
+			dev_warn_once(&gpu->pdev->dev,
+				      "no fabric link to GPU %u, whose VRAM a mirror maps\n", peer);
 			return 0;
 		}
 		return hmmgpu_vram_offset(page) | flags | HMMGPU_PTE_VRAM | HMMGPU_PTE_PEER |

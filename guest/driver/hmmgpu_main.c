@@ -405,8 +405,8 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hmmgpu_chardevs_add(gpu);
 	if (ret)
 		goto devmem_fini;
-	dev_info(&pdev->dev, "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, fabric id %u, "
-		 "/dev/hmm_dmirror%d (private)\n",
+	dev_info(&pdev->dev,
+		 "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, fabric id %u, /dev/hmm_dmirror%d (private)\n",
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) >> 16,
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) & 0xffff, gpu->vram_size >> 20,
 		 gpu->nvec, gpu->fabric_id, gpu->priv.minor);
