@@ -65,6 +65,19 @@ MODULES = {"reference": "test_hmm.ko", "hmmgpu": "hmmgpu.ko"}
 GUP_TEST = "/sys/kernel/debug/gup_test"
 
 
+def unload_module(lab: Lab, name: str, wait_s: float = 10) -> None:
+    """rmmod `name` if it is loaded, retrying while it is busy (a killed test
+    process may still be exiting); both drivers provide /dev/hmm_dmirror*, so
+    one that stays loaded would silently take the other's run."""
+    r = lab.ssh(f"test -d /sys/module/{name} || exit 0; "
+                f"for i in $(seq {int(wait_s * 5)}); do rmmod {name} 2>/tmp/rmmod.err && exit 0; "
+                "sleep 0.2; done; cat /tmp/rmmod.err; "
+                f"grep '^{name} ' /proc/modules; exit 1", check=False)
+    if r.exit_code:
+        raise HmmgpuError(f"cannot unload {name} for the other driver's run: "
+                          + " ".join(r.stdout.split()))
+
+
 def load_gup_test(lab: Lab) -> None:
     """The gup_test debugfs file, from the kernel itself or our module."""
     lab.ssh("grep -q ' /sys/kernel/debug ' /proc/mounts || "
@@ -83,7 +96,7 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
         raise HmmgpuError(f"unknown selftest mode {mode!r}")
     if load:
         for other in set(MODULES.values()) - {MODULES[mode]}:
-            lab.ssh(f"rmmod {other.removesuffix('.ko')} 2>/dev/null || true")
+            unload_module(lab, other.removesuffix(".ko"))
         lab.ssh(f"test -d /sys/module/{MODULES[mode].removesuffix('.ko')} || "
                 f"insmod {lab.guest_bin(MODULES[mode])}")
     load_gup_test(lab)
