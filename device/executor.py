@@ -25,7 +25,6 @@ from .sanitizer import Sanitizer
 from .trace import DMA_VRAM, Recorder, dma_flags
 
 MAX_FAULTS_PER_COMMAND = 64
-_SYS, _LOCAL = -2, -1  # where a run of pages is; a fabric id (>= 0) is a peer's VRAM
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
 
@@ -137,7 +136,8 @@ class Executor:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
         ctx = self.context(queue, cmd)
         root = self._queues()[ctx].pt_base
-        runs: list[list] = []  # [memory, target, length, va]: contiguous pages merge
+        # [(vram, peer), target, length, va]: contiguous pages of one memory merge
+        runs: list[list] = []
         faults: list[Fault] = []
         va, end = addr, addr + length
         while va < end:
@@ -153,7 +153,7 @@ class Executor:
             assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
                 target = t.target(va)
-                memory = _SYS if not t.vram else t.peer  # _LOCAL is -1, like no peer
+                memory = (t.vram, t.peer)
                 last = runs[-1] if runs else None
                 if last is not None and last[0] == memory and last[1] + last[2] == target:
                     last[2] += n
@@ -165,17 +165,16 @@ class Executor:
             raise faults[0]
         views: list[np.ndarray] = []
         command = self._where()[2]
-        for memory, target, n, run_va in runs:
+        for (vram, peer), target, n, run_va in runs:
             if tracing:
-                self.trace.emit(kind, queue.index, ctx, command,
-                                dma_flags(memory != _SYS, max(memory, -1)),
+                self.trace.emit(kind, queue.index, ctx, command, dma_flags(vram, peer),
                                 va=run_va, addr=target, length=n)
-            if memory == _SYS:
+            if not vram:
                 views.extend(self.mem.views(target, n, write))
-            elif memory == _LOCAL:
+            elif peer < 0:
                 views.append(self.vram.view(target, n))
             else:
-                views.append(self._peer_vram(memory).view(target, n))
+                views.append(self._peer_vram(peer).view(target, n))
         return views
 
     def _peer_vram(self, peer: int) -> Vram:

@@ -117,11 +117,11 @@ class GpuProcess:
 
     def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
                  vram_mb: int = 1024, trace: bool = False, vram_dir: Path | None = None,
-                 vram_bar: bool = True, peers: dict[int, Path] | None = None) -> None:
+                 vram_bar: bool = True) -> None:
         self.index = index
         self.vram_file = (vram_dir or run_dir) / f"gpu{index}.vram"
         self.vram_bar = vram_bar
-        self.peers = peers or {}
+        self.peers: dict[int, Path] = {}  # fabric id -> VRAM file: the links
         self.trace_from_start = trace
         self.library = library
         self.vram_mb = vram_mb
@@ -174,12 +174,12 @@ class Lab:
         self.qemu_log = self.run_dir / "qemu.log"
         # the GPUs' VRAM files, where each GPU's fabric peers open them
         self.vram_dir = vram_dir(self.run_dir)
-        vram_files = {i: self.vram_dir / f"gpu{i}.vram" for i in range(self.config.gpus)}
         self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,
                                 self.config.vram_mb, self.config.trace, self.vram_dir,
-                                self.config.vram_bar,
-                                {p: f for p, f in vram_files.items() if p != i})
+                                self.config.vram_bar)
                      for i in range(self.config.gpus)]
+        for g in self.gpus:  # every GPU links to every other one
+            g.peers = {p.index: p.vram_file for p in self.gpus if p is not g}
         self.qemu: subprocess.Popen[bytes] | None = None
         self.qmp: Qmp | None = None
         self._stops_seen = 0  # QMP event mark: STOP events before it are handled
