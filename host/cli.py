@@ -153,19 +153,23 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
-    from .selftest import compare, run_selftest
+    from .selftest import compare, run_selftest, verdict
     modes = ["reference"] if args.reference else ["hmmgpu", "reference"] if args.compare \
         else ["hmmgpu"]
+    spm = args.compare if args.spm is None else args.spm
+    if spm and "reference" not in modes:
+        raise HmmgpuError("--spm is test_hmm.ko's coherent mode: use it with --reference "
+                          "or --compare")
     results = run_selftest(modes, lab_config(args),
                            hmm_tests_args=[a for a in args.hmm_tests_args if a != "--"],
-                           on_boot=print_gdb)
+                           on_boot=print_gdb, spm=spm)
     for r in results:
         print(r.summary())
     if len(results) > 1:
         print(compare(results))
     print(f"hmmgpu: results in {', '.join(str(r.json_path) for r in results)} "
           f"(JUnit: {', '.join(str(r.junit_path) for r in results)})")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if verdict(modes, results) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -410,6 +414,9 @@ def build_parser() -> ArgumentParser:
                       help="against the kernel's own test_hmm.ko (the baseline) only")
     mode.add_argument("--compare", action="store_true",
                       help="against the emulated GPUs, then test_hmm.ko, side by side")
+    s.add_argument("--spm", action=argparse.BooleanOptionalAction, default=None,
+                   help="reserve guest RAM as special-purpose memory for test_hmm.ko, so its "
+                        "coherent cases run too (default: on with --compare)")
     s.add_argument("hmm_tests_args", nargs=argparse.REMAINDER,
                    help="arguments passed to hmm-tests after '--', e.g. -- -t open_close")
     s.set_defaults(fn=cmd_selftest)

@@ -13,6 +13,7 @@ exiting) or outlives its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,10 @@ class Lab:
         self.boot_seconds = 0.0
         self._watchdog_stop = threading.Event()
         self.killed_by_watchdog = ""
+        # fail_fast_suspended(): while set, and for console bytes before
+        # _fail_fast_resume, kernel failures do not end the run
+        self._fail_fast_quiet = False
+        self._fail_fast_resume = 0
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -349,7 +355,10 @@ class Lab:
                 reason = "KVM internal error (QEMU paused)"
             elif (stopped := self._vm_stopped_by_qemu()):
                 reason = stopped
+            elif self.config.fail_fast and self._fail_fast_quiet:
+                scanned = self.console.size()
             elif self.config.fail_fast:
+                scanned = max(scanned, self._fail_fast_resume)
                 text = self.console.text(scanned)
                 done = text.rfind("\n") + 1  # whole lines; the rest next time
                 found = scan(text[:done])
@@ -362,6 +371,18 @@ class Lab:
                 log.error("watchdog: killing QEMU: %s", reason)
                 self.kill()
                 return
+
+    @contextlib.contextmanager
+    def fail_fast_suspended(self) -> Iterator[None]:
+        """Kernel failures printed meanwhile do not end a fail-fast run (they
+        are still found by check_console): for work whose WARN is expected."""
+        self._fail_fast_quiet = True
+        try:
+            yield
+        finally:
+            self._settle_console()  # the rest of its splat, still ignored
+            self._fail_fast_resume = self.console.size()
+            self._fail_fast_quiet = False
 
     def _vm_stopped_by_qemu(self) -> str:
         """Why QEMU stopped the guest on its own ("" while it runs, or while we

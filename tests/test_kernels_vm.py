@@ -120,6 +120,23 @@ def test_fail_fast_ends_the_run_seconds_after_an_oops(paths) -> None:
     assert "guest kernel" in lab.killed_by_watchdog
 
 
+def test_a_warning_while_fail_fast_is_suspended_is_reported_and_the_run_goes_on(paths) -> None:
+    """What the reference's run in coherent mode relies on: its own WARN is
+    its result, not the end of the comparison; afterwards fail-fast is back."""
+    with Lab(LabConfig(gpus=0, memory_mb=512, fail_fast=True), paths) as lab:
+        lab.boot()
+        oops = f"insmod {lab.guest_bin('hmmgpu_oops.ko')} mode=warn"
+        with lab.fail_fast_suspended(), pytest.raises(GuestKernelError) as e:
+            lab.ssh(oops)
+        assert "deliberate warning" in e.value.excerpt
+        time.sleep(2)  # four watchdog ticks
+        assert lab.qemu_alive() and lab.ssh("rmmod hmmgpu_oops; echo up").stdout == "up\n"
+        with pytest.raises(GuestKernelError):
+            lab.ssh(f"{oops}; sleep 600", check=False)
+        assert not lab.qemu_alive()
+    assert "guest kernel" in lab.killed_by_watchdog
+
+
 def test_fail_fast_ends_a_hang_with_the_hung_task_report(paths) -> None:
     cfg = LabConfig(gpus=0, memory_mb=512, fail_fast=True,
                     kernel_args="sysctl.kernel.hung_task_timeout_secs=5")
