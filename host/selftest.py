@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import GuestKernelError, HmmgpuError
+from .errors import HmmgpuError
 from .lab import Lab, LabConfig
 from .ssh import Result
 from .tap import TapReport, parse, to_junit
@@ -36,6 +36,7 @@ class SelftestResult:
     junit_path: Path | None = None
     kernel_failure: str = ""
     sanitizer: list[str] = field(default_factory=list)  # the device's driver-sanitizer reports
+    tap_path: Path | None = None  # hmm-tests' output
 
     @property
     def ok(self) -> bool:
@@ -146,11 +147,13 @@ def load_driver(lab: Lab, mode: str) -> None:
 
 
 def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
-               load: bool = True) -> SelftestResult:
+               load: bool = True, label: str = "") -> SelftestResult:
     """Run hmm-tests in a booted lab against test_hmm.ko ("reference") or the
     emulated GPUs ("hmmgpu"); only one of the two modules is loaded at a time,
     as both provide /dev/hmm_dmirror*. `load=False`: against whatever driver
-    the caller loaded (the edit loop's build of the user's module)."""
+    the caller loaded (the edit loop's build of the user's module). The
+    results are saved as hmm-tests-<label>.tap etc. (label: the mode)."""
+    label = label or mode
     if mode not in MODULES:
         raise HmmgpuError(f"unknown selftest mode {mode!r}")
     if load:
@@ -175,21 +178,23 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
             raise
         r = Result(cmd, "", f"connection lost: {e}", -1, time.monotonic() - t0)
     wall = time.monotonic() - t0
-    (lab.run_dir / f"hmm-tests-{mode}.tap").write_text(r.stdout + r.stderr)
+    tap_path = lab.run_dir / f"hmm-tests-{label}.tap"
+    tap_path.write_text(r.stdout + r.stderr)
     kernel_failure = ""
-    try:
-        lab.check_console(since)
-    except GuestKernelError as e:
-        kernel_failure = f"{e.args[0]}\n{e.excerpt}"
+    if failures := lab.console.failures(since):
+        more = f" (and {len(failures) - 1} more reports: {lab.console.path})" \
+            if len(failures) > 1 else ""
+        kernel_failure = f"guest kernel: {failures[0].line}{more}\n{failures[0].excerpt}"
     if not kernel_failure and not lab.qemu_alive():
         kernel_failure = (f"{lab.killed_by_watchdog or 'QEMU exited'} during hmm-tests\n"
                           f"{lab.console.tail()}")
     report = parse(r.stdout)
-    json_path = lab.run_dir / f"selftest-{mode}.json"
+    json_path = lab.run_dir / f"selftest-{label}.json"
     sanitizer = lab.sanitizer_reports(clear=True) if lab.qemu_alive() else []
     result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
-                            lab.run_dir / f"selftest-{mode}.xml", kernel_failure, sanitizer)
-    result.junit_path.write_text(to_junit(report, f"hmm-tests.{mode}", wall, kernel_failure,
+                            lab.run_dir / f"selftest-{label}.xml", kernel_failure, sanitizer,
+                            tap_path)
+    result.junit_path.write_text(to_junit(report, f"hmm-tests.{label}", wall, kernel_failure,
                                           sanitizer))
     json_path.write_text(json.dumps({
         "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),

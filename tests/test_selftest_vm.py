@@ -65,7 +65,7 @@ def timed_out(result) -> set[str]:
     """Cases kselftest's harness ended at its fixed 30 s per-case limit (under
     TCG on a busy host migrate_remap_fault's 24 rounds can take longer): a
     figure of speed, not of correctness, so the pass lists leave them out."""
-    tap = (result.run_dir / f"hmm-tests-{result.mode}.tap").read_text()
+    tap = result.tap_path.read_text()
     return set(re.findall(r"^# (\w+): Test terminated by timeout", tap, re.M))
 
 
