@@ -205,3 +205,39 @@ def test_unbind_with_an_open_file_gives_enodev_and_rebind_works(paths) -> None:
         assert free == total
         lab.ssh("rmmod hmmgpu")
         lab.check_console()
+
+
+# (case, seconds): a SIGKILL at different points of the two longest cases,
+# loops of migrations both ways with CPU faults in between
+KILLED_MIDWAY = [("hmm.hmm_device_private.migrate_remap_fault", 1.2),
+                 ("hmm.hmm_device_coherent.benchmark_thp_migration", 2.0),
+                 ("hmm.hmm_device_private.benchmark_thp_migration", 4.0),
+                 ("hmm.hmm_device_private.benchmark_thp_migration", 0.6),
+                 ("hmm.hmm_device_private.migrate_remap_fault", 3.0),
+                 ("hmm.hmm_device_coherent.migrate_remap_fault", 1.0)]
+
+
+def test_a_process_killed_in_the_middle_of_its_work_gives_everything_back(paths) -> None:
+    """What kselftest does to a case at its timeout: SIGKILL wherever it is.
+    The process is gone within seconds, it holds no reference to the driver,
+    every VRAM page is free again and the module unloads. (The case runs in
+    a loop, so that one is at work whenever the kill comes, however fast
+    the host.)"""
+    with Lab(LabConfig(gpus=2, memory_mb=4096), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        vram = "cat /sys/bus/pci/drivers/hmmgpu/*/vram_pages"
+        idle = lab.ssh(vram).stdout
+        for case, delay in KILLED_MIDWAY:
+            r = lab.ssh(f"cd /tmp; (while :; do {lab.guest_bin('hmm-tests')} -r {case} "
+                        f">/dev/null 2>&1; done) & loop=$!; sleep {delay}; kill -9 $loop; "
+                        "pids=$(pidof hmm-tests); kill -9 $pids; "
+                        "for i in $(seq 50); do pidof hmm-tests >/dev/null || break; sleep 0.2; "
+                        "done; echo killed=$(echo $pids | wc -w) "
+                        "left=$(pidof hmm-tests | tr ' ' ,) "
+                        "refcnt=$(cat /sys/module/hmmgpu/refcnt)")
+            got = dict(w.split("=") for w in r.stdout.split())
+            assert int(got["killed"]) >= 1, f"{case}: nothing to kill: {r.stdout}"
+            assert got["left"] == "" and got["refcnt"] == "0", f"{case}: {r.stdout}"
+            assert lab.ssh(vram).stdout == idle, case
+        lab.ssh("rmmod hmmgpu")
