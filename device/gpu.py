@@ -12,6 +12,7 @@ the engine's lock.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 
 from . import hwdef as hw
@@ -85,6 +86,36 @@ class Gpu:
             # bit pending; we count it so tests can see it.
             with self.lock:
                 self.irq_dropped += 1
+
+    # ---- BAR accesses, as the vfio-user region callbacks deliver them ------------
+
+    def bar0_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
+        """One BAR0 access of `count` bytes: a read (data None) returns
+        exactly `count` bytes. An aligned 64-bit access is two registers."""
+        if data is None:
+            if count == 8 and offset % 8 == 0:
+                lo = self.mmio_read(offset, 4)
+                hi = self.mmio_read(offset + 4, 4)
+                return struct.pack("<II", lo, hi)
+            value = self.mmio_read(offset, count)  # any other width reads as 0
+            return value.to_bytes(max(count, 8), "little")[:count]
+        if count == 8 and offset % 8 == 0:
+            lo, hi = struct.unpack("<II", data)
+            self.mmio_write(offset, 4, lo)
+            self.mmio_write(offset + 4, 4, hi)
+        else:
+            self.mmio_write(offset, count, int.from_bytes(data, "little"))
+        return None
+
+    def vram_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
+        """The VRAM BAR for a client that does not map it: the BAR's tail past
+        the VRAM (it is a power of two) reads 0 and ignores writes."""
+        vram = self.vram
+        inside = max(0, min(count, vram.size - offset))
+        if data is None:
+            return vram.array[offset:offset + inside].tobytes() + bytes(count - inside)
+        vram.array[offset:offset + inside] = memoryview(data)[:inside]
+        return None
 
     # ---- MMIO --------------------------------------------------------------
 

@@ -110,28 +110,10 @@ class GpuServer:
     # ---- callbacks -----------------------------------------------------------
 
     def _bar0_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
-        if data is None:
-            if count == 8 and offset % 8 == 0:  # split 64-bit reads into two registers
-                lo = self.gpu.mmio_read(offset, 4)
-                hi = self.gpu.mmio_read(offset + 4, 4)
-                return struct.pack("<II", lo, hi)
-            value = self.gpu.mmio_read(offset, count)
-            return value.to_bytes(8, "little")[:count]
-        if count == 8 and offset % 8 == 0:
-            lo, hi = struct.unpack("<II", data)
-            self.gpu.mmio_write(offset, 4, lo)
-            self.gpu.mmio_write(offset + 4, 4, hi)
-        else:
-            self.gpu.mmio_write(offset, count, int.from_bytes(data, "little"))
-        return None
+        return self.gpu.bar0_access(offset, data, count)
 
     def _vram_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
-        vram = self.gpu.vram
-        inside = max(0, min(count, vram.size - offset))
-        if data is None:
-            return vram.array[offset:offset + inside].tobytes() + bytes(count - inside)
-        vram.array[offset:offset + inside] = memoryview(data)[:inside]
-        return None
+        return self.gpu.vram_bar_access(offset, data, count)
 
     def _msix_bar_access(self, offset: int, data: bytes | None, count: int) -> bytes | None:
         return bytes(count) if data is None else None
