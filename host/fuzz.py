@@ -91,7 +91,9 @@ class Target:
         mem.add_array(ROM_BUS, self.rom, writable=False)
         self.irqs: Counter[int] = Counter()
         self.opcodes: Counter[str] = Counter()  # commands submitted, by opcode
-        self.gpu = Gpu(raise_irq=self._irq, mem=mem, vram_size=VRAM_SIZE)
+        self.bus_master = True  # the PCI COMMAND register's Bus Master Enable
+        self.gpu = Gpu(raise_irq=self._irq, mem=mem, vram_size=VRAM_SIZE,
+                       bus_master=lambda: self.bus_master)
         self.setup()
 
     def _irq(self, vector: int) -> bool:
@@ -114,7 +116,8 @@ class Target:
         # and the tables above them, fault records, the status word
         words = [drv.rings[q] + i * hw.COMMAND_SIZE + off for q in (CTX, K)
                  for i in range(4) for off in range(0, hw.COMMAND_SIZE, 8)]
-        words += ptes + [drv.pte_slot(CTX, VA_SYS, lvl) for lvl in (1, 2, 3)]
+        tables = [drv.pte_slot(CTX, VA_SYS, lvl) for lvl in (0, 1, 2, 3)]
+        words += ptes + tables[1:]
         words += [drv.fault_buffer + i * 8 for i in range(8)] + [self.status]
         self.words = words
         # values that reach the edges: mapped and unmapped addresses, VAs, sizes
@@ -122,7 +125,8 @@ class Target:
                        self.page, self.page + hw.PAGE_SIZE - 8, BUS, BUS + RAM_SIZE - 8,
                        BUS + RAM_SIZE, BUS - 8, ROM_BUS, ROM_BUS + 8, VRAM_SIZE - 8, VRAM_SIZE,
                        hw.LARGE_PAGE_SIZE, 1 << 47, 1 << 48, 1 << 63, (1 << 64) - 1,
-                       0xFFFF_FFFF, self.status, ptes[0] - ptes[0] % hw.PAGE_SIZE]
+                       0xFFFF_FFFF, self.status,
+                       *(t - t % hw.PAGE_SIZE for t in tables)]  # tables: loops
 
     # ---- operations ------------------------------------------------------------
 
@@ -184,6 +188,10 @@ class Target:
     def op_run(self, _b: Bytes) -> None:
         self.run()
 
+    def op_bus_master(self, b: Bytes) -> None:
+        """The guest clears or sets Bus Master Enable (PCI config space)."""
+        self.bus_master = b.int(1) >= 32  # mostly back on: off halts everything
+
     def op_faults(self, b: Bytes) -> None:
         """Service faults the way a driver might, or wrongly: consume the
         records (whatever they say), maybe make the pages valid again, then
@@ -198,7 +206,7 @@ class Target:
 
     OPS: list[Callable[[Target, Bytes], None]] = [op_register, op_command, op_command,
                                                   op_memory, op_memory, op_run, op_faults,
-                                                  op_vram_bar]
+                                                  op_vram_bar, op_bus_master]
 
     # ---- invariants --------------------------------------------------------------
 
@@ -224,6 +232,7 @@ class Target:
 
     def recovers(self) -> None:
         """DEVICE_RESET, the driver's set-up again, then a COPY and a FENCE."""
+        self.bus_master = True
         self.gpu.bar0_access(Reg.DEVICE_RESET, (1).to_bytes(4, "little"), 4)
         self.ram[:] = 0
         self.setup()
