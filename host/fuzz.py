@@ -178,6 +178,21 @@ class Target:
         self.drv.submit(q, opcode, args, flags=flags, ctx=ctx,
                         status=self.status if b.int(1) < 200 else self.value(b))
 
+    def op_translate(self, b: Bytes) -> None:
+        """A command through the context's page table after dropping its TLB,
+        so that the walk reads whatever the tables hold now."""
+        self.drv.submit(CTX, Opcode.TLB_INVALIDATE, (0, 0), ctx=CTX)
+        opcode = b.pick([Opcode.READ, Opcode.WRITE, Opcode.ATOMIC, Opcode.COPY, Opcode.FILL])
+        va = b.pick([VA_SYS, VA_VRAM, VA_LARGE, VA_LARGE + hw.PAGE_SIZE]) + (b.int(1) & 0xF8)
+        sys_page, length = self.page, b.pick([8, 64, hw.PAGE_SIZE - 256])
+        args = {Opcode.READ: (va, sys_page, length), Opcode.WRITE: (va, sys_page, length),
+                Opcode.ATOMIC: (va, 1, 0), Opcode.COPY: (va, sys_page, length),
+                Opcode.FILL: (va, length, 0x5A5A)}[opcode]
+        flags = hw.cmd_flags(src=hw.Aperture.VA) if opcode == Opcode.COPY else \
+            hw.cmd_flags(dst=hw.Aperture.VA) if opcode == Opcode.FILL else 0
+        self.opcodes[opcode.name] += 1
+        self.drv.submit(CTX, opcode, args, flags=flags, ctx=CTX, status=self.status)
+
     def op_memory(self, b: Bytes) -> None:
         """A guest write to RAM the device reads: a ring slot, a PTE, a table."""
         addr = b.pick(self.words)
@@ -206,7 +221,7 @@ class Target:
 
     OPS: list[Callable[[Target, Bytes], None]] = [op_register, op_command, op_command,
                                                   op_memory, op_memory, op_run, op_faults,
-                                                  op_vram_bar, op_bus_master]
+                                                  op_vram_bar, op_bus_master, op_translate]
 
     # ---- invariants --------------------------------------------------------------
 
