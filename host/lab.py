@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -157,6 +158,14 @@ class GpuProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def death(self) -> str:
+        """How the server ended, with its log ("" while it runs)."""
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return ""
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return f"device server {self.id} died ({how}); its log: {self.log}"
+
     def qmp_device(self) -> dict[str, Any]:
         return {"driver": "vfio-user-pci", "id": self.id, "bus": f"rp{self.index}",
                 "socket": {"path": str(self.socket), "type": "unix"}}
@@ -194,6 +203,7 @@ class Lab:
         self.boot_seconds = 0.0
         self._watchdog_stop = threading.Event()
         self.killed_by_watchdog = ""
+        self._deaths_said: set[str] = set()  # device server deaths the watchdog logged
         # fail_fast_suspended(): while set, and for console bytes before
         # _fail_fast_resume, kernel failures do not end the run
         self._fail_fast_quiet = False
@@ -337,6 +347,22 @@ class Lab:
         return f"the run was stopped: {self.killed_by_watchdog}" if self.killed_by_watchdog \
             else ""
 
+    def gone_why(self) -> str:
+        """Why the VM is gone: the watchdog's reason, or QEMU's exit and its
+        last error line; and any device server that died before."""
+        why = self._stopped_why()
+        if not why:
+            code = self.qemu.poll() if self.qemu is not None else None
+            said = [ln for ln in self.qemu_log.read_text(errors="replace").splitlines()
+                    if ln.startswith("qemu-system")] if self.qemu_log.exists() else []
+            why = f"QEMU exited ({code})" + (f": {said[-1]}" if said else "")
+        return "; ".join([*self.device_deaths(), why])
+
+    def device_deaths(self) -> list[str]:
+        """Device servers that died under the running VM (its guest sees
+        those GPUs answer all-ones), each with its log."""
+        return [d for g in self.gpus if (d := g.death())]
+
     def qemu_alive(self) -> bool:
         # once the watchdog decided, QEMU is as good as dead (and while its
         # thread reaps it, poll() cannot tell)
@@ -348,6 +374,9 @@ class Lab:
         while not self._watchdog_stop.wait(0.5):
             if not self.qemu_alive():
                 return
+            for death in set(self.device_deaths()) - self._deaths_said:
+                self._deaths_said.add(death)
+                self.say(death)
             reason = ""
             if time.monotonic() > deadline:
                 reason = f"ran longer than {self.config.max_lifetime_s:.0f} s (--timeout)"
@@ -437,7 +466,7 @@ class Lab:
             if r is None or self.killed_by_watchdog:
                 # QEMU is gone: say why (the console's report, the watchdog's reason)
                 self.check_console(since)
-                raise VmError(f"{self._stopped_why() or 'QEMU exited'} while running: "
+                raise VmError(f"{self.gone_why()} while running: "
                               f"{command}\nconsole tail:\n{self.console.tail()}",
                               self.console.path)
             if check and not r.ok:

@@ -37,11 +37,13 @@ class SelftestResult:
     kernel_failure: str = ""
     sanitizer: list[str] = field(default_factory=list)  # the device's driver-sanitizer reports
     tap_path: Path | None = None  # hmm-tests' output
+    device_deaths: list[str] = field(default_factory=list)  # device servers that died
+
 
     @property
     def ok(self) -> bool:
         return (not self.report.failed and self.report.complete and not self.kernel_failure
-                and not self.sanitizer)
+                and not self.sanitizer and not self.device_deaths)
 
     def summary(self) -> str:
         c = self.report.count()
@@ -55,6 +57,8 @@ class SelftestResult:
                          f"{len(self.report.cases)} of {self.report.planned} cases")
         if self.kernel_failure:
             lines.append(f"  GUEST KERNEL: {self.kernel_failure}")
+        for death in self.device_deaths:
+            lines.append(f"  DEVICE: {death}")
         if self.sanitizer:
             lines.append(f"  DRIVER SANITIZER: {len(self.sanitizer)} report(s), first: "
                          f"{self.sanitizer[0]}")
@@ -186,21 +190,21 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
             if len(failures) > 1 else ""
         kernel_failure = f"guest kernel: {failures[0].line}{more}\n{failures[0].excerpt}"
     if not kernel_failure and not lab.qemu_alive():
-        kernel_failure = (f"{lab.killed_by_watchdog or 'QEMU exited'} during hmm-tests\n"
+        kernel_failure = (f"{lab.gone_why()} during hmm-tests\n"
                           f"{lab.console.tail()}")
     report = parse(r.stdout)
     json_path = lab.run_dir / f"selftest-{label}.json"
     sanitizer = lab.sanitizer_reports(clear=True) if lab.qemu_alive() else []
     result = SelftestResult(mode, report, wall, lab.run_dir, json_path, r.exit_code,
                             lab.run_dir / f"selftest-{label}.xml", kernel_failure, sanitizer,
-                            tap_path)
+                            tap_path, lab.device_deaths())
     result.junit_path.write_text(to_junit(report, f"hmm-tests.{label}", wall, kernel_failure,
-                                          sanitizer))
+                                          sanitizer, result.device_deaths))
     json_path.write_text(json.dumps({
         "mode": mode, "accel": lab.accel, "wall_s": round(wall, 1),
         "command": cmd, "exit_code": r.exit_code, "ok": result.ok,
         "kernel_failure": kernel_failure, "sanitizer": result.sanitizer,
-        **report.to_dict()}, indent=2))
+        "device_deaths": result.device_deaths, **report.to_dict()}, indent=2))
     return result
 
 

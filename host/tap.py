@@ -62,9 +62,10 @@ def parse(text: str) -> TapReport:
 
 
 def to_junit(report: TapReport, suite: str, wall_s: float, kernel_failure: str = "",
-             sanitizer: list[str] | None = None) -> str:
+             sanitizer: list[str] | None = None, device_deaths: list[str] | None = None) -> str:
     """The report as JUnit XML: one testcase per TAP case; a guest kernel
-    failure or sanitizer report is a failed testcase of its own, and cases
+    failure, sanitizer report or device server death is a failed testcase of
+    its own, and cases
     the run never reached are errors, so CI shows what did not run."""
     root = ET.Element("testsuites")
     ts = ET.SubElement(root, "testsuite", name=suite, time=f"{wall_s:.1f}")
@@ -84,7 +85,8 @@ def to_junit(report: TapReport, suite: str, wall_s: float, kernel_failure: str =
                       f"({len(report.cases)} of {report.planned or '?'} reported)")
         counts["errors"] += 1
     for name, text in (("guest-kernel", kernel_failure),
-                       ("driver-sanitizer", "\n".join(sanitizer or []))):
+                       ("driver-sanitizer", "\n".join(sanitizer or [])),
+                       ("device-server", "\n".join(device_deaths or []))):
         if text:
             tc = ET.SubElement(ts, "testcase", classname=suite, name=name)
             f = ET.SubElement(tc, "failure", message=text.splitlines()[0])

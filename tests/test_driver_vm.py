@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hmmgpu.host.lab import Lab, LabConfig
+from hmmgpu.host.selftest import run_in_lab
 
 pytestmark = pytest.mark.vm
 
@@ -241,3 +242,35 @@ def test_a_process_killed_in_the_middle_of_its_work_gives_everything_back(paths)
             assert got["left"] == "" and got["refcnt"] == "0", f"{case}: {r.stdout}"
             assert lab.ssh(vram).stdout == idle, case
         lab.ssh("rmmod hmmgpu")
+
+
+def test_a_gpu_whose_server_died_fails_its_work_at_once_and_the_other_gpu_goes_on(
+        paths) -> None:
+    """The device server of GPU 0 is SIGKILLed: the harness names it with its
+    log; the guest reads all-ones from it, and the driver says so once and
+    fails its work with -ENODEV (not after a 30 s fence timeout), with no
+    Oops or WARN. The module unloads; loaded again it refuses the dead GPU
+    and serves the live one."""
+    with Lab(LabConfig(gpus=2, memory_mb=2048), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        dead = lab.gpus[0]
+        dead.proc.kill()
+        dead.proc.wait()
+        assert lab.device_deaths() == [
+            f"device server gpu0 died (killed by SIGKILL); its log: {dead.log}"]
+        cases = "-r hmm.hmm_device_private.migrate -r hmm.hmm_device_private.migrate_fault"
+        result = run_in_lab(lab, "hmmgpu", cases)
+        assert result.device_deaths == lab.device_deaths() and not result.ok
+        assert "DEVICE: device server gpu0 died" in result.summary()
+        assert result.tap_path.read_text().count("Expected ret (-19) == 0") == 2
+        assert result.wall_s < 20, result.wall_s
+        assert not result.kernel_failure, result.kernel_failure
+        assert lab.ssh("dmesg | grep -c 'device gone'").stdout.strip() == "1"
+        lab.ssh("rmmod hmmgpu")
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        assert "0000:01:00.0: bad ID register 0xffffffff" in lab.ssh("dmesg").stdout
+        assert lab.ssh("ls /dev/hmm_dmirror*").stdout.split() == ["/dev/hmm_dmirror0",
+                                                                  "/dev/hmm_dmirror2"]
+        alive = run_in_lab(lab, "hmmgpu", cases, label="live-gpu")
+        assert alive.report.count()["pass"] == 2, alive.summary()

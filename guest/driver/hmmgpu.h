@@ -116,6 +116,7 @@ struct hmmgpu_vector {
 struct hmmgpu {
 	struct kref ref;		/* the PCI binding and each open file */
 	bool gone;			/* removal has begun: no new requests */
+	bool dead;			/* reads all-ones: off the bus, or its server died */
 	struct mutex mirrors_lock;	/* ctx_mirror[] entries come and go */
 	struct pci_dev *pdev;
 	void __iomem *bar0;
@@ -213,6 +214,7 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 		     u64 *status);
 void hmmgpu_cmd(struct hmmgpu_command *c, u32 opcode, u32 flags, u32 ctx,
 		u64 a0, u64 a1, u64 a2);
+bool hmmgpu_dead(struct hmmgpu *gpu);
 int hmmgpu_tlb_invalidate(struct hmmgpu *gpu, unsigned int ctx, unsigned long start,
 			  unsigned long len);
 

@@ -270,6 +270,12 @@ void hmmgpu_fault_work(struct work_struct *work)
 
 	dma_rmb();
 	put = hmmgpu_read(gpu, HMMGPU_REG_FAULT_PUT);
+	if (put >= HMMGPU_FAULT_ENTRIES) {
+		/* never reached by counting: a device that is gone, or broken */
+		if (!hmmgpu_dead(gpu))
+			dev_err_ratelimited(&gpu->pdev->dev, "FAULT_PUT %u out of range\n", put);
+		return;
+	}
 	while (gpu->fault_get != put) {
 		struct hmmgpu_fault_record *rec = &gpu->faults[gpu->fault_get];
 		unsigned long va = le64_to_cpu(rec->va);

@@ -178,7 +178,10 @@ int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned l
 		len = end - start;
 	}
 	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
-	if (ret) {
+	if (ret == -ENODEV) {
+		/* a device that is gone reaches no memory: the pages may go */
+		ret = 0;
+	} else if (ret) {
 		/* the device may still reach them: better leaked than reused under it */
 		dev_err(&mirror->gpu->pdev->dev, "ctx %u: TLB invalidation failed (%d)\n",
 			mirror->ctx, ret);

@@ -81,7 +81,27 @@ static bool hmmgpu_fence_done(struct hmmgpu_queue *q, u64 seq)
 	return (s64)(READ_ONCE(q->words[0]) - seq) >= 0;
 }
 
-/* Sleep until the fence @seq lands; -EIO if the queue halted, -ETIMEDOUT. */
+/*
+ * A device that reads all-ones is gone (surprise removal, a link down, its
+ * vfio-user server dead): it can neither run commands nor reach memory any
+ * more. Said once; from then on its work fails at once with -ENODEV.
+ */
+bool hmmgpu_dead(struct hmmgpu *gpu)
+{
+	if (READ_ONCE(gpu->dead))
+		return true;
+	if (hmmgpu_read(gpu, HMMGPU_REG_ID) != U32_MAX)
+		return false;
+	if (!xchg(&gpu->dead, true))
+		dev_err(&gpu->pdev->dev, "device gone (its registers read all-ones): its work fails with -ENODEV\n");
+	wake_up_all(&gpu->fence_wq);
+	return true;
+}
+
+/*
+ * Sleep until the fence @seq lands; -EIO if the queue halted, -ENODEV if the
+ * device is gone, -ETIMEDOUT.
+ */
 static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 {
 	struct hmmgpu *gpu = q->gpu;
@@ -91,9 +111,12 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 	u32 status;
 
 	for (;;) {
-		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq), slice))
+		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq) ||
+				       READ_ONCE(gpu->dead), slice) && hmmgpu_fence_done(q, seq))
 			return 0;
 		status = hmmgpu_qread(q, HMMGPU_QREG_STATUS);
+		if (status == U32_MAX && hmmgpu_dead(gpu))
+			return -ENODEV;
 		if (status & HMMGPU_QSTATUS_HALTED) {
 			dev_err(&gpu->pdev->dev, "queue %u halted: error %u\n", q->index,
 				hmmgpu_qread(q, HMMGPU_QREG_ERROR));
@@ -120,6 +143,8 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 
 	if (n < 0 || n > HMMGPU_MAX_BATCH)
 		return -EINVAL;
+	if (READ_ONCE(q->gpu->dead))
+		return -ENODEV;
 	/* the device's sanitizer must know our VRAM before it runs anything new */
 	hmmgpu_san_flush(q->gpu);
 	mutex_lock(&q->lock);
@@ -138,7 +163,9 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
 
 	ret = hmmgpu_fence_wait(q, q->seq);
-	if (ret) {
+	if (ret == -ENODEV) {
+		/* nothing to program: the ring is reset when a device comes back */
+	} else if (ret) {
 		/* Start over with an empty ring; the fence word keeps counting. */
 		hmmgpu_queue_program(q);
 		WRITE_ONCE(q->words[0], q->seq);
