@@ -29,6 +29,7 @@ from . import trace as tr
 from .executor import Executor
 from .faults import FaultUnit
 from .hwdef import Access, ErrorCode, QueueStatus, SanCheck
+from .inject import Injection, InjectKind, Injector
 from .memory import DeviceError, Fabric, GuestMemory, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
@@ -61,8 +62,11 @@ class Engine:
         self.sanitizer = Sanitizer(self.now, self.trace, vram.size, mem, self.where)
         self.mmu = Mmu(mem, vram.size, self.trace, self.sanitizer, fabric)
         self.faults = FaultUnit(mem, self.trace, self.sanitizer, self.now)
+        self.inject = Injector()
+        self.inject.on_hit = self._injected
         self.executor = Executor(mem, vram, self.mmu, self.trace, self.sanitizer,
-                                 lambda: self.queues, self.where, self._report_faults)
+                                 lambda: self.queues, self.where, self._report_faults,
+                                 self.inject)
         self._gen = 0  # generation of the queue the command executing came from
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
@@ -147,6 +151,7 @@ class Engine:
                     self._complete_cancelled(queue)
             elif value == hw.QueueControl.RESET:
                 queue.generation += 1
+                queue.hung = False
                 queue.head = queue.tail = 0
                 queue.status = QueueStatus.IDLE
                 queue.error = ErrorCode.NONE
@@ -180,7 +185,14 @@ class Engine:
 
     # ---- the worker --------------------------------------------------------------------
 
+    def _injected(self, inj: Injection) -> None:
+        if self.trace.on:
+            queue, ctx, command = self._cur
+            self.trace.emit(tr.INJECT, queue, ctx, command, va=inj.id, aux=int(inj.kind))
+
     def _next_queue(self, start: int) -> Queue | None:
+        if self.inject.gone:
+            return None  # a device that is gone runs nothing
         for i in range(hw.NUM_QUEUES):
             q = self.queues[(start + i) % hw.NUM_QUEUES]
             if q.runnable:
@@ -252,6 +264,13 @@ class Engine:
         if self.trace.on:
             self.trace.emit(tr.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
                             aux=cmd.opcode)
+        if self.inject.active:
+            if self.inject.hit(InjectKind.HANG, queue.index, cmd.ctx):
+                with self.lock:
+                    queue.hung = True  # until the driver resets the queue
+                return
+            if slow := self.inject.hit(InjectKind.SLOW, queue.index, cmd.ctx):
+                time.sleep(slow.delay_us / 1e6)
         try:
             self.execute(queue, cmd)
         except Fault:

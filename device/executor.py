@@ -18,6 +18,7 @@ import numpy as np
 from . import hwdef as hw
 from . import trace as tr
 from .hwdef import Access, Aperture, ErrorCode, Opcode
+from .inject import InjectKind, Injector
 from .memory import DeviceError, GuestMemory, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
@@ -36,7 +37,7 @@ class Executor:
     def __init__(self, mem: GuestMemory, vram: Vram, mmu: Mmu, trace: Recorder,
                  sanitizer: Sanitizer, queues: Callable[[], list[Queue]],
                  where: Callable[[], tuple[int, int, int]],
-                 report_faults: ReportFaults) -> None:
+                 report_faults: ReportFaults, inject: Injector | None = None) -> None:
         self.mem = mem
         self.vram = vram
         self.mmu = mmu
@@ -45,6 +46,7 @@ class Executor:
         self._queues = queues
         self._where = where
         self._report_faults = report_faults
+        self.inject = inject or Injector()
 
     # ---- checks ------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Executor:
         if aperture == Aperture.SYS:
             if tracing:
                 self.trace.emit(kind, *self._where(), addr=addr, length=length)
+            self._dma_error(queue, cmd, addr, length)
             return [self.mem.view(addr, length, write)]
         if aperture == Aperture.VRAM:
             if tracing:
@@ -170,12 +173,20 @@ class Executor:
                 self.trace.emit(kind, queue.index, ctx, command, dma_flags(vram, peer),
                                 va=run_va, addr=target, length=n)
             if not vram:
+                self._dma_error(queue, cmd, target, n)
                 views.extend(self.mem.views(target, n, write))
             elif peer < 0:
                 views.append(self.vram.view(target, n))
             else:
                 views.append(self._peer_vram(peer).view(target, n))
         return views
+
+    def _dma_error(self, queue: Queue, cmd: Command, addr: int, length: int) -> None:
+        """An injected DMA error on [addr, addr+length) of system memory: the
+        command fails as if the bus had refused the transfer."""
+        if self.inject.active and self.inject.hit(InjectKind.DMA_ERROR, queue.index, cmd.ctx,
+                                                  addr, length):
+            raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, "injected DMA error")
 
     def _peer_vram(self, peer: int) -> Vram:
         vram = self.mmu.fabric.peer(peer) if self.mmu.fabric is not None else None

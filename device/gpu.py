@@ -19,6 +19,7 @@ from . import hwdef as hw
 from . import trace as tr
 from .engine import Engine
 from .hwdef import QReg, Reg
+from .inject import InjectKind
 from .memory import Fabric, GuestMemory, Vram
 from .queue import Queue
 
@@ -78,7 +79,9 @@ class Gpu:
     def raise_irq(self, vector: int) -> None:
         with self.lock:
             self.irq_count += 1
-        delivered = self._deliver(vector)
+        lost = self.engine.inject.active and self.engine.inject.hit(
+            InjectKind.IRQ_LOST, *self.engine.where()[:2], vector=vector)
+        delivered = not lost and self._deliver(vector)
         if self.engine.trace.on:
             self.engine.trace.emit(tr.IRQ, flags=int(delivered), aux=vector)
         if not delivered:
@@ -131,6 +134,8 @@ class Gpu:
         self._mmio_write(offset, size, value)
 
     def _mmio_read(self, offset: int, size: int) -> int:
+        if self.engine.inject.gone:
+            return (1 << 8 * min(size, 8)) - 1  # a device off the bus reads all-ones
         if size != 4 or offset % 4:
             return self._bad_access("read", offset, size)
         with self.lock:
@@ -142,6 +147,8 @@ class Gpu:
             return read() if read else 0  # undefined and write-only offsets read as zero
 
     def _mmio_write(self, offset: int, size: int, value: int) -> None:
+        if self.engine.inject.gone:
+            return
         if size != 4 or offset % 4:
             self._bad_access("write", offset, size)
             return

@@ -25,16 +25,17 @@ class Queue:
     # bumped by CONTROL=RESET: a command the worker was executing when the
     # driver reset the queue belongs to the old ring and must not complete
     generation: int = 0
+    hung: bool = False  # an injected hang: RUNNING, but nothing runs until RESET
 
     @property
     def runnable(self) -> bool:
-        return self.head != self.tail and not self.status & _STALLED_OR_HALTED
+        return self.head != self.tail and not self.status & _STALLED_OR_HALTED and not self.hung
 
     @property
     def status_register(self) -> int:
         """STATUS as the driver reads it: RUNNING means work the engine will
         run (HEAD != TAIL, neither stalled nor halted), so never with STALLED."""
-        return self.status | (_RUNNING if self.runnable else 0)
+        return self.status | (_RUNNING if self.runnable or self.hung else 0)
 
     def ring_config_ok(self) -> bool:
         size = self.ring_size

@@ -104,8 +104,8 @@ class GpuServer:
         self.config[PCI_REVISION_ID] = hw.PCI_REVISION
         if vram_bar:  # QEMU reads the BAR's type from here when it realizes the device
             self.config[PCI_BASE_ADDRESS_0 + 4 * hw.VRAM_BAR] |= PCI_BAR_MEM_64_PREFETCH
-        self.control = ControlServer(control, self.gpu.engine.trace,
-                                     self.gpu.engine.sanitizer) if control else None
+        self.control = ControlServer(control, self.gpu.engine.trace, self.gpu.engine.sanitizer,
+                                     self.gpu.engine.inject) if control else None
 
     # ---- callbacks -----------------------------------------------------------
 

@@ -74,6 +74,7 @@ class Kind(IntEnum):
     MARK = 14            # aux = mark id (text in the trailer)
     SANITIZER = 15       # aux = detector, va/addr = what it saw
     ERROR = 16           # aux = error code, addr = the address it names
+    INJECT = 17          # an injected fault fired: aux = its kind, va = the injection's id
 
 
 DMA_VRAM = 1
@@ -89,7 +90,7 @@ def dma_flags(vram: bool, peer: int = -1) -> int:
     return DMA_VRAM if peer < 0 else DMA_VRAM | DMA_PEER | peer << DMA_PEER_SHIFT
 # plain ints for the hot paths (an IntEnum costs a conversion per record)
 (DMA_READ, DMA_WRITE, WALK, TLB_FILL, TLB_INVALIDATE, FAULT, REPLAY, CANCEL, MMIO_READ,
- MMIO_WRITE, IRQ, CMD_START, CMD_DONE, MARK, SANITIZER, ERROR) = (int(k) for k in Kind)
+ MMIO_WRITE, IRQ, CMD_START, CMD_DONE, MARK, SANITIZER, ERROR, INJECT) = (int(k) for k in Kind)
 
 
 @dataclass

@@ -306,6 +306,31 @@ def cmd_trace_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    """Start, list or remove fault injections in a running GPU."""
+    ctl = _live_control(args)
+    if args.kind == "list":
+        for inj in ctl.injections():
+            print(json.dumps(inj))
+        return 0
+    if args.kind == "clear":
+        print(f"hmmgpu: gpu{args.gpu}: {ctl.uninject(args.id)} injection(s) removed")
+        return 0
+    scope = {k: getattr(args, k) for k in ("queue", "ctx", "start", "end", "vector", "count",
+                                           "probability", "delay_us")
+             if getattr(args, k) is not None}
+    inj = ctl.inject(args.kind, **scope)
+    print(f"hmmgpu: gpu{args.gpu}: injection {inj['id']}: {json.dumps(inj)}")
+    return 0
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def _load(path: str):
     from ..device.trace import load
     try:
@@ -465,11 +490,28 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--vram", type=int, default=1024, help="VRAM in MiB")
     d.set_defaults(fn=cmd_device_serve)
 
-    s = sub.add_parser("trace", help="DMA traces: control a running GPU, read trace files")
-    tsub = s.add_subparsers(dest="tcmd", required=True, parser_class=ArgumentParser)
-    where = ArgumentParser(add_help=False)
+    where = ArgumentParser(add_help=False)  # which running GPU: inject, trace
     where.add_argument("--run", help="run directory of the lab (default: the newest live one)")
     where.add_argument("--gpu", type=int, default=0, help="GPU index (default 0)")
+    s = sub.add_parser("inject", parents=[where],
+                       help="make a running GPU misbehave on purpose (docs/hardware.md)")
+    s.add_argument("kind", choices=["dma_error", "hang", "irq_lost", "slow", "gone", "list",
+                                    "clear"],
+                   help="the injection, or list / clear (all, or --id)")
+    for name, what in (("queue", "only on this queue (16: the kernel queue)"),
+                       ("ctx", "only for this context"),
+                       ("start", "dma_error: first bus address"),
+                       ("end", "dma_error: end of the bus-address range"),
+                       ("vector", "irq_lost: only this MSI-X vector"),
+                       ("count", "fire at most this many times"),
+                       ("delay_us", "slow: added time per command, microseconds"),
+                       ("id", "clear: only this injection")):
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_int, help=what)
+    s.add_argument("--probability", type=float, help="fire on this share of chances (0-1]")
+    s.set_defaults(fn=cmd_inject)
+
+    s = sub.add_parser("trace", help="DMA traces: control a running GPU, read trace files")
+    tsub = s.add_subparsers(dest="tcmd", required=True, parser_class=ArgumentParser)
     t = tsub.add_parser("start", parents=[where], help="start recording (streamed to FILE, "
                         "else kept in memory)")
     t.add_argument("file", nargs="?", help="stream the trace into this file")

@@ -56,6 +56,18 @@ class TraceControl:
         """The driver sanitizer's reports so far ({"count", "reports"}); `clear` empties them."""
         return self.request("sanitizer", clear=clear)
 
+    def inject(self, kind: str, **scope: Any) -> dict[str, Any]:
+        """Start an injection (device/inject.py): kind and scope, e.g.
+        inject("dma_error", start=addr, end=addr + 4096, count=1)."""
+        return self.request("inject", add={"kind": kind, **scope})["injection"]
+
+    def uninject(self, ident: int | None = None) -> int:
+        """Remove one injection, or all; how many went."""
+        return int(self.request("inject", remove=ident)["removed"])
+
+    def injections(self) -> list[dict[str, Any]]:
+        return self.request("inject")["active"]
+
     def alive(self) -> bool:
         try:
             self.status()
