@@ -96,6 +96,7 @@ def test_a_slow_device_takes_the_delay_per_command(rig: Rig) -> None:
 
 def test_a_gone_device_reads_all_ones_runs_nothing_and_comes_back(rig: Rig) -> None:
     src, dst = rig.page(9), rig.page()
+    rig.drv.queue(K)  # the ring is set up before the device goes
     inj = rig.gpu.engine.inject.add({"kind": "gone"})
     assert rig.gpu.mmio_read(Reg.ID, 4) == 0xFFFF_FFFF
     assert rig.gpu.bar0_access(Reg.SCRATCH, None, 8) == b"\xff" * 8
