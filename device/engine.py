@@ -30,7 +30,7 @@ from .executor import Executor
 from .faults import FaultUnit
 from .hwdef import Access, ErrorCode, QueueStatus, SanCheck
 from .inject import Injection, InjectKind, Injector
-from .memory import DeviceError, Fabric, GuestMemory, Vram
+from .memory import DeviceError, Fabric, GuestMemory, InjectedError, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
 from .sanitizer import Sanitizer
@@ -159,7 +159,8 @@ class Engine:
 
     # ---- errors and interrupts ---------------------------------------------------------
 
-    def record_error(self, code: ErrorCode, queue: int | None, addr: int, detail: str) -> None:
+    def record_error(self, code: ErrorCode, queue: int | None, addr: int, detail: str,
+                     injected: bool = False) -> None:
         with self.lock:
             self.error = code
             self.error_queue = 0xFFFFFFFF if queue is None else queue
@@ -172,7 +173,7 @@ class Engine:
             self.trace.emit(tr.ERROR, NONE if queue is None else queue, self._cur[1],
                             cmd=self._cur[2], addr=addr, aux=int(code))
         check = _SANITIZED_ERRORS.get(code)
-        if check is not None:
+        if check is not None and not injected:
             ctx = self._cur[1]
             self.sanitizer.report(check, queue, None if ctx == NONE else ctx,
                                   self._cur[2] if queue is not None else None, addr, detail)
@@ -276,7 +277,8 @@ class Engine:
         except Fault:
             return  # stalled; HEAD stays on this command
         except DeviceError as e:
-            self.record_error(e.code, queue.index, e.addr, f"{hw.opcode_name(cmd.opcode)}: {e}")
+            self.record_error(e.code, queue.index, e.addr, f"{hw.opcode_name(cmd.opcode)}: {e}",
+                              isinstance(e, InjectedError))
             self._complete(queue, cmd, e.code, self._gen)
             return
         self._complete(queue, cmd, ErrorCode.NONE, self._gen)

@@ -19,7 +19,7 @@ from . import hwdef as hw
 from . import trace as tr
 from .hwdef import Access, Aperture, ErrorCode, Opcode
 from .inject import InjectKind, Injector
-from .memory import DeviceError, GuestMemory, Vram
+from .memory import DeviceError, GuestMemory, InjectedError, Vram
 from .mmu import Fault, Mmu
 from .queue import Command, Queue
 from .sanitizer import Sanitizer
@@ -186,7 +186,7 @@ class Executor:
         command fails as if the bus had refused the transfer."""
         if self.inject.active and self.inject.hit(InjectKind.DMA_ERROR, queue.index, cmd.ctx,
                                                   addr, length):
-            raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, "injected DMA error")
+            raise InjectedError(ErrorCode.DMA_UNMAPPED, addr, "injected DMA error")
 
     def _peer_vram(self, peer: int) -> Vram:
         vram = self.mmu.fabric.peer(peer) if self.mmu.fabric is not None else None

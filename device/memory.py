@@ -33,6 +33,11 @@ class DeviceError(Exception):
         self.addr = addr
 
 
+class InjectedError(DeviceError):
+    """A device error an injection made (device/inject.py): not the driver's
+    doing, so the driver sanitizer does not report it."""
+
+
 def in_range(addr: int, length: int, base: int, size: int) -> bool:
     """[addr, addr+length) lies inside [base, base+size), without overflow."""
     return length >= 0 and addr >= base and length <= size and addr - base <= size - length

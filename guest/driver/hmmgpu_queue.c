@@ -10,14 +10,22 @@
  * written at the ring's tail and started by one TAIL write. The caller sleeps
  * until the fence value lands (woken by the completion interrupt) and then
  * reads each command's status word. A halted queue or a fence that does not
- * arrive within HMMGPU_FENCE_TIMEOUT_MS ends the wait with -EIO or
- * -ETIMEDOUT, and the queue is reset, so no caller ever hangs on the device.
+ * arrive within fence_timeout_ms (module parameter, default
+ * HMMGPU_FENCE_TIMEOUT_MS) ends the wait with -EIO or -ETIMEDOUT, and the
+ * queue is reset, so no caller ever hangs on the device. Interrupts may be
+ * lost: every 200 ms the wait looks at the fence and, for a stalled queue, at
+ * the fault buffer. A device that reads all-ones is gone: -ENODEV at once.
  */
 #include <linux/dma-mapping.h>
 #include <linux/jiffies.h>
 #include <linux/slab.h>
 
 #include "hmmgpu.h"
+
+static unsigned int fence_timeout_ms = HMMGPU_FENCE_TIMEOUT_MS;
+module_param(fence_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(fence_timeout_ms,
+		 "a submission not done after this long fails with -ETIMEDOUT and its queue is reset");
 
 #define WORDS_SIZE	((HMMGPU_RING_ENTRIES + 1) * sizeof(u64))
 #define STATUS_PENDING	(~0ULL)
@@ -105,8 +113,8 @@ bool hmmgpu_dead(struct hmmgpu *gpu)
 static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 {
 	struct hmmgpu *gpu = q->gpu;
-	unsigned long deadline = jiffies + msecs_to_jiffies(HMMGPU_FENCE_TIMEOUT_MS);
-	/* without interrupts, poll every jiffy */
+	unsigned long deadline = jiffies + msecs_to_jiffies(READ_ONCE(fence_timeout_ms));
+	/* without interrupts, poll every jiffy; a lost interrupt costs a slice */
 	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
 	u32 status;
 
@@ -117,6 +125,9 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 		status = hmmgpu_qread(q, HMMGPU_QREG_STATUS);
 		if (status == U32_MAX && hmmgpu_dead(gpu))
 			return -ENODEV;
+		/* stalled on a fault whose interrupt may have been lost: look */
+		if (status & HMMGPU_QSTATUS_STALLED)
+			schedule_work(&gpu->fault_work);
 		if (status & HMMGPU_QSTATUS_HALTED) {
 			dev_err(&gpu->pdev->dev, "queue %u halted: error %u\n", q->index,
 				hmmgpu_qread(q, HMMGPU_QREG_ERROR));
