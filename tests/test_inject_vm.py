@@ -1,0 +1,105 @@
+"""Fault injection through the real stack: QEMU, the device server, hmmgpu.ko
+and the kernel's hmm-tests. Each injection is set over the GPU's control
+socket while the guest works; the test asserts what user space sees, that
+the guest kernel stays clean (every lab.ssh() checks the console for Oops and
+WARN), and that the GPU works again once the injection is gone."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hmmgpu.host.lab import Lab, LabConfig
+
+pytestmark = pytest.mark.vm
+
+CASES = ("anon_read", "migrate", "migrate_fault")
+FENCE_TIMEOUT_MS = 3000
+
+
+@pytest.fixture(scope="module")
+def glab(paths) -> Iterator[Lab]:
+    """One GPU, hmmgpu.ko with a short fence timeout (the hang's recovery)."""
+    with Lab(LabConfig(gpus=1, memory_mb=2048), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')} fence_timeout_ms={FENCE_TIMEOUT_MS}")
+        yield lab
+
+
+def hmm_tests(lab: Lab) -> tuple[dict[str, str], str, float]:
+    """Run the cases: ({case: ok | not ok}, the output, seconds)."""
+    args = " ".join(f"-r hmm.hmm_device_private.{c}" for c in CASES)
+    t0 = time.monotonic()
+    out = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} {args} 2>&1", check=False,
+                  timeout=300).stdout
+    took = time.monotonic() - t0
+    results = {m[1]: m[0] for m in re.findall(r"^(ok|not ok) \d+ hmm\.\w+\.(\w+)", out, re.M)}
+    assert sorted(results) == sorted(CASES), out
+    return results, out, took
+
+
+@pytest.fixture
+def gpu(glab: Lab) -> Iterator:
+    """GPU 0's control; every injection is removed afterwards, and the GPU
+    must then pass the cases again."""
+    ctl = glab.gpus[0].trace
+    yield ctl
+    ctl.uninject()
+    results, out, _ = hmm_tests(glab)
+    assert set(results.values()) == {"ok"}, f"not working again afterwards:\n{out}"
+    assert glab.sanitizer_reports(clear=True) == []
+
+
+def test_a_dma_error_reaches_user_space_as_eio(glab: Lab, gpu) -> None:
+    inj = gpu.inject("dma_error", count=1)
+    results, out, _ = hmm_tests(glab)
+    assert results["anon_read"] == "not ok" and "Expected ret (-5) == 0" in out
+    assert results["migrate"] == results["migrate_fault"] == "ok"
+    assert inj["count"] == 1 and gpu.injections() == []  # fired once, then gone
+
+
+def test_lost_interrupts_are_recovered_by_the_driver_s_timeout(glab: Lab, gpu) -> None:
+    gpu.inject("irq_lost")  # every vector, every time
+    before = glab.ssh("cat /sys/bus/pci/drivers/hmmgpu/*/irq_counts").stdout.split()
+    results, out, took = hmm_tests(glab)
+    after = glab.ssh("cat /sys/bus/pci/drivers/hmmgpu/*/irq_counts").stdout.split()
+    assert set(results.values()) == {"ok"}, out
+    assert before == after  # not one interrupt arrived
+    lost = gpu.injections()[0]["hits"]
+    assert lost > 10, lost
+
+
+def test_a_hung_queue_is_timed_out_and_reset(glab: Lab, gpu) -> None:
+    since = glab.console.size()
+    gpu.inject("hang", queue=16, count=1)  # the kernel queue's next command
+    results, out, took = hmm_tests(glab)
+    assert took >= FENCE_TIMEOUT_MS / 1000, took
+    assert re.search(r"queue 16: fence \d+ timed out", glab.console.text(since))
+    # where the hang hit decides which case (if any) sees -ETIMEDOUT
+    for case, result in results.items():
+        assert result == "ok" or "Expected ret (-110) == 0" in out, (case, out)
+
+
+def test_a_slow_device_is_slower_and_still_right(glab: Lab, gpu) -> None:
+    _, _, fast = hmm_tests(glab)
+    gpu.inject("slow", queue=16, delay_us=20_000)
+    results, out, slow = hmm_tests(glab)
+    assert set(results.values()) == {"ok"}, out
+    hits = gpu.injections()[0]["hits"]
+    assert hits > 5 and slow >= fast + hits * 0.02 * 0.9, (fast, slow, hits)
+
+
+def test_a_device_gone_fails_its_work_with_enodev_and_a_reload_recovers(
+        glab: Lab, gpu) -> None:
+    gpu.inject("gone")
+    results, out, took = hmm_tests(glab)
+    assert set(results.values()) == {"not ok"}
+    assert out.count("Expected ret (-19) == 0") == len(CASES) and took < 10, (took, out)
+    assert glab.ssh("dmesg | grep -c 'device gone'").stdout.strip() == "1"
+    gpu.uninject()
+    # the driver gave the device up: binding it again brings it back
+    glab.ssh(f"rmmod hmmgpu && insmod {glab.guest_bin('hmmgpu.ko')} "
+             f"fence_timeout_ms={FENCE_TIMEOUT_MS}")
