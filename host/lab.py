@@ -459,6 +459,9 @@ class Lab:
             try:
                 r = self.guest.run(command, check=False, timeout=timeout)
             except Exception:
+                # the connection often breaks just before QEMU is gone
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.qemu.wait(2)
                 if self.qemu_alive():
                     raise
                 r = None
