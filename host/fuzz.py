@@ -46,6 +46,7 @@ CTX = 1  # the context the set-up maps for
 K = hw.KERNEL_QUEUE
 VA_SYS, VA_VRAM, VA_LARGE = 0x1000, 0x4000, 0x20_0000
 DOCUMENTED = frozenset(int(c) for c in ErrorCode)
+OPCODES = frozenset(int(o) for o in Opcode)
 ENGINE_STEPS = 20_000  # more than the rings' commands: a queue still runnable after it hangs
 
 
@@ -174,7 +175,7 @@ class Target:
                              irq=bool(b.int(1) & 1)) if b.int(1) < 200 else b.int(4)
         ctx = b.pick([CTX, 0, K, 15, 16, 1 << 31])
         args = tuple(self.value(b) for _ in range(5))
-        self.opcodes[hw.opcode_name(opcode) if opcode in set(Opcode) else "unknown"] += 1
+        self.opcodes[hw.opcode_name(opcode) if opcode in OPCODES else "unknown"] += 1
         self.drv.submit(q, opcode, args, flags=flags, ctx=ctx,
                         status=self.status if b.int(1) < 200 else self.value(b))
 
