@@ -58,9 +58,8 @@ def plant_exception(monkeypatch) -> None:
 def plant_undocumented_code(monkeypatch) -> None:
     real = Engine.record_error
     monkeypatch.setattr(Engine, "record_error",
-                        lambda self, code, queue, addr, detail: (
-                            real(self, code, queue, addr, detail),
-                            setattr(self, "error", 99)))
+                        lambda self, *args, **kwargs: (real(self, *args, **kwargs),
+                                                       setattr(self, "error", 99)))
 
 
 def plant_hang(monkeypatch) -> None:
