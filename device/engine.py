@@ -61,9 +61,9 @@ class Engine:
         self.trace = Recorder(self._t0, meta={"vram_size": vram.size})
         self.sanitizer = Sanitizer(self.now, self.trace, vram.size, mem, self.where)
         self.mmu = Mmu(mem, vram.size, self.trace, self.sanitizer, fabric)
-        self.faults = FaultUnit(mem, self.trace, self.sanitizer, self.now)
         self.inject = Injector()
         self.inject.on_hit = self._injected
+        self.faults = FaultUnit(mem, self.trace, self.sanitizer, self.now, self.inject)
         self.executor = Executor(mem, vram, self.mmu, self.trace, self.sanitizer,
                                  lambda: self.queues, self.where, self._report_faults,
                                  self.inject)

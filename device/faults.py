@@ -17,6 +17,7 @@ import numpy as np
 from . import hwdef as hw
 from . import trace as tr
 from .hwdef import Access, ErrorCode, SanCheck
+from .inject import InjectKind, Injector
 from .memory import DeviceError, GuestMemory
 from .mmu import Fault
 from .sanitizer import Sanitizer
@@ -25,8 +26,9 @@ from .trace import Recorder
 
 class FaultUnit:
     def __init__(self, mem: GuestMemory, trace: Recorder, sanitizer: Sanitizer,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], inject: Injector | None = None) -> None:
         self.mem = mem
+        self.inject = inject or Injector()
         self.trace = trace
         self.sanitizer = sanitizer
         self.clock = clock
@@ -68,6 +70,10 @@ class FaultUnit:
                               f"fault at {faults[0].va:#x} with no valid fault buffer")
         size = self.size
         for f in faults:
+            if self.inject.active and self.inject.hit(InjectKind.FAULT_BUFFER_FULL, queue, ctx,
+                                                      f.va):
+                self.overflow += 1  # as if full: lost, and not the driver's doing
+                continue
             if (self.put + 1) % size == self.get % size:
                 self.overflow += 1
                 self.sanitizer.report(

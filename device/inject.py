@@ -23,6 +23,7 @@ class InjectKind(IntEnum):
     IRQ_LOST = 3  # an interrupt on the vector is not delivered
     SLOW = 4  # each command on the queue takes delay_us longer
     GONE = 5  # surprise removal: registers read all-ones, writes and commands are dropped
+    FAULT_BUFFER_FULL = 6  # a fault finds the fault buffer full: lost, counted in FAULT_OVERFLOW
 
 
 _ANY = 1 << 64
@@ -84,6 +85,8 @@ def parse(spec: dict[str, Any], next_id: int) -> Injection:
 
 
 class Injector:
+    """The active injections; `hit` is asked at each chance of a kind."""
+
     def __init__(self, seed: int = 0) -> None:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)

@@ -495,8 +495,8 @@ def build_parser() -> ArgumentParser:
     where.add_argument("--gpu", type=int, default=0, help="GPU index (default 0)")
     s = sub.add_parser("inject", parents=[where],
                        help="make a running GPU misbehave on purpose (docs/hardware.md)")
-    s.add_argument("kind", choices=["dma_error", "hang", "irq_lost", "slow", "gone", "list",
-                                    "clear"],
+    s.add_argument("kind", choices=["dma_error", "hang", "irq_lost", "slow", "gone",
+                                    "fault_buffer_full", "list", "clear"],
                    help="the injection, or list / clear (all, or --id)")
     for name, what in (("queue", "only on this queue (16: the kernel queue)"),
                        ("ctx", "only for this context"),

@@ -147,3 +147,17 @@ def test_the_control_socket_adds_lists_and_removes(rig: Rig) -> None:
     assert handle(e.trace, {"op": "inject"}, e.sanitizer, e.inject)["active"] == [added]
     assert handle(e.trace, {"op": "inject", "remove": None}, e.sanitizer,
                   e.inject) == {"removed": 1}
+
+
+def test_a_fault_that_finds_the_buffer_full_is_lost_and_a_replay_brings_it_back(
+        rig: Rig) -> None:
+    dst = rig.page()
+    rig.gpu.engine.inject.add({"kind": "fault_buffer_full", "count": 1})
+    rig.drv.submit(3, Opcode.READ, (0x40_0000, dst, 64), ctx=3)
+    rig.run()
+    assert rig.drv.qreg(3, QReg.STATUS) & QueueStatus.STALLED
+    assert rig.gpu.mmio_read(Reg.FAULT_OVERFLOW, 4) == 1 and rig.drv.faults() == []
+    assert rig.gpu.engine.sanitizer.take()["count"] == 0  # not the driver's doing
+    rig.drv.replay(3)
+    rig.run()
+    assert [f.va for f in rig.drv.faults()] == [0x40_0000]

@@ -92,6 +92,18 @@ def test_a_slow_device_is_slower_and_still_right(glab: Lab, gpu) -> None:
     assert hits > 5 and slow >= fast + hits * 0.02 * 0.9, (fast, slow, hits)
 
 
+def test_faults_lost_to_a_full_fault_buffer_are_replayed_by_the_driver(glab: Lab, gpu) -> None:
+    """The driver sees FAULT_OVERFLOW grow and replays its stalled queues, so
+    the lost faults come again. User space gets its data; what it can see is
+    the extra fault batches, in the count the dmirror ABI reports."""
+    gpu.inject("fault_buffer_full", count=3)
+    results, out, _ = hmm_tests(glab)
+    assert gpu.injections() == []  # all three faults were lost, and recovered from
+    failed = re.findall(r"^# hmm-tests.c:\d+:\w+:(Expected .*)$", out, re.M)
+    assert all(re.fullmatch(r"Expected buffer->faults \(\d+\) == 1 \(1\)", f)
+               for f in failed), out
+
+
 def test_a_device_gone_fails_its_work_with_enodev_and_a_reload_recovers(
         glab: Lab, gpu) -> None:
     gpu.inject("gone")

@@ -258,6 +258,26 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, 
 	}
 }
 
+/*
+ * Faults that found the buffer full are lost (FAULT_OVERFLOW counts them)
+ * and their queues stay stalled with no record to serve: a replay makes them
+ * fault again, into a buffer with room now.
+ */
+static void hmmgpu_replay_lost(struct hmmgpu *gpu)
+{
+	u32 overflow = hmmgpu_read(gpu, HMMGPU_REG_FAULT_OVERFLOW);
+	unsigned int i;
+
+	if (overflow == gpu->fault_overflow || overflow == U32_MAX)
+		return;
+	gpu->fault_overflow = overflow;
+	for (i = 0; i < HMMGPU_NUM_CONTEXTS; i++)
+		if (hmmgpu_qread(&gpu->cq[i], HMMGPU_QREG_STATUS) & HMMGPU_QSTATUS_STALLED)
+			hmmgpu_qwrite(&gpu->cq[i], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+	if (hmmgpu_qread(&gpu->kq, HMMGPU_QREG_STATUS) & HMMGPU_QSTATUS_STALLED)
+		hmmgpu_qwrite(&gpu->kq, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+}
+
 void hmmgpu_fault_work(struct work_struct *work)
 {
 	struct hmmgpu *gpu = container_of(work, struct hmmgpu, fault_work);
@@ -307,5 +327,6 @@ void hmmgpu_fault_work(struct work_struct *work)
 		else
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}
+	hmmgpu_replay_lost(gpu);
 }
 
