@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Callable
 
 from . import hwdef as hw
@@ -79,8 +80,16 @@ class Gpu:
     def raise_irq(self, vector: int) -> None:
         with self.lock:
             self.irq_count += 1
-        lost = self.engine.inject.active and self.engine.inject.hit(
-            InjectKind.IRQ_LOST, *self.engine.where()[:2], vector=vector)
+        inject, where = self.engine.inject, self.engine.where()[:2]
+        if inject.active and (late := inject.hit(InjectKind.IRQ_DELAY, *where, vector=vector)):
+            timer = threading.Timer(late.delay_us / 1e6, self._deliver_irq, (vector,))
+            timer.daemon = True
+            timer.start()
+            return
+        lost = inject.active and inject.hit(InjectKind.IRQ_LOST, *where, vector=vector)
+        self._deliver_irq(vector, lost=bool(lost))
+
+    def _deliver_irq(self, vector: int, lost: bool = False) -> None:
         delivered = not lost and self._deliver(vector)
         if self.engine.trace.on:
             self.engine.trace.emit(tr.IRQ, flags=int(delivered), aux=vector)

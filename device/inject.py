@@ -24,6 +24,7 @@ class InjectKind(IntEnum):
     SLOW = 4  # each command on the queue takes delay_us longer
     GONE = 5  # surprise removal: registers read all-ones, writes and commands are dropped
     FAULT_BUFFER_FULL = 6  # a fault finds the fault buffer full: lost, counted in FAULT_OVERFLOW
+    IRQ_DELAY = 7  # an interrupt on the vector is delivered delay_us late
 
 
 _ANY = 1 << 64
@@ -79,8 +80,8 @@ def parse(spec: dict[str, Any], next_id: int) -> Injection:
     inj = Injection(next_id, InjectKind[kind], **args)
     if inj.start >= inj.end:
         raise ValueError(f"empty address range [{inj.start:#x}, {inj.end:#x})")
-    if inj.kind == InjectKind.SLOW and not inj.delay_us:
-        raise ValueError("slow needs delay_us")
+    if inj.kind in (InjectKind.SLOW, InjectKind.IRQ_DELAY) and not inj.delay_us:
+        raise ValueError(f"{kind.lower()} needs delay_us")
     return inj
 
 

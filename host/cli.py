@@ -495,8 +495,8 @@ def build_parser() -> ArgumentParser:
     where.add_argument("--gpu", type=int, default=0, help="GPU index (default 0)")
     s = sub.add_parser("inject", parents=[where],
                        help="make a running GPU misbehave on purpose (docs/hardware.md)")
-    s.add_argument("kind", choices=["dma_error", "hang", "irq_lost", "slow", "gone",
-                                    "fault_buffer_full", "list", "clear"],
+    s.add_argument("kind", choices=["dma_error", "hang", "irq_lost", "irq_delay", "slow",
+                                    "gone", "fault_buffer_full", "list", "clear"],
                    help="the injection, or list / clear (all, or --id)")
     for name, what in (("queue", "only on this queue (16: the kernel queue)"),
                        ("ctx", "only for this context"),
@@ -504,7 +504,8 @@ def build_parser() -> ArgumentParser:
                        ("end", "dma_error: end of the bus-address range"),
                        ("vector", "irq_lost: only this MSI-X vector"),
                        ("count", "fire at most this many times"),
-                       ("delay_us", "slow: added time per command, microseconds"),
+                       ("delay_us", "slow: added time per command; irq_delay: how late, "
+                                    "microseconds"),
                        ("id", "clear: only this injection")):
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_int, help=what)
     s.add_argument("--probability", type=float, help="fire on this share of chances (0-1]")

@@ -161,3 +161,12 @@ def test_a_fault_that_finds_the_buffer_full_is_lost_and_a_replay_brings_it_back(
     rig.drv.replay(3)
     rig.run()
     assert [f.va for f in rig.drv.faults()] == [0x40_0000]
+
+
+def test_a_delayed_interrupt_arrives_late_and_in_full(rig: Rig) -> None:
+    rig.gpu.engine.inject.add({"kind": "irq_delay", "delay_us": 100_000, "count": 1})
+    rig.drv.fence(K, irq=True)
+    rig.run()
+    assert rig.irqs == []  # not yet
+    time.sleep(0.3)
+    assert rig.irqs == [hw.IrqVector.COMPLETION]

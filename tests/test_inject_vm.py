@@ -72,6 +72,13 @@ def test_lost_interrupts_are_recovered_by_the_driver_s_timeout(glab: Lab, gpu) -
     assert lost > 10, lost
 
 
+def test_late_interrupts_are_waited_for(glab: Lab, gpu) -> None:
+    gpu.inject("irq_delay", delay_us=50_000)  # every vector, every time
+    results, out, _ = hmm_tests(glab)
+    assert set(results.values()) == {"ok"}, out
+    assert gpu.injections()[0]["hits"] > 10
+
+
 def test_a_hung_queue_is_timed_out_and_reset(glab: Lab, gpu) -> None:
     since = glab.console.size()
     gpu.inject("hang", queue=16, count=1)  # the kernel queue's next command
