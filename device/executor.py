@@ -37,7 +37,7 @@ class Executor:
     def __init__(self, mem: GuestMemory, vram: Vram, mmu: Mmu, trace: Recorder,
                  sanitizer: Sanitizer, queues: Callable[[], list[Queue]],
                  where: Callable[[], tuple[int, int, int]],
-                 report_faults: ReportFaults, inject: Injector | None = None) -> None:
+                 report_faults: ReportFaults, inject: Injector) -> None:
         self.mem = mem
         self.vram = vram
         self.mmu = mmu
@@ -46,7 +46,7 @@ class Executor:
         self._queues = queues
         self._where = where
         self._report_faults = report_faults
-        self.inject = inject or Injector()
+        self.inject = inject
 
     # ---- checks ------------------------------------------------------------------------
 

@@ -26,9 +26,9 @@ from .trace import Recorder
 
 class FaultUnit:
     def __init__(self, mem: GuestMemory, trace: Recorder, sanitizer: Sanitizer,
-                 clock: Callable[[], int], inject: Injector | None = None) -> None:
+                 clock: Callable[[], int], inject: Injector) -> None:
         self.mem = mem
-        self.inject = inject or Injector()
+        self.inject = inject
         self.trace = trace
         self.sanitizer = sanitizer
         self.clock = clock

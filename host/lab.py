@@ -363,6 +363,14 @@ class Lab:
         those GPUs answer all-ones), each with its log."""
         return [d for g in self.gpus if (d := g.death())]
 
+    def died_under_error(self) -> bool:
+        """After a guest command failed with an exception: is QEMU gone? The
+        connection often breaks just before QEMU has exited, so wait a little."""
+        if self.qemu is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qemu.wait(2)
+        return not self.qemu_alive()
+
     def qemu_alive(self) -> bool:
         # once the watchdog decided, QEMU is as good as dead (and while its
         # thread reaps it, poll() cannot tell)
@@ -459,10 +467,7 @@ class Lab:
             try:
                 r = self.guest.run(command, check=False, timeout=timeout)
             except Exception:
-                # the connection often breaks just before QEMU is gone
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.qemu.wait(2)
-                if self.qemu_alive():
+                if not self.died_under_error():
                     raise
                 r = None
             # (the watchdog may still be reaping QEMU, when poll() says "alive")

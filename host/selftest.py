@@ -39,7 +39,6 @@ class SelftestResult:
     tap_path: Path | None = None  # hmm-tests' output
     device_deaths: list[str] = field(default_factory=list)  # device servers that died
 
-
     @property
     def ok(self) -> bool:
         return (not self.report.failed and self.report.complete and not self.kernel_failure
@@ -178,7 +177,7 @@ def run_in_lab(lab: Lab, mode: str, hmm_tests_args: str = "",
         with keep_going:
             r = lab.guest.run(cmd, check=False, timeout=SELFTEST_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 - QEMU died under it (fail-fast, --timeout)
-        if lab.qemu_alive():
+        if not lab.died_under_error():
             raise
         r = Result(cmd, "", f"connection lost: {e}", -1, time.monotonic() - t0)
     wall = time.monotonic() - t0
