@@ -256,5 +256,15 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 /* hmmgpu_mirror.c */
 extern const struct file_operations hmmgpu_mirror_fops;
 void hmmgpu_mirrors_detach(struct hmmgpu *gpu);
+/* the open mirrors' mms, held for an eviction: see hmmgpu_mms_get() */
+struct hmmgpu_mm_hold {
+	struct mm_struct *mm[HMMGPU_NUM_CONTEXTS];
+	unsigned int n;
+	bool locked;
+};
+
+void hmmgpu_mms_get(struct hmmgpu *gpu, struct hmmgpu_mm_hold *h);
+void hmmgpu_mms_lock(struct hmmgpu_mm_hold *h);
+void hmmgpu_mms_put(struct hmmgpu_mm_hold *h);
 
 #endif /* HMMGPU_H */

@@ -723,11 +723,19 @@ static void hmmgpu_pool_evict(struct hmmgpu_pool *pool)
 	kvfree(src);
 }
 
-/* Move every page out of VRAM (RELEASE, unbind). */
+/*
+ * Move every page out of VRAM (RELEASE). The eviction takes no mmap_lock, so
+ * the open mirrors' mms are held still for it: see hmmgpu_mms_get().
+ */
 void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 {
+	struct hmmgpu_mm_hold hold;
+
+	hmmgpu_mms_get(gpu, &hold);
+	hmmgpu_mms_lock(&hold);
 	hmmgpu_pool_evict(&gpu->priv);
 	hmmgpu_pool_evict(&gpu->coh);
+	hmmgpu_mms_put(&hold);
 }
 
 static void hmmgpu_pool_free_maps(struct hmmgpu_pool *pool)

@@ -440,12 +440,17 @@ put:
 static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
+	struct hmmgpu_mm_hold hold;
 
 	hmmgpu_chardevs_del(gpu);
 	WRITE_ONCE(gpu->gone, true);
 	synchronize_srcu(&hmmgpu_srcu);
+	/* for the eviction in devmem_fini(); locked once no fault work runs */
+	hmmgpu_mms_get(gpu, &hold);
 	hmmgpu_mirrors_detach(gpu);
+	hmmgpu_mms_lock(&hold);
 	hmmgpu_devmem_fini(gpu);
+	hmmgpu_mms_put(&hold);
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	cancel_work_sync(&gpu->fault_work);
 	if (gpu->nvec)
