@@ -24,6 +24,9 @@
  *                             work reads that request's range from the mirror
  * hmmgpu.mirrors_lock         ctx_mirror[] entries are added or removed
  *                             (open, release, PCI removal)
+ * hmmgpu.vram_mms_lock        the mms given VRAM; held across an eviction,
+ *                             which write-locks their mmap_locks by trylock
+ * mmap_lock                   (of the mm a migration or a fault works on)
  * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
  *                             path around mmu_interval_read_retry() and by the
  *                             invalidate callback (trylock when non-blockable).
@@ -118,6 +121,8 @@ struct hmmgpu {
 	bool gone;			/* removal has begun: no new requests */
 	bool dead;			/* reads all-ones: off the bus, or its server died */
 	struct mutex mirrors_lock;	/* ctx_mirror[] entries come and go */
+	struct mutex vram_mms_lock;	/* vram_mms, and an eviction */
+	struct list_head vram_mms;	/* the mms given VRAM: hmmgpu_vram_mm_note() */
 	struct pci_dev *pdev;
 	void __iomem *bar0;
 	int nvec;			/* MSI-X vectors allocated: 0 or HMMGPU_IRQ_VECTORS */
@@ -256,15 +261,5 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 /* hmmgpu_mirror.c */
 extern const struct file_operations hmmgpu_mirror_fops;
 void hmmgpu_mirrors_detach(struct hmmgpu *gpu);
-/* the open mirrors' mms, held for an eviction: see hmmgpu_mms_get() */
-struct hmmgpu_mm_hold {
-	struct mm_struct *mm[HMMGPU_NUM_CONTEXTS];
-	unsigned int n;
-	bool locked;
-};
-
-void hmmgpu_mms_get(struct hmmgpu *gpu, struct hmmgpu_mm_hold *h);
-void hmmgpu_mms_lock(struct hmmgpu_mm_hold *h);
-void hmmgpu_mms_put(struct hmmgpu_mm_hold *h);
 
 #endif /* HMMGPU_H */

@@ -34,6 +34,7 @@
  * eviction (RELEASE, unbind). A page that has no source (never touched
  * anonymous memory) is zeroed in VRAM with FILL.
  */
+#include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/highmem.h>
 #include <linux/memremap.h>
@@ -622,6 +623,118 @@ static unsigned long hmmgpu_migrated(struct hmmgpu *gpu, unsigned long src, unsi
 	return (dst & MIGRATE_PFN_COMPOUND) ? folio_nr_pages(page_folio(page)) : 1;
 }
 
+/*
+ * The address spaces VRAM was given to. An eviction migrates by pfn and takes
+ * no mmap_lock of its own, and on this kernel a process that unmaps or exits
+ * while one of its PMD-mapped device-private THPs is being migrated frees
+ * that folio under the migration: zap_huge_pmd_folio()
+ * (mm/huge_memory.c:2486) decides by the folio's type, not by the entry's, so
+ * it drops a reference and a mapcount that the PMD migration entry does not
+ * hold. The new system folio is then left uncharged, and folio_add_lru()
+ * spins on it for ever (mm/memcontrol.c:1517). (The PTE path checks the
+ * entry, mm/memory.c:1029.) An eviction therefore holds every such mm's
+ * mmap_lock for write: no munmap(), no MADV_DONTNEED and no exit_mmap(),
+ * whose unmap_vmas() runs under mmap_read_lock (mm/mmap.c:1299), can zap
+ * those entries meanwhile. The mm files may be closed long before the exit,
+ * so the list is kept apart from the mirrors; an mm leaves it once its exit
+ * has unmapped everything (MMF_OOM_SKIP, mm/mmap.c:1322) or after an
+ * eviction emptied VRAM of it. Not covered: a child that inherited our pages
+ * by fork() from such an mm.
+ */
+struct hmmgpu_vram_mm {
+	struct list_head node;
+	struct mm_struct *mm;		/* mmgrab()bed */
+};
+
+static void hmmgpu_vram_mm_drop(struct hmmgpu_vram_mm *v)
+{
+	list_del(&v->node);
+	mmdrop(v->mm);
+	kfree(v);
+}
+
+/* Before VRAM is given to @mm: put it on the list (and prune the finished). */
+static int hmmgpu_vram_mm_note(struct hmmgpu *gpu, struct mm_struct *mm)
+{
+	struct hmmgpu_vram_mm *v, *next;
+	bool found = false;
+	int ret = 0;
+
+	mutex_lock(&gpu->vram_mms_lock);
+	list_for_each_entry_safe(v, next, &gpu->vram_mms, node) {
+		if (v->mm == mm)
+			found = true;
+		else if (!atomic_read(&v->mm->mm_users) && mm_flags_test(MMF_OOM_SKIP, v->mm))
+			hmmgpu_vram_mm_drop(v);
+	}
+	if (!found) {
+		v = kmalloc(sizeof(*v), GFP_KERNEL);
+		if (v) {
+			mmgrab(mm);
+			v->mm = mm;
+			list_add(&v->node, &gpu->vram_mms);
+		} else {
+			ret = -ENOMEM;
+		}
+	}
+	mutex_unlock(&gpu->vram_mms_lock);
+	return ret;
+}
+
+/* mmap_write_lock() (include/linux/mmap_lock.h:541) as a trylock */
+static bool hmmgpu_mmap_write_trylock(struct mm_struct *mm)
+{
+	if (!down_write_trylock(&mm->mmap_lock))
+		return false;
+	mm_lock_seqcount_begin(mm);	/* per-VMA lock readers back off */
+	return true;
+}
+
+/*
+ * Write-lock every listed mm, and keep vram_mms_lock. Trylocks, all or none,
+ * then a pause without any lock: several mmap_locks in no fixed order must not
+ * wait for one another, nor for a migration that holds one and waits for
+ * vram_mms_lock.
+ */
+static void hmmgpu_vram_mms_lock(struct hmmgpu *gpu)
+{
+	struct hmmgpu_vram_mm *v, *failed;
+
+	for (;;) {
+		mutex_lock(&gpu->vram_mms_lock);
+		failed = NULL;
+		list_for_each_entry(v, &gpu->vram_mms, node) {
+			if (!hmmgpu_mmap_write_trylock(v->mm)) {
+				failed = v;
+				break;
+			}
+		}
+		if (!failed)
+			return;
+		list_for_each_entry(v, &gpu->vram_mms, node) {
+			if (v == failed)
+				break;
+			mmap_write_unlock(v->mm);
+		}
+		mutex_unlock(&gpu->vram_mms_lock);
+		usleep_range(200, 500);
+	}
+}
+
+/* Unlock after an eviction; @all: forget every mm (VRAM goes away). */
+static void hmmgpu_vram_mms_unlock(struct hmmgpu *gpu, bool all)
+{
+	struct hmmgpu_vram_mm *v, *next;
+
+	list_for_each_entry_safe(v, next, &gpu->vram_mms, node) {
+		mmap_write_unlock(v->mm);
+		/* nothing of ours is mapped there now */
+		if (all || !atomic_read(&v->mm->mm_users))
+			hmmgpu_vram_mm_drop(v);
+	}
+	mutex_unlock(&gpu->vram_mms_lock);
+}
+
 /* MIGRATE_TO_DEV and MIGRATE_TO_SYS: move [addr, addr + npages) with the device. */
 int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bool to_vram)
 {
@@ -639,6 +752,14 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	if (!mmget_not_zero(mm)) {
 		kvfree(src);
 		return -EINVAL;
+	}
+	/* before mmap_lock: see hmmgpu_vram_mms_lock() */
+	if (to_vram)
+		ret = hmmgpu_vram_mm_note(gpu, mm);
+	if (ret) {
+		mmput(mm);
+		kvfree(src);
+		return ret;
 	}
 	mmap_read_lock(mm);
 	for (addr = start; addr < end && !ret; addr = next) {
@@ -723,19 +844,13 @@ static void hmmgpu_pool_evict(struct hmmgpu_pool *pool)
 	kvfree(src);
 }
 
-/*
- * Move every page out of VRAM (RELEASE). The eviction takes no mmap_lock, so
- * the open mirrors' mms are held still for it: see hmmgpu_mms_get().
- */
+/* Move every page out of VRAM (RELEASE). */
 void hmmgpu_devmem_evict(struct hmmgpu *gpu)
 {
-	struct hmmgpu_mm_hold hold;
-
-	hmmgpu_mms_get(gpu, &hold);
-	hmmgpu_mms_lock(&hold);
+	hmmgpu_vram_mms_lock(gpu);
 	hmmgpu_pool_evict(&gpu->priv);
 	hmmgpu_pool_evict(&gpu->coh);
-	hmmgpu_mms_put(&hold);
+	hmmgpu_vram_mms_unlock(gpu, false);
 }
 
 static void hmmgpu_pool_free_maps(struct hmmgpu_pool *pool)
@@ -907,8 +1022,11 @@ int hmmgpu_devmem_init(struct hmmgpu *gpu)
 	return ret;
 }
 
+/* Unbind (or a failed probe): evict, and the VRAM goes. */
 void hmmgpu_devmem_fini(struct hmmgpu *gpu)
 {
+	hmmgpu_vram_mms_lock(gpu);
 	hmmgpu_pool_fini(&gpu->priv);
 	hmmgpu_pool_fini(&gpu->coh);
+	hmmgpu_vram_mms_unlock(gpu, true);
 }

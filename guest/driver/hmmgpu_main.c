@@ -368,6 +368,8 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	kref_init(&gpu->ref);
 	gpu->pdev = pci_dev_get(pdev);
 	mutex_init(&gpu->mirrors_lock);
+	mutex_init(&gpu->vram_mms_lock);
+	INIT_LIST_HEAD(&gpu->vram_mms);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
@@ -440,17 +442,12 @@ put:
 static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
-	struct hmmgpu_mm_hold hold;
 
 	hmmgpu_chardevs_del(gpu);
 	WRITE_ONCE(gpu->gone, true);
 	synchronize_srcu(&hmmgpu_srcu);
-	/* for the eviction in devmem_fini(); locked once no fault work runs */
-	hmmgpu_mms_get(gpu, &hold);
 	hmmgpu_mirrors_detach(gpu);
-	hmmgpu_mms_lock(&hold);
 	hmmgpu_devmem_fini(gpu);
-	hmmgpu_mms_put(&hold);
 	hmmgpu_write(gpu, HMMGPU_REG_DEVICE_RESET, 1);
 	cancel_work_sync(&gpu->fault_work);
 	if (gpu->nvec)

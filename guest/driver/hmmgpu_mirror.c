@@ -14,7 +14,6 @@
  * hmmgpu_fault.c. SNAPSHOT reports the CPU's view (hmm_range_fault without
  * faulting), as the reference does.
  */
-#include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/fs.h>
 #include <linux/hmm.h>
@@ -187,83 +186,14 @@ void hmmgpu_mirrors_detach(struct hmmgpu *gpu)
 	mutex_unlock(&gpu->mirrors_lock);
 }
 
-/*
- * Hold the address space of every open mirror still, for an eviction, which
- * migrates by pfn with no mmap_lock of its own. On this kernel a process that
- * unmaps or exits while one of its PMD-mapped device-private THPs is being
- * migrated frees that folio under the migration: zap_huge_pmd_folio()
- * (mm/huge_memory.c:2486) decides by the folio's type, not by the entry's, so
- * it drops a reference and a mapcount that the PMD migration entry does not
- * hold; the new system folio is then left uncharged and folio_add_lru() spins
- * on it for ever (mm/memcontrol.c:1517). (The PTE path checks the entry,
- * mm/memory.c:1029.) So: mm_users keeps exit_mmap() away, mmap_lock for read
- * keeps munmap() away. A process that maps our pages without a mirror of its
- * own (a child that never opened the device) is not covered.
- */
-void hmmgpu_mms_get(struct hmmgpu *gpu, struct hmmgpu_mm_hold *h)
-{
-	unsigned int ctx;
-
-	h->n = 0;
-	h->locked = false;
-	mutex_lock(&gpu->mirrors_lock);
-	for (ctx = 0; ctx < HMMGPU_NUM_CONTEXTS; ctx++) {
-		struct hmmgpu_mirror *mirror = gpu->ctx_mirror[ctx];
-		/* valid while listed: see hmmgpu_mirror_release() */
-		struct mm_struct *mm = mirror ? READ_ONCE(mirror->notifier.mm) : NULL;
-
-		if (mm && mmget_not_zero(mm))
-			h->mm[h->n++] = mm;
-	}
-	mutex_unlock(&gpu->mirrors_lock);
-}
-
-/*
- * Read-lock every held mm. Trylocks, all or none, then a pause: several
- * mmap_locks taken in no fixed order must not wait for one another.
- */
-void hmmgpu_mms_lock(struct hmmgpu_mm_hold *h)
-{
-	unsigned int i;
-
-	for (;;) {
-		for (i = 0; i < h->n && mmap_read_trylock(h->mm[i]); i++)
-			;
-		if (i == h->n)
-			break;
-		while (i--)
-			mmap_read_unlock(h->mm[i]);
-		usleep_range(500, 1000);
-	}
-	h->locked = true;
-}
-
-void hmmgpu_mms_put(struct hmmgpu_mm_hold *h)
-{
-	unsigned int i;
-
-	for (i = 0; i < h->n; i++) {
-		if (h->locked)
-			mmap_read_unlock(h->mm[i]);
-		/* a last reference tears the mm down: not under the caller's locks */
-		mmput_async(h->mm[i]);
-	}
-	h->n = 0;
-	h->locked = false;
-}
-
 static int hmmgpu_mirror_release(struct inode *inode, struct file *filp)
 {
 	struct hmmgpu_mirror *mirror = filp->private_data;
 	struct hmmgpu *gpu = mirror->gpu;
-	struct mm_struct *mm = mirror->notifier.mm;
 
-	/* the notifier's mm reference goes first; the list's must outlive it */
-	mmgrab(mm);
 	/* no invalidate callback runs after this (mm/mmu_notifier.c) */
 	mmu_interval_notifier_remove(&mirror->notifier);
 	hmmgpu_mirror_unlist(mirror);
-	mmdrop(mm);
 	hmmgpu_pt_destroy(mirror);
 	kfree(mirror);
 	hmmgpu_put(gpu);
