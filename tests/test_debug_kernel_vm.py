@@ -1,7 +1,8 @@
 """A kernel built from the pinned linux-source with `hmmgpu kconfig --debug`
 (KASAN, lockdep, DEBUG_VM, DEBUG_PAGEALLOC, DEBUG_OBJECTS), booted through
---kernel TREE: hmm-tests from that tree against hmmgpu.ko and the tree's own
-test_hmm.ko, and drgn with the tree's vmlinux on a dump.
+--kernel TREE: hmm-tests from that tree against hmmgpu.ko (every variant) and
+the tree's own test_hmm.ko, the stress test, removal under load, and drgn
+with the tree's vmlinux on a dump.
 
 Marked kernel_build: the build takes ~35 min on 2 cores, so `./hmmgpu test`
 leaves it out; run `./hmmgpu test -m kernel_build`. The tree is kept in
@@ -21,12 +22,14 @@ import pytest
 from drgn.helpers.linux.module import for_each_module
 from drgn.helpers.linux.pid import for_each_task
 from kernel_tree import build_debug_tree
-from test_selftest_vm import DEVICE_PRIVATE, TIMING_ONLY
+from test_selftest_vm import EVERY_VARIANT, PRIVATE, TIMING_ONLY
+from test_stress_vm import run_stress
 
 from hmmgpu.host.kconfig import DEBUG, LAB, missing, parse_config
 from hmmgpu.host.kernel import resolve_kernel
 from hmmgpu.host.lab import Lab, LabConfig
-from hmmgpu.host.selftest import SELFTEST_MEMORY_MB, run_in_lab
+from hmmgpu.host.removal import RemovalRun
+from hmmgpu.host.selftest import SELFTEST_MEMORY_MB, load_driver, run_in_lab
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel_build]
 
@@ -62,11 +65,12 @@ def test_nothing_is_written_into_the_tree(debug_lab, tree) -> None:
 
 
 def test_hmmgpu_does_as_the_trees_test_hmm_under_kasan_and_lockdep(debug_lab) -> None:
-    """No KASAN, lockdep or other kernel report in either run, and each
-    device-private case ends for hmmgpu as for the tree's own test_hmm.ko on
-    this kernel, but for cases that ran into kselftest's timeout."""
+    """No KASAN, lockdep or other kernel report in either run; every case
+    (private and coherent) passes on hmmgpu and each ends as for the tree's own
+    test_hmm.ko (which has no coherent memory here), but for cases that ran
+    into kselftest's timeout."""
     assert "KernelAddressSanitizer initialized" in debug_lab.console.text()
-    ours = run_in_lab(debug_lab, "hmmgpu", DEVICE_PRIVATE)
+    ours = run_in_lab(debug_lab, "hmmgpu", EVERY_VARIANT)
     ref = run_in_lab(debug_lab, "reference", " ".join(TIMING_ONLY))
     print(ours.summary())
     print(ref.summary())
@@ -83,10 +87,27 @@ def test_hmmgpu_does_as_the_trees_test_hmm_under_kasan_and_lockdep(debug_lab) ->
     print(f"timed out (kselftest's 30 s): {sorted(slow) or 'none'}")
     theirs = {c.name: c.status for c in ref.report.cases}
     differ = {c.name: (c.status, theirs.get(c.name)) for c in ours.report.cases
-              if c.status != theirs.get(c.name) and c.name.rsplit(".", 1)[-1] not in slow}
+              if c.name.split(".")[1] in PRIVATE and c.status != theirs.get(c.name)
+              and c.name.rsplit(".", 1)[-1] not in slow}
     assert differ == {}, differ  # same pass/fail/skip, case by case
     assert [c.name for c in ours.report.failed
             if c.name.rsplit(".", 1)[-1] not in slow] == [], ours.summary()
+
+
+def test_stress_under_kasan_and_lockdep_keeps_every_byte(debug_lab) -> None:
+    load_driver(debug_lab, "hmmgpu")
+    run_stress(debug_lab, 60)  # asserts the console quiet: no KASAN or lockdep report
+
+
+@pytest.mark.parametrize("mode", ["unbind", "unload"])
+def test_removal_under_load_under_kasan_and_lockdep(debug_lab, mode: str) -> None:
+    """host/removal.py's cycles on GPU 0 of the debug kernel: the eviction's
+    locking (every mm VRAM was given to, write-locked) under lockdep."""
+    since = debug_lab.console.size()
+    r = RemovalRun(debug_lab, mode).run(10)
+    print(r.summary())
+    debug_lab.check_console(since)
+    assert r.runs_passed > 0 and not r.stuck and r.vram[0] == r.vram[1], r.summary()
 
 
 def test_drgn_reads_tasks_and_modules_from_a_dump_with_the_trees_vmlinux(debug_lab,
