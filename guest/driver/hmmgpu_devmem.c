@@ -668,7 +668,7 @@ static int hmmgpu_vram_mm_note(struct hmmgpu *gpu, struct mm_struct *mm)
 			hmmgpu_vram_mm_drop(v);
 	}
 	if (!found) {
-		v = kmalloc(sizeof(*v), GFP_KERNEL);
+		v = kmalloc_obj(*v);
 		if (v) {
 			mmgrab(mm);
 			v->mm = mm;
