@@ -44,6 +44,10 @@ _SANITIZED_ERRORS = {ErrorCode.DMA_UNMAPPED: SanCheck.DMA_UNMAPPED,
                      ErrorCode.BUS_MASTER_OFF: SanCheck.BUS_MASTER_OFF}
 BATCH = 16  # commands run from one queue before the next queue's turn
 _IRQ = int(hw.CmdFlags.IRQ)
+# plain ints on the per-command path: IntFlag arithmetic builds enum objects
+_STALLED = int(QueueStatus.STALLED)
+_HALTED = int(QueueStatus.HALTED)
+_INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
 
 
 class Engine:
@@ -144,16 +148,16 @@ class Engine:
                                 q, ctx, queue.completed,
                                 flags=int(bool(queue.status & QueueStatus.STALLED)))
             if value == hw.QueueControl.REPLAY:
-                queue.status &= ~QueueStatus.STALLED
+                queue.status &= ~_STALLED
             elif value == hw.QueueControl.CANCEL:
-                if queue.status & QueueStatus.STALLED:
-                    queue.status &= ~QueueStatus.STALLED
+                if queue.status & _STALLED:
+                    queue.status &= ~_STALLED
                     self._complete_cancelled(queue)
             elif value == hw.QueueControl.RESET:
                 queue.generation += 1
                 queue.hung = False
                 queue.head = queue.tail = 0
-                queue.status = QueueStatus.IDLE
+                queue.status = int(QueueStatus.IDLE)
                 queue.error = ErrorCode.NONE
             self._wake.notify_all()
 
@@ -181,7 +185,7 @@ class Engine:
         self._raise_irq(hw.IrqVector.ERROR)
 
     def _halt(self, queue: Queue, code: ErrorCode, addr: int, detail: str) -> None:
-        queue.status |= QueueStatus.HALTED
+        queue.status |= _HALTED
         self.record_error(code, queue.index, addr, detail)
 
     # ---- the worker --------------------------------------------------------------------
@@ -302,7 +306,7 @@ class Engine:
             queue.head = (queue.head + 1) % queue.ring_size
             queue.completed = (queue.completed + 1) & 0xFFFFFFFF
             if cmd.flags & _IRQ:
-                self.intr_status |= hw.IntrStatus.COMPLETION
+                self.intr_status |= _INTR_COMPLETION
         if cmd.flags & _IRQ:
             self._raise_irq(hw.IrqVector.COMPLETION)
 
@@ -335,6 +339,6 @@ class Engine:
             if self._gen != queue.generation:
                 raise faults[0]  # reset meanwhile: the command is gone, nothing to stall on
             self.faults.record(queue.index, ctx, queue.completed, faults, access)
-            queue.status |= QueueStatus.STALLED
+            queue.status |= _STALLED
             self.intr_status |= hw.IntrStatus.FAULT
         self._raise_irq(hw.IrqVector.FAULT)

@@ -121,7 +121,7 @@ class Executor:
         if addr + length > 1 << 64:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "range wraps past 2^64")
         # an ATOMIC writes as well as reads: a read-only DMA mapping refuses it
-        write = bool(access & (Access.WRITE | Access.ATOMIC))
+        write = access != Access.READ
         tracing = self.trace.on
         kind = tr.DMA_WRITE if write else tr.DMA_READ
         if aperture == Aperture.SYS:
@@ -198,6 +198,9 @@ class Executor:
               length: int) -> None:
         src_views = self._segments(queue, cmd, src_ap, src, length, Access.READ)
         dst_views = self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE)
+        if len(src_views) == 1 and len(dst_views) == 1:  # the common case, no loop
+            np.copyto(dst_views[0], src_views[0])
+            return
         si = di = so = do = 0
         while si < len(src_views):
             s, d = src_views[si], dst_views[di]

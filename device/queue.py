@@ -18,7 +18,7 @@ class Queue:
     ring_size: int = 0
     head: int = 0
     tail: int = 0
-    status: int = QueueStatus.IDLE  # STALLED and HALTED; RUNNING is derived
+    status: int = int(QueueStatus.IDLE)  # STALLED and HALTED; RUNNING is derived
     error: ErrorCode = ErrorCode.NONE
     pt_base: int = 0
     completed: int = 0
