@@ -42,7 +42,7 @@ def main() -> int:
     print()
     for r in reports:
         print(r.summary())
-    bad = [r for r in reports if r.stuck or r.vram[0] != r.vram[1]]
+    bad = [r for r in reports if r.stuck or r.vram[0] != r.vram[1] or not r.served_after]
     return 1 if bad else 0
 
 

@@ -47,6 +47,7 @@ class RemovalReport:
     seconds: float
     runs: int = 0                  # hmm-tests runs that finished during the cycles
     runs_passed: int = 0           # ... with every case passing
+    served_after: bool = False     # a whole run passed after the last cycle
     stuck: list[str] = field(default_factory=list)   # processes that did not exit
     vram: tuple[int, int] = (0, 0)                     # free, total pages after
     irq_lines: tuple[int, int] = (0, 0)                # before, after
@@ -59,8 +60,10 @@ class RemovalReport:
         return -self.meminfo_kb.get("Free", 0)
 
     def summary(self) -> str:
+        after = "and again after the last" if self.served_after else "NONE after the last"
         return (f"{self.module} {self.mode}: {self.cycles} cycles in {self.seconds:.1f} s, "
-                f"{self.runs} hmm-tests runs meanwhile ({self.runs_passed} passed whole), "
+                f"{self.runs} hmm-tests runs meanwhile ({self.runs_passed} passed whole, "
+                f"{after}), "
                 f"VRAM free {self.vram[0]}/{self.vram[1]} pages, interrupt lines "
                 f"{self.irq_lines[0]} -> {self.irq_lines[1]} ({self.irq_lines_unloaded} "
                 f"after rmmod), memory {self.leaked_kb} KiB below the baseline "
@@ -169,6 +172,16 @@ class RemovalRun:
         passed = sum(" fail:0 " in line and " pass:0 " not in line for line in totals)
         return len(totals), passed
 
+    def _wait_whole_pass(self, timeout: float = 120) -> bool:
+        """After the cycles: does the GPU serve a whole hmm-tests run again?"""
+        before = self._runs()[1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if self._runs()[1] > before:
+                return True
+        return False
+
     # ---- the run -------------------------------------------------------------------
 
     def run(self, cycles: int) -> RemovalReport:
@@ -191,6 +204,7 @@ class RemovalRun:
             if (i + 1) % 10 == 0 or i + 1 == cycles:
                 self.progress(f"{self.mode}: {i + 1}/{cycles} cycles")
         seconds = time.monotonic() - t0
+        served_after = self._wait_whole_pass()
         stuck = self._stop_load()
         runs, passed = self._runs()
         free = total = 0
@@ -201,7 +215,8 @@ class RemovalRun:
         after = _meminfo(lab)  # loaded and idle, as the baseline was
         lab.ssh(f"rmmod {m}")
         return RemovalReport(
-            module=m, mode=self.mode, cycles=cycles, seconds=seconds, runs=runs, runs_passed=passed,
-            stuck=stuck, vram=(free, total), irq_lines=(irq_before, irq_after),
+            module=m, mode=self.mode, cycles=cycles, seconds=seconds, runs=runs,
+            runs_passed=passed, served_after=served_after, stuck=stuck, vram=(free, total),
+            irq_lines=(irq_before, irq_after),
             irq_lines_unloaded=_irq_lines(lab),
             meminfo_kb={k: after[k] - baseline[k] for k in baseline})

@@ -34,7 +34,7 @@ def test_removal_under_load_leaves_nothing_behind(paths, mode: str) -> None:
         lab.check_console(since)
     print(r.summary())
     assert r.runs > CYCLES, f"hmm-tests hardly ran: {r.summary()}"
-    assert r.runs_passed > 0, f"the GPU never served a whole run between removals: {r.summary()}"
+    assert r.served_after, f"no whole hmm-tests run passed after the last cycle: {r.summary()}"
     assert not r.stuck, f"hmm-tests processes did not exit: {r.stuck}"
     assert r.vram[0] == r.vram[1] > 0, f"VRAM pages still in use: {r.summary()}"
     # without MSI-X the driver polls: no lines at all
