@@ -88,8 +88,12 @@ class FaultUnit:
                 self.trace.emit(tr.FAULT, queue, ctx, command, flags=int(access), va=f.va,
                                 addr=slot, length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
             try:
-                self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)[:] = \
-                    np.frombuffer(rec, dtype=np.uint8)
+                view = self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)
+                view[:] = np.frombuffer(rec, dtype=np.uint8)
+                # VALID last: a driver that sees it sees the whole record
+                # (x86-TSO on the host keeps the stores in order)
+                view[hw.FAULT_ACCESS_OFFSET:hw.FAULT_ACCESS_OFFSET + 4].view(np.uint32)[0] = \
+                    int(access) | hw.FAULT_VALID
             except DeviceError as e:
                 raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
                                   "fault buffer not in guest memory") from e

@@ -213,7 +213,9 @@ class UserDriver:
             raw = self.read(self.fault_buffer + self.fault_get * hw.FAULT_RECORD_SIZE,
                             hw.FAULT_RECORD_SIZE)
             va, ts, ctx, access, queue, reason = hw.FAULT_RECORD.unpack(raw)
-            out.append(FaultRecord(va, ts, ctx, hw.Access(access), queue,
+            if not access & hw.FAULT_VALID:
+                raise AssertionError(f"fault record {self.fault_get} below FAULT_PUT is not VALID")
+            out.append(FaultRecord(va, ts, ctx, hw.Access(access & ~hw.FAULT_VALID), queue,
                                    hw.FaultReason(reason)))
             self.fault_get = (self.fault_get + 1) % self.fault_entries
         self.mmio.write32(Reg.FAULT_GET, self.fault_get)

@@ -122,6 +122,33 @@ def test_a_trace_from_boot_shows_the_driver_at_work(paths) -> None:
     assert tracetools.perfetto([("gpu0", t)])["traceEvents"]
 
 
+def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
+                                                                          tmp_path) -> None:
+    """fault_bench on GPU 0, traced, through host/faultpath.py (what
+    bench/bench_fault.py prints): every faulting READ is a complete chain, and
+    hmmgpu.ko finds its fault records by their VALID bit, so between the fault
+    interrupt and REPLAY it makes no MMIO access (each one a round trip to
+    the server while the guest CPU waits)."""
+    from hmmgpu.device.trace import load
+    from hmmgpu.host.faultpath import breakdown
+
+    with Lab(LabConfig(gpus=1, memory_mb=1024), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        path = tmp_path / "fault.hmmtrace"
+        lab.gpus[0].trace.start(path)
+        out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 40").stdout.split()
+        lab.gpus[0].trace.stop()
+        lab.check_console()
+    assert out[0] == "fault" and out[3] == "nofault", out
+    b = breakdown(load(path))
+    print(b.table())
+    # most READs make a complete chain (a completion may end in a poll, not an interrupt)
+    assert b.faults >= 10 and b.plain >= 10, b.table()
+    assert b.mmio_in_driver == 0, b.table()
+    assert b.fault_total_us > b.plain_total_us
+
+
 def test_the_cpu_trace_names_the_driver_function_behind_each_register_access(paths) -> None:
     """The TCG plugin records the guest's BAR accesses with their PCs: the
     SCRATCH write from sysfs and the doorbells of a READ are named after the

@@ -13,6 +13,7 @@ from hmmgpu.device import hwdef as hw
 from hmmgpu.device import trace
 from hmmgpu.device.hwdef import Aperture, ErrorCode, Opcode
 from hmmgpu.device.trace import Kind
+from hmmgpu.host.faultpath import breakdown
 
 
 def copy_va_to_sys(rig: Rig, ctx: int, va: int, dst: int, n: int) -> None:
@@ -186,3 +187,33 @@ def test_records_emitted_while_the_writer_drains_are_all_written(tmp_path: Path)
     written = len(trace.load(path).records)
     assert counts["recorded"] > 10_000
     assert written == counts["recorded"], counts
+
+
+def test_the_fault_breakdown_times_each_segment_of_a_faulting_read(rig: Rig, tmp_path) -> None:
+    """host/faultpath.py on a trace of the driver's fault path as the Python
+    driver plays it: a faulting READ, served and replayed, then a plain one."""
+    tr = rig.gpu.engine.trace
+    out, page = rig.drv.alloc(8), rig.page(0x5A)
+    tr.start()
+    for va in (0x40_0000, 0x60_0000):
+        rig.drv.submit(3, Opcode.READ, (va, out, 8), flags=hw.CmdFlags.IRQ)
+        rig.run()
+        (f,) = rig.drv.faults()  # the record's VALID bit is checked there
+        rig.drv.map(3, f.va, page, RW)
+        rig.drv.replay(3)
+        rig.run()
+        rig.drv.submit(3, Opcode.READ, (va, out, 8), flags=hw.CmdFlags.IRQ)  # no fault now
+        rig.run()
+    tr.stop()
+    path = tmp_path / "t.hmmtrace"
+    tr.dump(path)
+    b = breakdown(trace.load(path))
+    assert (b.faults, b.plain) == (2, 2)
+    assert list(b.fault_us) == ["doorbell -> fetch", "fetch -> fault", "fault -> fault irq",
+                                "fault irq -> REPLAY write", "REPLAY write -> refetch",
+                                "refetch -> done", "done -> completion irq"]
+    assert all(us >= 0 for us in b.fault_us.values())
+    # the Python driver reads FAULT_PUT and writes FAULT_GET before it replays
+    assert b.mmio_in_driver >= 2
+    assert b.fault_total_us >= b.fault_us["fault irq -> REPLAY write"]
+    assert "refetch -> done" in b.table()

@@ -7,15 +7,17 @@
  * DOC: fault path
  *
  * The fault interrupt schedules hmmgpu_fault_work(). It drains the fault
- * buffer, keeping per context the lowest faulting address and whether any
- * access wrote, then serves each context as one batch: hmm_range_fault() from
+ * buffer (the records with their VALID bit set: no MMIO read of FAULT_PUT),
+ * keeping per context the lowest faulting address and whether any access
+ * wrote, then serves each context as one batch: hmm_range_fault() from
  * that address to the end of the READ/WRITE in flight (or one page), inside
  * mmu_interval_read_begin()/mmu_interval_read_retry() with the mirror mutex
  * held while the PTEs are written (the Documentation/mm/hmm.rst pattern).
  * Then the context's queue gets REPLAY, or CANCEL when the access is not
  * allowed (-EFAULT for PROT_NONE, -EPERM for a write to read-only memory),
  * the error being left in mirror->fault_err for the waiting ioctl. A fault
- * with ATOMIC access makes its page device-exclusive instead.
+ * with ATOMIC access makes its page device-exclusive instead. FAULT_GET is
+ * written last, after the replays: the device needs it only for free room.
  */
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
@@ -285,25 +287,23 @@ void hmmgpu_fault_work(struct work_struct *work)
 	unsigned long pending = 0;
 	bool write[HMMGPU_NUM_CONTEXTS] = {};
 	bool atomic[HMMGPU_NUM_CONTEXTS] = {};
-	unsigned int ctx;
-	u32 put;
+	unsigned int ctx, n;
 
-	dma_rmb();
-	put = hmmgpu_read(gpu, HMMGPU_REG_FAULT_PUT);
-	if (put >= HMMGPU_FAULT_ENTRIES) {
-		/* never reached by counting: a device that is gone, or broken */
-		if (!hmmgpu_dead(gpu))
-			dev_err_ratelimited(&gpu->pdev->dev, "FAULT_PUT %u out of range\n", put);
-		return;
-	}
-	while (gpu->fault_get != put) {
+	/*
+	 * New records are the ones with VALID set (stored last by the device):
+	 * no FAULT_PUT read, an MMIO round trip, before the faults are served.
+	 */
+	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
 		struct hmmgpu_fault_record *rec = &gpu->faults[gpu->fault_get];
-		unsigned long va = le64_to_cpu(rec->va);
+		u32 access = le32_to_cpu(READ_ONCE(rec->access));
+		unsigned long va;
 
+		if (!(access & HMMGPU_FAULT_VALID))
+			break;
+		dma_rmb();	/* the rest of the record, after its VALID bit */
+		va = le64_to_cpu(rec->va);
 		ctx = le32_to_cpu(rec->ctx);
 		if (ctx < HMMGPU_NUM_CONTEXTS) {
-			u32 access = le32_to_cpu(rec->access);
-
 			if (!(pending & BIT(ctx)) || va < first[ctx])
 				first[ctx] = va;
 			pending |= BIT(ctx);
@@ -312,9 +312,9 @@ void hmmgpu_fault_work(struct work_struct *work)
 			if (access & HMMGPU_ACCESS_ATOMIC)
 				atomic[ctx] = true;
 		}
+		WRITE_ONCE(rec->access, 0);
 		gpu->fault_get = (gpu->fault_get + 1) % HMMGPU_FAULT_ENTRIES;
 	}
-	hmmgpu_write(gpu, HMMGPU_REG_FAULT_GET, gpu->fault_get);
 
 	for_each_set_bit(ctx, &pending, HMMGPU_NUM_CONTEXTS) {
 		struct hmmgpu_mirror *mirror;
@@ -327,6 +327,9 @@ void hmmgpu_fault_work(struct work_struct *work)
 		else
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}
+	/* the slots are free again: after the replays, off the faults' path */
+	if (n)
+		hmmgpu_write(gpu, HMMGPU_REG_FAULT_GET, gpu->fault_get);
 	hmmgpu_replay_lost(gpu);
 }
 

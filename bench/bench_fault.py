@@ -1,0 +1,61 @@
+"""The device fault round trip and where its time goes. A figure, not a test.
+
+    python bench/bench_fault.py [--iterations 500]
+
+fault_bench (guest/tools) READs a fresh page through GPU 0 (the device
+faults: fault record, interrupt, hmm_range_fault, PTE, replay) and then the
+same page again (no fault), ITERATIONS times. Figure: the faulting READ's
+median ioctl time; anchor in the same run: the READ without a fault (goal:
+ratio <= 1.5). Then the same run again with the device trace on, and
+host/faultpath.py's breakdown of the round trip into its segments (tracing
+adds its own cost to each event; the first run's figures are untraced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from hmmgpu.device.trace import load
+from hmmgpu.host.faultpath import breakdown
+from hmmgpu.host.lab import Lab, LabConfig
+
+GOAL = 1.5
+
+
+def fault_bench(lab: Lab, iterations: int) -> tuple[float, float, float, float]:
+    """(fault median, fault p99, no-fault median, no-fault p99) in us."""
+    out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 {iterations}").stdout.split()
+    return float(out[1]), float(out[2]), float(out[4]), float(out[5])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=500)
+    p.add_argument("--keep", metavar="FILE", help="keep the trace there")
+    args = p.parse_args()
+    with Lab(LabConfig(gpus=1, memory_mb=1024)) as lab, tempfile.TemporaryDirectory() as tmp:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        fault_bench(lab, 20)  # warm-up: first page tables, caches
+        f50, f99, n50, n99 = fault_bench(lab, args.iterations)
+        path = Path(tmp) / "fault.hmmtrace"
+        lab.gpus[0].trace.start(path)
+        try:
+            traced = fault_bench(lab, args.iterations)
+        finally:
+            lab.gpus[0].trace.stop()
+        trace = load(path)
+        if args.keep:
+            Path(args.keep).write_bytes(path.read_bytes())
+    b = breakdown(trace)
+    print(f"device fault round trip, {args.iterations} faults: median {f50:.0f} us, p99 "
+          f"{f99:.0f} us; the same READ without a fault: median {n50:.0f} us, p99 {n99:.0f} us; "
+          f"ratio {f50 / n50:.2f} (goal <= {GOAL})")
+    print(f"traced run: fault median {traced[0]:.0f} us, without {traced[2]:.0f} us")
+    print(b.table())
+
+
+if __name__ == "__main__":
+    main()
