@@ -139,6 +139,7 @@ struct hmmgpu {
 	struct hmmgpu_fault_record *faults;
 	dma_addr_t faults_dma;
 	u32 fault_get;
+	u32 fault_get_told;		/* FAULT_GET as last written */
 	u32 fault_overflow;		/* FAULT_OVERFLOW when last looked at */
 	struct work_struct fault_work;
 

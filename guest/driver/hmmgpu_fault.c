@@ -327,9 +327,21 @@ void hmmgpu_fault_work(struct work_struct *work)
 		else
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}
-	/* the slots are free again: after the replays, off the faults' path */
-	if (n)
+	/*
+	 * The device needs FAULT_GET only to know the free room: tell it after
+	 * the replays, and only once a quarter of the buffer was consumed (each
+	 * MMIO access is a round trip that holds this CPU).
+	 */
+	if ((gpu->fault_get - gpu->fault_get_told) % HMMGPU_FAULT_ENTRIES >=
+	    HMMGPU_FAULT_ENTRIES / 4) {
 		hmmgpu_write(gpu, HMMGPU_REG_FAULT_GET, gpu->fault_get);
-	hmmgpu_replay_lost(gpu);
+		gpu->fault_get_told = gpu->fault_get;
+	}
+	/*
+	 * An interrupt with no record: faults were lost to a full buffer. (Lost
+	 * ones next to records are found by the fence wait's poll instead.)
+	 */
+	if (!n)
+		hmmgpu_replay_lost(gpu);
 }
 

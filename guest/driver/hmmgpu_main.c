@@ -229,6 +229,7 @@ static int hmmgpu_engine_init(struct hmmgpu *gpu)
 	hmmgpu_write(gpu, HMMGPU_REG_FAULT_BASE_HI, upper_32_bits(gpu->faults_dma));
 	hmmgpu_write(gpu, HMMGPU_REG_FAULT_SIZE, HMMGPU_FAULT_ENTRIES);
 	gpu->fault_get = 0;
+	gpu->fault_get_told = 0;
 	gpu->fault_overflow = hmmgpu_read(gpu, HMMGPU_REG_FAULT_OVERFLOW);
 
 	ret = hmmgpu_queue_init(gpu, &gpu->kq, HMMGPU_KERNEL_QUEUE);
