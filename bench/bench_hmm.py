@@ -3,8 +3,11 @@
     python bench/bench_hmm.py [--fault-iterations 500]
 
 - hmm-tests wall time on the emulated GPUs (hmmgpu.ko) and on test_hmm.ko,
-  same guest, same run: the ratio is the figure (goal <= 1.0). test_hmm.ko
-  runs in its coherent mode (special-purpose memory), so both run all cases.
+  same guest, same run (goal: ratio <= 1.0). test_hmm.ko runs in its
+  coherent mode (special-purpose memory), where it fails some cases early, so
+  a first full run of each finds the cases both pass, and then --rounds
+  rounds run just those, alternating which driver goes first: the figure is
+  the median of the rounds' ratios (this host is noisy).
 - benchmark_thp_migration's table (sys->dev and dev->sys GB/s) for both, in
   the device-private and the device-coherent variant.
 - Device fault round trip (device access to an unmapped page -> fault ->
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 
 from hmmgpu.host.lab import Lab, LabConfig
 from hmmgpu.host.paths import Paths
@@ -60,12 +64,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fault-iterations", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     paths = Paths.default()
     Provisioner(paths).ensure()
     with Lab(with_spm(LabConfig(gpus=2, memory_mb=SELFTEST_MEMORY_MB)), paths) as lab:
         lab.boot()
         results = {mode: run_in_lab(lab, mode) for mode in MODES}
+        passed = [{c.name for c in results[m].report.cases if c.status == "pass"}
+                  for m in MODES]
+        both = sorted(passed[0] & passed[1])
+        # the timing case has its own 120 s budget and sizes: a figure apart
+        both = [c for c in both if not c.endswith(".benchmark_thp_migration")]
+        only = " ".join(f"-r {c}" for c in both)
+        ratios = []
+        for i in range(args.rounds):
+            order = MODES if i % 2 == 0 else MODES[::-1]
+            walls = {m: run_in_lab(lab, m, only, label=f"round{i}-{m}").wall_s for m in order}
+            ratios.append(walls["hmmgpu"] / walls["reference"])
+            print(f"round {i + 1} ({' first, '.join(order)} second): emulated GPUs "
+                  f"{walls['hmmgpu']:.1f} s, test_hmm.ko {walls['reference']:.1f} s, "
+                  f"ratio {ratios[-1]:.2f}", flush=True)
         # the benchmark on its own, each driver freshly loaded: in the full
         # run test_hmm.ko's coherent benchmark fails, its one chunk per device
         # used up by the cases before it
@@ -91,8 +110,11 @@ def main() -> None:
     gpu, ref = results["hmmgpu"], results["reference"]
     for r in (gpu, ref):
         print(r.summary())
-    print(f"hmm-tests wall time: emulated GPUs {gpu.wall_s:.0f} s, test_hmm.ko "
-          f"{ref.wall_s:.0f} s, ratio {gpu.wall_s / ref.wall_s:.2f} (goal <= 1.0)")
+    print(f"hmm-tests wall time, full runs: emulated GPUs {gpu.wall_s:.0f} s, test_hmm.ko "
+          f"{ref.wall_s:.0f} s (not like for like: the reference fails some cases early)")
+    print(f"hmm-tests wall time over the {len(both)} cases both pass, {args.rounds} alternating "
+          f"rounds: median ratio {statistics.median(ratios):.2f} "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}; goal <= 1.0)")
     print("benchmark_thp_migration on its own, each driver freshly loaded; guest kernel "
           "WARNs meanwhile: " + ", ".join(f"{m} {n}" for m, n in warns.items()))
     for variant in VARIANTS:
