@@ -400,6 +400,44 @@ static void hmmgpu_copy_add(struct copy_list *l, struct page *sys, u64 vram, uns
 typedef struct folio *(*sys_alloc_fn)(void *arg, unsigned long i, unsigned int order);
 
 /*
+ * System pages for 4 KiB destinations, handed out from one physically
+ * contiguous block where one can be had: pages that follow each other in
+ * VRAM then land next to each other in RAM, and one COPY moves the run
+ * instead of one COPY per page (each a command the device fetches).
+ */
+struct sys_block {
+	struct page *next;
+	unsigned int left;
+};
+
+#define SYS_BLOCK_ORDER	6	/* 256 KiB */
+
+static struct folio *hmmgpu_block_page(struct sys_block *b, unsigned long want)
+{
+	if (!b->left && want > 1) {
+		unsigned int order = min_t(unsigned int, SYS_BLOCK_ORDER, ilog2(want));
+		struct page *page = alloc_pages(GFP_HIGHUSER_MOVABLE | __GFP_NOWARN |
+						__GFP_NORETRY, order);
+
+		if (page) {
+			split_page(page, order);	/* order-0 pages, one reference each */
+			b->next = page;
+			b->left = 1U << order;
+		}
+	}
+	if (!b->left)
+		return NULL;
+	b->left--;
+	return page_folio(b->next++);
+}
+
+static void hmmgpu_block_free(struct sys_block *b)
+{
+	while (b->left--)
+		__free_page(b->next++);
+}
+
+/*
  * Fill dst[] for device pages leaving VRAM: allocate system folios (locked),
  * copy with the device. A THP goes to a system THP when one can be had; else,
  * when @can_split, to 4 KiB pages and the kernel splits the device folio.
@@ -410,6 +448,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 			   bool *fail_once)
 {
 	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
+	struct sys_block block = {};
 	unsigned long i, k, nr;
 	int ret;
 
@@ -453,13 +492,14 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 			}
 			continue;
 		}
-		folio = alloc(arg, i, 0);
+		folio = hmmgpu_block_page(&block, n - i) ?: alloc(arg, i, 0);
 		if (!folio)
 			continue;	/* this page stays in VRAM */
 		folio_lock(folio);
 		dst[i] = migrate_pfn(folio_pfn(folio));
 		hmmgpu_copy_add(l, &folio->page, from, 1);
 	}
+	hmmgpu_block_free(&block);
 	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, false);
 	if (ret)
 		hmmgpu_drop_dst(dst, n);	/* the data stays in VRAM */
