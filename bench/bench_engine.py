@@ -9,6 +9,7 @@
   from 2 MiB up). Guest RAM is a shared memfd mapping, as in the server.
   The single-command latency (doorbell to fence, one COPY) is printed too.
 - Small commands: 4 KiB COPYs per second, submitted in batches of 128.
+- 128 scattered 4 KiB pages into VRAM: 128 COPYs against one COPY_PAGES.
 - Page-table walks per second (TLB bypassed), 4 KiB and 2 MiB leaves.
 """
 
@@ -143,6 +144,32 @@ def bench_small_commands(quick: bool) -> None:
     gpu.engine.stop()
 
 
+def bench_scattered_pages(quick: bool) -> None:
+    """128 scattered 4 KiB system pages into VRAM: one COPY each (what a driver
+    without a page list does) against one COPY_PAGES listing them."""
+    gpu, drv = make(16 << 20, 16 << 20)
+    pages = [drv.alloc(4096) for _ in range(256)][::2]  # every other page: no runs
+    lst = drv.alloc(8 * len(pages), 8)
+    drv.view(lst, 8 * len(pages))[:] = np.array(pages, dtype="<u8").view(np.uint8)
+    rounds = 5 if quick else 20
+
+    def copies() -> None:
+        for k, p in enumerate(pages):
+            drv.submit(K, Opcode.COPY, (p, k * 4096, 4096),
+                       flags=hw.cmd_flags(Aperture.SYS, Aperture.VRAM), ring_doorbell=False)
+        fence_and_wait(drv)
+
+    def listed() -> None:
+        drv.submit(K, Opcode.COPY_PAGES, (lst, 0, len(pages)), ring_doorbell=False)
+        fence_and_wait(drv)
+
+    t_copies, t_list = best_of(copies, rounds), best_of(listed, rounds)
+    n = len(pages)
+    print(f"{n} scattered 4 KiB pages -> VRAM: {n} COPYs {t_copies * 1e6:,.0f} us, "
+          f"one COPY_PAGES {t_list * 1e6:,.0f} us, ratio {t_copies / t_list:.1f}")
+    gpu.engine.stop()
+
+
 def bench_walks(quick: bool) -> None:
     gpu, drv = make(16 << 20, 64 << 20)
     mmu = gpu.engine.mmu
@@ -172,6 +199,7 @@ def main() -> None:
     args = p.parse_args()
     bench_copy(args.quick)
     bench_small_commands(args.quick)
+    bench_scattered_pages(args.quick)
     bench_walks(args.quick)
 
 

@@ -28,6 +28,7 @@ from .trace import DMA_VRAM, Recorder, dma_flags
 MAX_FAULTS_PER_COMMAND = 64
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
+_TO_SYS = int(hw.CmdFlags.TO_SYS)
 
 # report_faults(queue, ctx, faults, access): record them and stall the queue
 ReportFaults = Callable[[Queue, int, list[Fault], Access], None]
@@ -99,6 +100,9 @@ class Executor:
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
                                     va=a[0], length=a[1], aux=dropped)
+            case Opcode.COPY_PAGES:
+                self._copy_pages(queue, cmd, a[0], a[1], a[2],
+                                 bool(cmd.flags & _TO_SYS))
             case Opcode.FENCE:
                 if a[0] % 8:
                     raise DeviceError(ErrorCode.BAD_COMMAND, a[0], "fence address not 8-aligned")
@@ -212,6 +216,32 @@ class Executor:
                 si, so = si + 1, 0
             if do == len(d):
                 di, do = di + 1, 0
+
+    def _copy_pages(self, queue: Queue, cmd: Command, lst: int, vram: int, count: int,
+                    to_sys: bool) -> None:
+        """COPY_PAGES: `count` 4 KiB system pages, listed by bus address at
+        `lst`, to or from the VRAM range at `vram` (page k <-> vram + k pages)."""
+        page = hw.PAGE_SIZE
+        if not 1 <= count <= hw.MAX_COPY_PAGES:
+            raise DeviceError(ErrorCode.BAD_COMMAND, count,
+                              f"COPY_PAGES of {count} pages (1..{hw.MAX_COPY_PAGES})")
+        if lst % 8 or vram % page:
+            raise DeviceError(ErrorCode.BAD_COMMAND, lst if lst % 8 else vram,
+                              "COPY_PAGES list not 8-aligned or VRAM offset not 4 KiB-aligned")
+        (listed,) = self._segments(queue, cmd, Aperture.SYS, lst, count * 8, Access.READ)
+        pages = np.frombuffer(listed.tobytes(), dtype="<u8").tolist()
+        for addr in pages:
+            if addr % page:
+                raise DeviceError(ErrorCode.BAD_COMMAND, addr, "page address not 4 KiB-aligned")
+        (dev,) = self._segments(queue, cmd, Aperture.VRAM, vram, count * page,
+                                Access.READ if to_sys else Access.WRITE)
+        access = Access.WRITE if to_sys else Access.READ
+        for k, addr in enumerate(pages):
+            (sys,) = self._segments(queue, cmd, Aperture.SYS, addr, page, access)
+            if to_sys:
+                np.copyto(sys, dev[k * page:(k + 1) * page])
+            else:
+                np.copyto(dev[k * page:(k + 1) * page], sys)
 
     def _fill(self, queue: Queue, cmd: Command, dst_ap: int, dst: int, length: int,
               pattern: int) -> None:

@@ -274,6 +274,7 @@ class Opcode(IntEnum):
     ATOMIC = 5  # a0 device VA (8-aligned), a1 operand, a2 bus address for the old value
     TLB_INVALIDATE = 6  # ctx; a0 VA, a1 length (0: the whole context)
     FENCE = 7  # a0 bus address, a1 64-bit value; flags.IRQ raises COMPLETION
+    COPY_PAGES = 8  # a0 bus address of a list of page bus addresses, a1 VRAM offset, a2 pages
 
 
 class Aperture(IntEnum):
@@ -284,6 +285,7 @@ class Aperture(IntEnum):
 
 class CmdFlags(IntFlag):
     IRQ = 1 << 0  # raise the COMPLETION vector when this command completes
+    TO_SYS = 1 << 12  # COPY_PAGES: VRAM -> the listed pages (else the pages -> VRAM)
     # bits 8-9: source aperture, bits 10-11: destination aperture
 
 
@@ -315,7 +317,10 @@ CMD_FLAGS_VALID: dict[Opcode, int] = {
     Opcode.ATOMIC: CmdFlags.IRQ | (ATOMIC_OP_MASK << ATOMIC_OP_SHIFT),
     Opcode.TLB_INVALIDATE: CmdFlags.IRQ,
     Opcode.FENCE: CmdFlags.IRQ,
+    Opcode.COPY_PAGES: CmdFlags.IRQ | CmdFlags.TO_SYS,
 }
+# COPY_PAGES moves at most this many 4 KiB pages (one 2 MiB large page)
+MAX_COPY_PAGES = 512
 
 
 def cmd_flags(src: Aperture = Aperture.SYS, dst: Aperture = Aperture.SYS, irq: bool = False,
@@ -437,7 +442,8 @@ def _defines() -> list[tuple[str, int]]:
     out += [(f"ERR_{e.name}", int(e)) for e in ErrorCode]
     out += [(f"OP_{o.name}", int(o)) for o in Opcode]
     out += [(f"APERTURE_{a.name}", int(a)) for a in Aperture]
-    out += [("CMD_IRQ", int(CmdFlags.IRQ))]
+    out += [("CMD_IRQ", int(CmdFlags.IRQ)), ("CMD_TO_SYS", int(CmdFlags.TO_SYS)),
+            ("MAX_COPY_PAGES", MAX_COPY_PAGES)]
     out += [(f"ATOMIC_{a.name}", int(a)) for a in AtomicOp]
     out += [(f"PTE_{p.name}", int(p)) for p in Pte]
     out += [(f"CAPS_{c.name}", int(c)) for c in Caps]

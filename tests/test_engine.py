@@ -183,6 +183,42 @@ def test_copy_between_system_memory_and_vram_round_trips(rig: Rig) -> None:
     assert np.array_equal(rig.drv.view(back, data.size), data)
 
 
+def test_copy_pages_gathers_listed_pages_into_vram_and_scatters_them_back(rig: Rig) -> None:
+    pages = [rig.page(0x10 + i) for i in range(3)][::-1]  # not in address order
+    lst = rig.drv.alloc(8 * len(pages), 8)
+    rig.drv.view(lst, 8 * len(pages))[:] = np.array(pages, dtype="<u8").view(np.uint8)
+    status = rig.status_word()
+    rig.drv.submit(K, Opcode.COPY_PAGES, (lst, 0x20000, len(pages)), status=status)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.NONE
+    vram = rig.gpu.vram.array
+    for k, fill in enumerate((0x12, 0x11, 0x10)):  # page k of the list -> VRAM page k
+        assert (vram[0x20000 + k * 4096:0x20000 + (k + 1) * 4096] == fill).all()
+    vram[0x20000:0x20000 + 3 * 4096] = 0x77
+    rig.drv.submit(K, Opcode.COPY_PAGES, (lst, 0x20000, len(pages)), status=status,
+                   flags=hw.CmdFlags.TO_SYS)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.NONE
+    assert all((rig.drv.view(p, 4096) == 0x77).all() for p in pages)
+
+
+@pytest.mark.parametrize("case", ["no pages", "too many", "list unaligned", "vram unaligned",
+                                  "page unaligned", "page unmapped"])
+def test_a_malformed_copy_pages_fails_with_its_documented_error(rig: Rig, case: str) -> None:
+    page = rig.page(0x5A)
+    lst = rig.drv.alloc(16, 8)
+    bad = {"page unaligned": page + 8, "page unmapped": 0x7000_0000_0000}.get(case, page)
+    rig.drv.view(lst, 16)[:] = np.array([page, bad], dtype="<u8").view(np.uint8)
+    args = {"no pages": (lst, 0, 0), "too many": (lst, 0, hw.MAX_COPY_PAGES + 1),
+            "list unaligned": (lst + 4, 0, 1), "vram unaligned": (lst, 8, 1)}.get(case, (lst, 0, 2))
+    status = rig.status_word()
+    rig.drv.submit(K, Opcode.COPY_PAGES, args, status=status)
+    rig.run()
+    want = ErrorCode.DMA_UNMAPPED if case == "page unmapped" else ErrorCode.BAD_COMMAND
+    assert rig.drv.u64(status) == want
+    assert rig.reg(Reg.ERROR) == want
+
+
 def test_copy_between_device_virtual_ranges_spans_pages_and_apertures(rig: Rig) -> None:
     a, b = rig.page(), rig.page()
     rig.drv.view(a, 4096)[:] = np.arange(4096) % 251

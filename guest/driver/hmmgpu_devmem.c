@@ -262,7 +262,9 @@ unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
 /*
  * Copy @n pages with the device: page i moves from src[i] to dst[i] (bus
  * addresses or VRAM offsets per aperture); a src of U64_MAX means "no source
- * page" and zero-fills the destination. Runs in batches on the kernel queue.
+ * page" and zero-fills the destination. Runs in batches on the kernel queue:
+ * one COPY per run contiguous on both sides, else one COPY_PAGES per run
+ * contiguous in VRAM, its system pages listed (scattered anonymous memory).
  */
 static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 			     unsigned int src_ap, unsigned int dst_ap, int n)
@@ -273,14 +275,26 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 	int i, done, batch, ret = 0;
 	u64 *status;
 
+	bool to_sys = src_ap == HMMGPU_APERTURE_VRAM && dst_ap == HMMGPU_APERTURE_SYS;
+	bool gather = to_sys || (src_ap == HMMGPU_APERTURE_SYS && dst_ap == HMMGPU_APERTURE_VRAM);
+	const u64 *sys = to_sys ? dst : src, *vram = to_sys ? src : dst;
+	dma_addr_t list_dma = 0;
+	__le64 *list = NULL;
+
 	cmds = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*cmds), GFP_KERNEL);
 	status = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*status), GFP_KERNEL);
 	if (!cmds || !status) {
 		ret = -ENOMEM;
 		goto out;
 	}
+	/* the system side's bus addresses, for COPY_PAGES lists (none: COPY only) */
+	if (gather && n > 1)
+		list = dma_alloc_coherent(&gpu->pdev->dev, n * sizeof(*list), &list_dma,
+					  GFP_KERNEL | __GFP_NOWARN);
+	if (list)
+		for (i = 0; i < n; i++)
+			list[i] = cpu_to_le64(sys[i]);
 	for (done = 0; done < n; ) {
-		/* one command per run of pages contiguous on both sides (split THPs) */
 		for (batch = 0; batch < HMMGPU_MAX_BATCH && done < n; batch++) {
 			u64 s = src[done], d = dst[done];
 			int run = 1;
@@ -289,11 +303,21 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 			       src[done + run] == s + run * PAGE_SIZE &&
 			       dst[done + run] == d + run * PAGE_SIZE)
 				run++;
-			if (s == U64_MAX)
+			if (s == U64_MAX) {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
-			else
+			} else if (run == 1 && list) {
+				/* contiguous in VRAM only: list the system pages */
+				while (done + run < n && run < HMMGPU_MAX_COPY_PAGES &&
+				       sys[done + run] != U64_MAX &&
+				       vram[done + run] == vram[done] + run * PAGE_SIZE)
+					run++;
+				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_COPY_PAGES,
+					   to_sys ? HMMGPU_CMD_TO_SYS : 0, 0,
+					   list_dma + done * sizeof(*list), vram[done], run);
+			} else {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_COPY, from | to, 0, s, d,
 					   (u64)run * PAGE_SIZE);
+			}
 			done += run;
 		}
 		ret = hmmgpu_queue_run(&gpu->kq, cmds, batch, status);
@@ -304,6 +328,8 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 			break;
 	}
 out:
+	if (list)
+		dma_free_coherent(&gpu->pdev->dev, n * sizeof(*list), list, list_dma);
 	kfree(cmds);
 	kfree(status);
 	return ret;

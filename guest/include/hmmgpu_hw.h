@@ -135,10 +135,13 @@
 #define HMMGPU_OP_ATOMIC                0x5
 #define HMMGPU_OP_TLB_INVALIDATE        0x6
 #define HMMGPU_OP_FENCE                 0x7
+#define HMMGPU_OP_COPY_PAGES            0x8
 #define HMMGPU_APERTURE_SYS             0x0
 #define HMMGPU_APERTURE_VRAM            0x1
 #define HMMGPU_APERTURE_VA              0x2
 #define HMMGPU_CMD_IRQ                  0x1
+#define HMMGPU_CMD_TO_SYS               0x1000
+#define HMMGPU_MAX_COPY_PAGES           0x200
 #define HMMGPU_ATOMIC_FETCH_ADD         0x0
 #define HMMGPU_ATOMIC_SWAP              0x1
 #define HMMGPU_PTE_VALID                0x1
