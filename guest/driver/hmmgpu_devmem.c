@@ -272,14 +272,13 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 	u32 to = dst_ap << HMMGPU_DST_APERTURE_SHIFT;
 	u32 from = src_ap << HMMGPU_SRC_APERTURE_SHIFT;
 	struct hmmgpu_command *cmds;
-	int i, done, batch, ret = 0;
-	u64 *status;
-
 	bool to_sys = src_ap == HMMGPU_APERTURE_VRAM && dst_ap == HMMGPU_APERTURE_SYS;
 	bool gather = to_sys || (src_ap == HMMGPU_APERTURE_SYS && dst_ap == HMMGPU_APERTURE_VRAM);
 	const u64 *sys = to_sys ? dst : src, *vram = to_sys ? src : dst;
+	int i, done, batch, ret = 0;
 	dma_addr_t list_dma = 0;
 	__le64 *list = NULL;
+	u64 *status;
 
 	cmds = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*cmds), GFP_KERNEL);
 	status = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*status), GFP_KERNEL);
@@ -459,7 +458,7 @@ static struct folio *hmmgpu_block_page(struct sys_block *b, unsigned long want)
 
 static void hmmgpu_block_free(struct sys_block *b)
 {
-	while (b->left--)
+	for (; b->left; b->left--)
 		__free_page(b->next++);
 }
 
