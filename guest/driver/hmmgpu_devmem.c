@@ -677,6 +677,61 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 	return ret;
 }
 
+/*
+ * Map the pages a migration just moved into this GPU's memory in the
+ * mirror's device page table, before migrate_vma_finalize(): the data the
+ * ioctl hands back, and the device's next access, then need no fault (the
+ * reference maps them at this point too, lib/test_hmm.c
+ * dmirror_migrate_finalize_and_map()). Best effort: when an invalidation
+ * came in since @seq, or tables run short, the pages are left to fault.
+ */
+static void hmmgpu_map_migrated(struct hmmgpu_mirror *mirror, struct migrate_vma *args,
+				unsigned long seq)
+{
+	struct hmmgpu *gpu = mirror->gpu;
+	unsigned long i, nr;
+
+	if (hmmgpu_pt_reserve(mirror, args->npages / HMMGPU_PT_ENTRIES + 3))
+		return;
+	mutex_lock(&mirror->mutex);
+	if (mmu_interval_read_retry(&mirror->notifier, seq))
+		goto unlock;
+	for (i = 0; i < args->npages; i += nr) {
+		struct page *page = migrate_pfn_to_page(args->dst[i]);
+		unsigned long va = args->start + (i << PAGE_SHIFT);
+		unsigned int order = 0;
+		u64 pte;
+		int ret;
+
+		nr = 1;
+		if (!page || !(args->src[i] & MIGRATE_PFN_MIGRATE) || !hmmgpu_page_is_vram(gpu, page))
+			continue;
+		if (args->dst[i] & MIGRATE_PFN_COMPOUND) {
+			order = folio_order(page_folio(page));
+			nr = 1UL << order;
+		}
+		pte = hmmgpu_vram_offset(page) | HMMGPU_PTE_READ | HMMGPU_PTE_VRAM |
+		      (args->src[i] & MIGRATE_PFN_WRITE ? HMMGPU_PTE_WRITE : 0);
+		if (!order || (IS_ALIGNED(va, SZ_2M) &&
+			       IS_ALIGNED(hmmgpu_vram_offset(page), SZ_2M)))
+			ret = hmmgpu_pt_map(mirror, va, pte, order);
+		else
+			ret = -EEXIST;
+		for (; ret == -EEXIST && order; order = 0) {	/* page by page */
+			unsigned long k;
+
+			for (k = 0, ret = 0; k < nr && !ret; k++)
+				ret = hmmgpu_pt_map(mirror, va + (k << PAGE_SHIFT),
+						    pte + (k << PAGE_SHIFT), 0);
+		}
+		if (ret)
+			break;	/* the rest faults in */
+	}
+	hmmgpu_pt_sync(mirror, args->start, args->end - args->start);
+unlock:
+	mutex_unlock(&mirror->mutex);
+}
+
 /* After migrate_vma_pages(): how many pages of entry @i moved? */
 static unsigned long hmmgpu_migrated(struct hmmgpu *gpu, unsigned long src, unsigned long dst,
 				     bool to_vram)
@@ -806,7 +861,7 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	struct hmmgpu *gpu = mirror->gpu;
 	struct mm_struct *mm = mirror->notifier.mm;
 	unsigned long start = cmd->addr, end = start + (cmd->npages << PAGE_SHIFT);
-	unsigned long addr, next, i, resident = 0;
+	unsigned long addr, next, i, resident = 0, seq = 0;
 	unsigned long *src, *dst;
 	int ret = 0;
 
@@ -858,6 +913,7 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 		if (ret)
 			break;
 		if (to_vram) {
+			seq = mmu_interval_read_begin(&mirror->notifier);
 			ret = hmmgpu_to_vram(mirror, &args, &resident);
 		} else {
 			struct vma_alloc_arg arg = { .vma = vma, .start = addr };
@@ -871,6 +927,8 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 		migrate_vma_pages(&args);
 		for (i = 0; i < args.npages; i++)
 			cmd->cpages += hmmgpu_migrated(gpu, src[i], dst[i], to_vram);
+		if (to_vram && !ret)
+			hmmgpu_map_migrated(mirror, &args, seq);
 		migrate_vma_finalize(&args);
 	}
 	mmap_read_unlock(mm);
