@@ -82,7 +82,11 @@ def main() -> None:
         ratios = []
         for i in range(args.rounds):
             order = MODES if i % 2 == 0 else MODES[::-1]
-            walls = {m: run_in_lab(lab, m, only, label=f"round{i}-{m}").wall_s for m in order}
+            walls = {}
+            for m in order:  # each run on a freshly loaded driver, as the first full runs
+                for module in ("hmmgpu", "test_hmm"):
+                    unload_module(lab, module)
+                walls[m] = run_in_lab(lab, m, only, label=f"round{i}-{m}").wall_s
             ratios.append(walls["hmmgpu"] / walls["reference"])
             print(f"round {i + 1} ({' first, '.join(order)} second): emulated GPUs "
                   f"{walls['hmmgpu']:.1f} s, test_hmm.ko {walls['reference']:.1f} s, "
