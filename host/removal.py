@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..device import hwdef as hw
+from .demo import gpu_sysfs
 from .errors import HmmgpuError
 from .lab import Lab
 
@@ -112,18 +112,6 @@ class RemovalRun:
 
     # ---- the GPU -----------------------------------------------------------------
 
-    def _slot(self) -> str:
-        out = self.lab.ssh("for d in /sys/bus/pci/devices/*; do "
-                           "[ \"$(cat $d/vendor):$(cat $d/device)\" = "
-                           f"\"{self._ids()}\" ] && basename $d; done; true").stdout.split()
-        if not out:
-            raise HmmgpuError("no emulated GPU on the guest's PCI bus")
-        return out[0]
-
-    @staticmethod
-    def _ids() -> str:
-        return f"0x{hw.PCI_VENDOR_ID:04x}:0x{hw.PCI_DEVICE_ID:04x}"
-
     def _wait_dev(self, timeout: float = 60) -> None:
         """Until the driver serves GPU 0 again (/dev/hmm_dmirror0)."""
         self.lab.ssh(f"for i in $(seq {int(timeout * 10)}); do "
@@ -188,7 +176,7 @@ class RemovalRun:
         lab, m = self.lab, self.module
         lab.ssh(f"test -d /sys/module/{m} || insmod {self.ko}")
         self._wait_dev()
-        self.slot = self._slot() if m == "hmmgpu" else ""
+        self.slot = gpu_sysfs(lab).rsplit("/", 1)[1] if m == "hmmgpu" else ""
         irq_before = _irq_lines(lab)
         # warm-up: the same work, so that first-time allocations are in the baseline
         self._start_load()
