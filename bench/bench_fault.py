@@ -9,6 +9,8 @@ median ioctl time; anchor in the same run: the READ without a fault (goal:
 ratio <= 1.5). Then the same run again with the device trace on, and
 host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced).
+Last, fault batching: a READ of 256 fresh pages (1 MiB) for each value of
+hmmgpu.ko's fault_granule_kb, with the faults the dmirror ABI counts.
 """
 
 from __future__ import annotations
@@ -24,10 +26,28 @@ from hmmgpu.host.lab import Lab, LabConfig
 GOAL = 1.5
 
 
-def fault_bench(lab: Lab, iterations: int) -> tuple[float, float, float, float]:
-    """(fault median, fault p99, no-fault median, no-fault p99) in us."""
-    out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 {iterations}").stdout.split()
-    return float(out[1]), float(out[2]), float(out[4]), float(out[5])
+GRANULES_KB = (0, 4, 64, 2048)  # 0: the rest of the request (the default)
+BATCH_PAGES = 256
+
+
+def fault_bench(lab: Lab, iterations: int, pages: int = 1) -> tuple[float, ...]:
+    """(fault median, fault p99, no-fault median, no-fault p99 in us, faults per READ)."""
+    out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 {iterations} "
+                  f"{pages}").stdout.split()
+    return float(out[1]), float(out[2]), float(out[4]), float(out[5]), float(out[7])
+
+
+def batching(lab: Lab, iterations: int) -> str:
+    rows = [f"READ of {BATCH_PAGES} fresh pages ({BATCH_PAGES * 4} KiB), {iterations} each:",
+            "  fault_granule_kb  faults/READ  faulting READ  same READ, no fault"]
+    param = "/sys/module/hmmgpu/parameters/fault_granule_kb"
+    for kb in GRANULES_KB:
+        lab.ssh(f"echo {kb} > {param}")
+        f50, _, n50, _, faults = fault_bench(lab, iterations, BATCH_PAGES)
+        name = f"{kb}" if kb else "0 (request)"
+        rows.append(f"  {name:>16}  {faults:11.0f}  {f50 / 1000:10.2f} ms  {n50 / 1000:10.2f} ms")
+    lab.ssh(f"echo 0 > {param}")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -39,7 +59,7 @@ def main() -> None:
         lab.boot()
         lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
         fault_bench(lab, 20)  # warm-up: first page tables, caches
-        f50, f99, n50, n99 = fault_bench(lab, args.iterations)
+        f50, f99, n50, n99, _ = fault_bench(lab, args.iterations)
         path = Path(tmp) / "fault.hmmtrace"
         lab.gpus[0].trace.start(path)
         try:
@@ -49,12 +69,14 @@ def main() -> None:
         trace = load(path)
         if args.keep:
             Path(args.keep).write_bytes(path.read_bytes())
+        batches = batching(lab, max(args.iterations // 20, 5))
     b = breakdown(trace)
     print(f"device fault round trip, {args.iterations} faults: median {f50:.0f} us, p99 "
           f"{f99:.0f} us; the same READ without a fault: median {n50:.0f} us, p99 {n99:.0f} us; "
           f"ratio {f50 / n50:.2f} (goal <= {GOAL})")
     print(f"traced run: fault median {traced[0]:.0f} us, without {traced[2]:.0f} us")
     print(b.table())
+    print(batches)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,29 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     assert b.fault_total_us > b.plain_total_us
 
 
+def test_fault_granule_kb_sets_what_one_device_fault_brings_in(paths) -> None:
+    """The fault_granule_kb module parameter (docs/architecture.md). A READ of
+    256 fresh 4 KiB pages from a 2 MiB boundary: by default one fault brings in
+    the rest of the request (the dmirror ABI counts 1); with 4 KiB granules
+    each batch brings in the pages of its records only, and the device records
+    at most 64 faulting pages per command, so 4; a value that is no power of
+    two rounds up (3 -> 4 KiB); 2 MiB granules hold the whole READ, 1 fault.
+    fault_bench checks the data each time."""
+    with Lab(LabConfig(gpus=1, memory_mb=1024), paths) as lab:
+        lab.boot()
+        lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
+        param = "/sys/module/hmmgpu/parameters/fault_granule_kb"
+        counts = {}
+        for kb in (0, 4, 3, 2048):
+            lab.ssh(f"echo {kb} > {param}")
+            out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 3 256").stdout
+            fields = out.split()
+            assert fields[6] == "faults", out
+            counts[kb] = int(fields[7])
+        lab.check_console()
+    assert counts == {0: 1, 4: 4, 3: 4, 2048: 1}
+
+
 def test_the_cpu_trace_names_the_driver_function_behind_each_register_access(paths) -> None:
     """The TCG plugin records the guest's BAR accesses with their PCs: the
     SCRATCH write from sysfs and the doorbells of a READ are named after the

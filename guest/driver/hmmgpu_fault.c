@@ -8,9 +8,14 @@
  *
  * The fault interrupt schedules hmmgpu_fault_work(). It drains the fault
  * buffer (the records with their VALID bit set: no MMIO read of FAULT_PUT),
- * keeping per context the lowest faulting address and whether any access
- * wrote, then serves each context as one batch: hmm_range_fault() from
- * that address to the end of the READ/WRITE in flight (or one page), inside
+ * keeping per context the lowest and highest faulting address and whether any
+ * access wrote, then serves each context as one batch, one hmm_range_fault()
+ * for the pages of all its records and their neighbours: by default from the
+ * lowest address to the end of the READ/WRITE in flight (the dmirror ABI
+ * counts one fault for a READ that faulted), or with the fault_granule_kb
+ * module parameter the aligned blocks of that size holding the records, as
+ * GPUs that fault in fixed granules do; clipped to the READ/WRITE, at most
+ * 16 MiB (a fault outside any READ/WRITE brings in its page). Inside
  * mmu_interval_read_begin()/mmu_interval_read_retry() with the mirror mutex
  * held while the PTEs are written (the Documentation/mm/hmm.rst pattern).
  * Then the context's queue gets REPLAY, or CANCEL when the access is not
@@ -21,6 +26,7 @@
  */
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
+#include <linux/log2.h>
 #include <linux/memremap.h>
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
@@ -30,6 +36,21 @@
 #include "test_hmm_uapi.h"
 
 #define HMMGPU_MAX_FAULT_PAGES	(16UL << (20 - PAGE_SHIFT))	/* 16 MiB per batch */
+
+static unsigned int fault_granule_kb;
+module_param(fault_granule_kb, uint, 0644);
+MODULE_PARM_DESC(fault_granule_kb,
+		 "what a device fault brings in: 0 (default) the rest of the READ/WRITE; else the aligned blocks of this many KiB (rounded up to a power of two, 4 KiB to 16 MiB) around the faulting pages");
+
+/* The granule in bytes, 0 for "the rest of the request". */
+static unsigned long hmmgpu_fault_granule(void)
+{
+	unsigned long kb = READ_ONCE(fault_granule_kb);
+
+	if (!kb)
+		return 0;
+	return roundup_pow_of_two(clamp(kb << 10, PAGE_SIZE, HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
+}
 
 /* The device PTE for one hmm_range_fault() result; 0 if it cannot be mapped. */
 static u64 hmmgpu_pte_for(struct hmmgpu *gpu, unsigned long hpfn, unsigned int order)
@@ -226,26 +247,38 @@ free:
  * ATOMIC access needs the page device-exclusive (make_device_exclusive()), and
  * only the one page: exclusivity costs the CPU a fault when it touches it.
  */
-static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va, bool write,
-				bool atomic)
+static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va,
+				unsigned long last, bool write, bool atomic)
 {
 	struct hmmgpu_queue *q = &mirror->gpu->cq[mirror->ctx];
+	unsigned long granule = hmmgpu_fault_granule();
 	unsigned long start = va & PAGE_MASK;
 	unsigned long end = start + PAGE_SIZE;
-	unsigned long req_end = PAGE_ALIGN(READ_ONCE(mirror->req_end));
-	unsigned long buf_end = PAGE_ALIGN(READ_ONCE(mirror->buf_end));
-	bool in_buf = false;
+	unsigned long lo, hi;
+	bool in_req, in_buf = false;
 	int ret;
 
-	/* fault in the rest of the request at once, as the dmirror ABI counts */
-	if (start >= (READ_ONCE(mirror->req_start) & PAGE_MASK) && start < req_end) {
-		end = min(req_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
-	} else if (start >= (READ_ONCE(mirror->buf_start) & PAGE_MASK) && start < buf_end) {
-		end = min(buf_end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
-		in_buf = true;
+	/* the READ/WRITE in flight, or the caller's buffer, holding the fault */
+	lo = READ_ONCE(mirror->req_start) & PAGE_MASK;
+	hi = PAGE_ALIGN(READ_ONCE(mirror->req_end));
+	in_req = start >= lo && start < hi;
+	if (!in_req) {
+		lo = READ_ONCE(mirror->buf_start) & PAGE_MASK;
+		hi = PAGE_ALIGN(READ_ONCE(mirror->buf_end));
+		in_buf = start >= lo && start < hi;
+	}
+	/* an ATOMIC makes only its own page device-exclusive */
+	if ((in_req || in_buf) && !atomic) {
+		if (granule) {
+			start = max(ALIGN_DOWN(start, granule), lo);
+			end = min(ALIGN(max(last, va) + 1, granule), hi);
+		} else {
+			end = hi;
+		}
+		end = min(end, start + (HMMGPU_MAX_FAULT_PAGES << PAGE_SHIFT));
 	}
 	if (atomic)
-		ret = hmmgpu_map_exclusive(mirror, start, start + PAGE_SIZE);
+		ret = hmmgpu_map_exclusive(mirror, start, end);
 	else
 		ret = hmmgpu_fault_in(mirror, start, end, write);
 	if (!in_buf)
@@ -283,7 +316,7 @@ static void hmmgpu_replay_lost(struct hmmgpu *gpu)
 void hmmgpu_fault_work(struct work_struct *work)
 {
 	struct hmmgpu *gpu = container_of(work, struct hmmgpu, fault_work);
-	unsigned long first[HMMGPU_NUM_CONTEXTS];
+	unsigned long first[HMMGPU_NUM_CONTEXTS], last[HMMGPU_NUM_CONTEXTS];
 	unsigned long pending = 0;
 	bool write[HMMGPU_NUM_CONTEXTS] = {};
 	bool atomic[HMMGPU_NUM_CONTEXTS] = {};
@@ -304,8 +337,12 @@ void hmmgpu_fault_work(struct work_struct *work)
 		va = le64_to_cpu(rec->va);
 		ctx = le32_to_cpu(rec->ctx);
 		if (ctx < HMMGPU_NUM_CONTEXTS) {
-			if (!(pending & BIT(ctx)) || va < first[ctx])
+			if (!(pending & BIT(ctx))) {
 				first[ctx] = va;
+				last[ctx] = va;
+			}
+			first[ctx] = min(first[ctx], va);
+			last[ctx] = max(last[ctx], va);
 			pending |= BIT(ctx);
 			if (access & (HMMGPU_ACCESS_WRITE | HMMGPU_ACCESS_ATOMIC))
 				write[ctx] = true;
@@ -323,7 +360,8 @@ void hmmgpu_fault_work(struct work_struct *work)
 		mirror = gpu->ctx_mirror[ctx];
 		spin_unlock(&gpu->ctx_lock);
 		if (mirror)
-			hmmgpu_serve_faults(mirror, first[ctx], write[ctx], atomic[ctx]);
+			hmmgpu_serve_faults(mirror, first[ctx], last[ctx], write[ctx],
+					    atomic[ctx]);
 		else
 			hmmgpu_qwrite(&gpu->cq[ctx], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	}
