@@ -37,6 +37,7 @@
 #include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/highmem.h>
+#include <linux/log2.h>
 #include <linux/memremap.h>
 #include <linux/migrate.h>
 #include <linux/mm.h>
@@ -54,6 +55,19 @@
 static bool sanitize = true;
 module_param(sanitize, bool, 0444);
 MODULE_PARM_DESC(sanitize, "report VRAM folios to the device's sanitizer (default: on)");
+
+static unsigned int migrate_to_ram_kb = 64;
+module_param(migrate_to_ram_kb, uint, 0644);
+MODULE_PARM_DESC(migrate_to_ram_kb,
+		 "what a CPU fault on a device-private page brings back: the aligned block of this many KiB around it, within its VMA (rounded up to a power of two, 4 KiB: the page alone, to 2 MiB; default 64)");
+
+/* The block migrate_to_ram() brings back, in bytes: at most a PMD, so no THP is cut. */
+static unsigned long hmmgpu_migrate_window(void)
+{
+	unsigned long kb = READ_ONCE(migrate_to_ram_kb);
+
+	return roundup_pow_of_two(clamp(kb << 10, PAGE_SIZE, PMD_SIZE));
+}
 
 static int coherent_mb = -1;
 module_param(coherent_mb, int, 0444);
@@ -400,11 +414,26 @@ static void hmmgpu_drop_dst(unsigned long *dst, unsigned long n)
 }
 
 struct copy_list {
-	struct page *sys[MIGRATE_CHUNK];	/* NULL: no source, zero-fill */
-	u64 sys_dma[MIGRATE_CHUNK];
-	u64 vram[MIGRATE_CHUNK];
+	struct page **sys;	/* NULL entry: no source, zero-fill */
+	u64 *sys_dma;
+	u64 *vram;
 	int n;
 };
+
+/* A copy list for up to @n pages, sized to them (a fault moves a few pages). */
+static struct copy_list *hmmgpu_copy_list_alloc(unsigned long n)
+{
+	struct copy_list *l = kvmalloc(sizeof(*l) + n * (sizeof(*l->sys) + 2 * sizeof(u64)),
+				       GFP_KERNEL);
+
+	if (!l)
+		return NULL;
+	l->vram = (u64 *)(l + 1);
+	l->sys_dma = l->vram + n;
+	l->sys = (struct page **)(l->sys_dma + n);
+	l->n = 0;
+	return l;
+}
 
 /* Queue the copy of the @nr pages of a folio (or of one page): system side, VRAM offset. */
 static void hmmgpu_copy_add(struct copy_list *l, struct page *sys, u64 vram, unsigned long nr)
@@ -472,14 +501,13 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 			   unsigned long n, sys_alloc_fn alloc, void *arg, bool can_split,
 			   bool *fail_once)
 {
-	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
+	struct copy_list *l = hmmgpu_copy_list_alloc(n);
 	struct sys_block block = {};
 	unsigned long i, k, nr;
 	int ret;
 
 	if (!l)
 		return -ENOMEM;
-	l->n = 0;
 	memset(dst, 0, n * sizeof(*dst));
 	for (i = 0; i < n; i += nr) {
 		struct page *page = migrate_pfn_to_page(src[i]);
@@ -554,25 +582,31 @@ static struct folio *hmmgpu_alloc_sys(void *p, unsigned long i, unsigned int ord
 
 /*
  * A CPU touched a device page: bring it back with the copy engine, the whole
- * THP when the device folio is mapped by a PMD, else the one page.
+ * THP when the device folio is mapped by a PMD, else this GPU's device pages
+ * in the aligned block of migrate_to_ram_kb around it, within the VMA: a CPU
+ * that reads one page of data the device produced usually reads its
+ * neighbours next, and one round (one COPY_PAGES, one fence) for the block
+ * costs little more than one for the page.
  */
 static vm_fault_t hmmgpu_migrate_to_ram(struct vm_fault *vmf)
 {
 	struct hmmgpu *gpu = hmmgpu_page_pool(vmf->page)->gpu;
 	unsigned int order = vmf->pte ? 0 : folio_order(page_folio(vmf->page));
-	unsigned long nr = 1UL << order;
+	unsigned long window = order ? PAGE_SIZE << order : hmmgpu_migrate_window();
+	unsigned long base = ALIGN_DOWN(vmf->address, window);
 	struct migrate_vma args = {
 		.vma = vmf->vma,
-		.start = ALIGN_DOWN(vmf->address, PAGE_SIZE << order),
+		.start = max(base, vmf->vma->vm_start),
+		.end = min(base + window, vmf->vma->vm_end),
 		.pgmap_owner = gpu,
 		.flags = MIGRATE_VMA_SELECT_DEVICE_PRIVATE |
 			 (order ? MIGRATE_VMA_SELECT_COMPOUND : 0),
 		.fault_page = vmf->page,
 	};
 	struct vma_alloc_arg arg = { .vma = vmf->vma, .start = args.start };
+	unsigned long nr = (args.end - args.start) >> PAGE_SHIFT;
 	vm_fault_t fault = 0;
 
-	args.end = args.start + (nr << PAGE_SHIFT);
 	args.src = kcalloc(2 * nr, sizeof(*args.src), GFP_KERNEL);
 	if (!args.src)
 		return VM_FAULT_OOM;
@@ -609,7 +643,7 @@ static const struct dev_pagemap_ops hmmgpu_coherent_ops = {
 static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args,
 			  unsigned long *resident)
 {
-	struct copy_list *l = kvmalloc(sizeof(*l), GFP_KERNEL);
+	struct copy_list *l = hmmgpu_copy_list_alloc(args->npages);
 	struct hmmgpu_pool *pool = mirror->pool;
 	struct hmmgpu *gpu = mirror->gpu;
 	unsigned long i, k, nr;
@@ -617,7 +651,6 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 
 	if (!l)
 		return -ENOMEM;
-	l->n = 0;
 	memset(args->dst, 0, args->npages * sizeof(*args->dst));
 	for (i = 0; i < args->npages; i += nr) {
 		unsigned long src = args->src[i];
@@ -862,13 +895,15 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 	struct mm_struct *mm = mirror->notifier.mm;
 	unsigned long start = cmd->addr, end = start + (cmd->npages << PAGE_SHIFT);
 	unsigned long addr, next, i, resident = 0, seq = 0;
+	/* no round moves more than the request's pages */
+	unsigned long chunk = clamp_t(unsigned long, cmd->npages, 1, MIGRATE_CHUNK);
 	unsigned long *src, *dst;
 	int ret = 0;
 
-	src = kvcalloc(2 * MIGRATE_CHUNK, sizeof(*src), GFP_KERNEL);
+	src = kvcalloc(2 * chunk, sizeof(*src), GFP_KERNEL);
 	if (!src)
 		return -ENOMEM;
-	dst = src + MIGRATE_CHUNK;
+	dst = src + chunk;
 	if (!mmget_not_zero(mm)) {
 		kvfree(src);
 		return -EINVAL;
