@@ -48,6 +48,7 @@ _IRQ = int(hw.CmdFlags.IRQ)
 _STALLED = int(QueueStatus.STALLED)
 _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
+_KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
 
 
 class Engine:
@@ -245,8 +246,8 @@ class Engine:
     def step(self, queue: Queue) -> None:
         """Fetch and execute the command at the queue's HEAD."""
         # kernel-queue commands belong to no context unless they name one (VA aperture)
-        self._cur = (queue.index, queue.index if queue.index != hw.KERNEL_QUEUE else NONE,
-                     queue.completed)
+        index = queue.index
+        self._cur = (index, index if index != _KERNEL_QUEUE else NONE, queue.completed)
         self._gen = queue.generation
         if not self._bus_master():
             with self.lock:
@@ -260,7 +261,7 @@ class Engine:
             return
         slot = queue.slot()
         try:
-            raw = self.mem.view(slot, hw.COMMAND_SIZE).tobytes()
+            raw = self.mem.view(slot, _COMMAND_SIZE)
         except DeviceError as e:
             with self.lock:
                 self._halt(queue, e.code, e.addr, "command ring not in guest memory")

@@ -29,6 +29,10 @@ MAX_FAULTS_PER_COMMAND = 64
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
 _TO_SYS = int(hw.CmdFlags.TO_SYS)
+_OP_COPY = int(Opcode.COPY)
+_SYS, _VRAM, _VA = int(Aperture.SYS), int(Aperture.VRAM), int(Aperture.VA)
+_AP_MASK = hw.APERTURE_MASK
+_SRC_SHIFT, _DST_SHIFT = hw.SRC_APERTURE_SHIFT, hw.DST_APERTURE_SHIFT
 
 # report_faults(queue, ctx, faults, access): record them and stall the queue
 ReportFaults = Callable[[Queue, int, list[Fault], Access], None]
@@ -79,6 +83,8 @@ class Executor:
     def execute(self, queue: Queue, cmd: Command) -> None:
         self._check(queue, cmd)
         a = cmd.args
+        if cmd.opcode == _OP_COPY and self._copy_direct(cmd.flags, a[0], a[1], a[2]):
+            return
         match cmd.opcode:
             case Opcode.NOP:
                 pass
@@ -197,6 +203,24 @@ class Executor:
         if vram is None:  # the walk saw the link; it cannot go down while the device runs
             raise DeviceError(ErrorCode.PTE_INVALID, peer, f"no link to fabric id {peer}")
         return vram
+
+    def _copy_direct(self, flags: int, src: int, dst: int, length: int) -> bool:
+        """A COPY between system memory and VRAM, untraced, nothing injected:
+        the one-view case of _copy() without its general machinery (the
+        per-command cost of small copies). False: _copy() must do it (a VA
+        side, tracing, injection, or an error it reports)."""
+        src_ap, dst_ap = (flags >> _SRC_SHIFT) & _AP_MASK, (flags >> _DST_SHIFT) & _AP_MASK
+        if (src_ap == _VA or dst_ap == _VA or src_ap > _VA or dst_ap > _VA or length <= 0
+                or self.trace.on or self.inject.active):
+            return False
+        try:
+            s = self.mem.view(src, length) if src_ap == _SYS else self.vram.view(src, length)
+            d = self.mem.view(dst, length, True) if dst_ap == _SYS else \
+                self.vram.view(dst, length)
+        except DeviceError:
+            return False  # _copy() raises it, in its order (source first)
+        np.copyto(d, s)
+        return True
 
     def _copy(self, queue: Queue, cmd: Command, src_ap: int, src: int, dst_ap: int, dst: int,
               length: int) -> None:

@@ -15,6 +15,7 @@ import bisect
 import ctypes
 import mmap
 import os
+import struct
 import threading
 import weakref
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .hwdef import ErrorCode
+
+_U64 = struct.Struct("<Q")
 
 
 class DeviceError(Exception):
@@ -89,8 +92,9 @@ class GuestMemory:
             i = bisect.bisect(self._starts, addr) - 1
             if i >= 0:
                 r = self._regions[i]
-                if in_range(addr, length, r.iova, r.length) and (r.writable or not write):
-                    off = addr - r.iova
+                off = addr - r.iova  # in_range(), inline: this runs for every DMA
+                if 0 <= length <= r.length and 0 <= off <= r.length - length and \
+                        (r.writable or not write):
                     return r.array[off:off + length]
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
 
@@ -114,8 +118,7 @@ class GuestMemory:
             int.from_bytes(self.view(addr, 8).tobytes(), "little")
 
     def write_u64(self, addr: int, value: int) -> None:
-        self.view(addr, 8, write=True)[:] = np.frombuffer(
-            (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), dtype=np.uint8)
+        _U64.pack_into(self.view(addr, 8, write=True), 0, value & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 class Vram:

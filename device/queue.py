@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import hwdef as hw
 from .hwdef import ErrorCode, QueueStatus
 
@@ -47,7 +49,7 @@ class Queue:
         return self.ring_base + self.head * hw.COMMAND_SIZE
 
 
-@dataclass
+@dataclass(slots=True)
 class Command:
     opcode: int
     flags: int
@@ -57,7 +59,7 @@ class Command:
     status: int
 
     @classmethod
-    def unpack(cls, raw: bytes) -> Command:
+    def unpack(cls, raw: bytes | memoryview | np.ndarray) -> Command:
         op, flags, ctx, res, a0, a1, a2, a3, a4, status = hw.COMMAND.unpack(raw)
         return cls(op, flags, ctx, res, (a0, a1, a2, a3, a4), status)
 
