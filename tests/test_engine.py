@@ -703,3 +703,46 @@ def test_a_flag_bit_the_opcode_does_not_define_is_a_bad_command(rig: Rig, opcode
     rig.run()
     assert rig.drv.u64(status) == ErrorCode.BAD_COMMAND
     assert rig.reg(Reg.ERROR_ADDR_LO) == stray
+
+
+# ---- the direct COPY path ------------------------------------------------------------
+
+_SYS_OR_VRAM = [Aperture.SYS, Aperture.VRAM]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_untraced_copy_does_what_the_traced_one_does_errors_included(seed: int) -> None:
+    """A COPY between system memory and VRAM with the trace off takes the
+    engine's direct path (executor._copy_direct), with it on the general one:
+    for random COPYs, valid or not (unmapped or out-of-range addresses,
+    length 0, wrapping ranges), both rigs end with the same memory, statuses,
+    ERROR code and ERROR_ADDR."""
+    rng = np.random.default_rng(seed)
+    rigs = [Rig(ram_size=1 << 20, vram_size=1 << 20) for _ in range(2)]
+    rigs[1].gpu.engine.trace.start()  # flight recorder: the general path
+    fill = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
+    for r in rigs:
+        r.ram[:] = fill
+        r.gpu.vram.array[:] = fill[::-1]
+    for _ in range(60):
+        src_ap, dst_ap = (_SYS_OR_VRAM[int(i)] for i in rng.integers(0, 2, 2))
+        length = int(rng.choice([0, 8, 4096, 5000, 1 << 16, 1 << 21]))
+
+        def addr(ap: Aperture) -> int:
+            base = BUS if ap == Aperture.SYS else 0
+            return int(rng.choice([base + int(rng.integers(0, 1 << 20)), base + (1 << 20) - 8,
+                                   (1 << 64) - 4096, 0x10]))
+
+        src, dst = addr(src_ap), addr(dst_ap)
+        outcome = []
+        for r in rigs:
+            status = r.status_word()
+            r.drv.submit(K, Opcode.COPY, (src, dst, length), flags=hw.cmd_flags(src_ap, dst_ap),
+                         status=status)
+            r.run()
+            outcome.append((r.drv.u64(status), r.reg(Reg.ERROR),
+                            r.reg(Reg.ERROR_ADDR_LO) | r.reg(Reg.ERROR_ADDR_HI) << 32))
+        assert outcome[0] == outcome[1], (src_ap, src, dst_ap, dst, length)
+    assert np.array_equal(rigs[0].ram, rigs[1].ram)
+    assert np.array_equal(rigs[0].gpu.vram.array, rigs[1].gpu.vram.array)
+    assert rigs[1].gpu.engine.trace.recorded > 0
