@@ -100,3 +100,27 @@ def test_flag_table_names_every_opcode() -> None:
     named = {n for r in rows for n in re.findall(r"`(\w+)`", r["opcode"])}
     assert named == {o.name for o in hw.Opcode}
     assert rows[0]["opcode"] == "every opcode" and "`IRQ`" in rows[0]["flag bits"]
+
+
+ARCHITECTURE = MANUAL.parent / "architecture.md"
+DRIVER = MANUAL.parents[1] / "guest" / "driver"
+
+
+def test_module_parameter_table_is_the_driver_source() -> None:
+    """docs/architecture.md's table of hmmgpu.ko's module parameters: every
+    module_param() of guest/driver, with its mode and its default."""
+    source = "\n".join(p.read_text() for p in sorted(DRIVER.glob("*.c")))
+    header = (DRIVER / "hmmgpu.h").read_text()
+    params = {}
+    for name, mode in re.findall(r"module_param\((\w+), \w+, (0\d+)\)", source):
+        init = re.search(rf"static \w+(?: \w+)? {name} = ([^;]+);", source)
+        value = init.group(1).strip() if init else "0"
+        macro = re.search(rf"#define {value}\s+(\S+)", header)
+        params[name] = (mode, macro.group(1) if macro else
+                        {"true": "1", "false": "0"}.get(value, value))
+    rows = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        m = re.match(r"\| `(\w+)` \| (-?\d+) \| (0\d+) \|", line)
+        if m:
+            rows[m.group(1)] = (m.group(3), m.group(2))
+    assert params and rows == params
