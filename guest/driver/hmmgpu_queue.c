@@ -98,6 +98,14 @@ void hmmgpu_queue_fini(struct hmmgpu_queue *q)
 	q->words = NULL;
 }
 
+/* The next fault record is there (its VALID bit, the device's last store). */
+static bool hmmgpu_fault_pending(struct hmmgpu *gpu)
+{
+	u32 get = READ_ONCE(gpu->fault_get) % HMMGPU_FAULT_ENTRIES;
+
+	return le32_to_cpu(READ_ONCE(gpu->faults[get].access)) & HMMGPU_FAULT_VALID;
+}
+
 static bool hmmgpu_fence_done(struct hmmgpu_queue *q, u64 seq)
 {
 	return (s64)(READ_ONCE(q->words[0]) - seq) >= 0;
@@ -136,6 +144,9 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 	while (ktime_get_ns() < spin_until && !need_resched()) {
 		if (hmmgpu_fence_done(q, seq))
 			return 0;
+		/* a fault record waits: the fence is a fault round trip away */
+		if (hmmgpu_fault_pending(gpu))
+			break;
 		cpu_relax();
 	}
 	for (;;) {
