@@ -105,7 +105,7 @@ class Executor:
                 self.sanitizer.invalidated(ctx)
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
-                                    va=a[0], length=a[1], aux=dropped)
+                                    va=a[0], length=min(a[1], tr.LENGTH_MAX), aux=dropped)
             case Opcode.COPY_PAGES:
                 self._copy_pages(queue, cmd, a[0], a[1], a[2],
                                  bool(cmd.flags & _TO_SYS))

@@ -50,6 +50,9 @@ RECORD = np.dtype([
 assert RECORD.itemsize == 40
 
 NONE = 255
+# `length` is 32 bits: a longer range (a TLB invalidation of a process's
+# whole address space at exit) is recorded as this, "4 GiB or more"
+LENGTH_MAX = 0xFFFF_FFFF
 
 
 class Kind(IntEnum):
@@ -127,9 +130,19 @@ def load(path: str | Path) -> TraceFile:
                      info.get("meta", {}), wall_t0, mono_t0)
 
 
+# each field's width, for a value that does not fit (the fast path refuses it)
+_FIELD_MASKS = tuple((1 << (8 * RECORD[name].itemsize)) - 1 for name in RECORD.names)
+
+
 def _to_records(rows: list[tuple], t0_mono: int) -> np.ndarray:
-    """Buffered tuples (host monotonic time first) as RECORDs in device time."""
-    arr = np.array(rows, dtype=RECORD)
+    """Buffered tuples (host monotonic time first) as RECORDs in device time.
+    A value wider than its field is cut to the field (a hook's bug must not
+    cost the trace: numpy refuses the whole batch otherwise)."""
+    try:
+        arr = np.array(rows, dtype=RECORD)
+    except OverflowError:
+        arr = np.array([tuple(v & m for v, m in zip(row, _FIELD_MASKS, strict=True))
+                        for row in rows], dtype=RECORD)
     arr["t_ns"] -= np.uint64(t0_mono)
     return arr
 

@@ -120,6 +120,29 @@ def test_streaming_writes_a_file_with_marks_and_drops(rig: Rig, tmp_path: Path) 
     assert t.meta["vram_size"] == rig.gpu.vram.size
 
 
+def test_a_whole_address_space_invalidation_is_streamed_with_the_rest(
+        rig: Rig, tmp_path: Path) -> None:
+    """A process's exit invalidates [0, 2^64 - 1): the TLB_INVALIDATE record
+    saturates its 32-bit length, and the streamed file keeps every record
+    (a CI run lost a whole trace to this: numpy refused the batch and the
+    writer thread died). A value too wide for its field from any hook is cut
+    to it rather than losing the batch."""
+    tr = rig.gpu.engine.trace
+    path = tmp_path / "exit.hmmtrace"
+    tr.start(path)
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (0, (1 << 64) - 1), ctx=1)
+    rig.drv.submit(hw.KERNEL_QUEUE, Opcode.NOP)
+    rig.run()
+    tr.emit(Kind.MARK, aux=1 << 40)  # a hook's bug: too wide for aux
+    s = tr.stop()
+    t = trace.load(path)
+    assert len(t.records) == s["recorded"] > 4
+    (inv,) = t.of_kind(Kind.TLB_INVALIDATE)
+    assert inv["length"] == trace.LENGTH_MAX and inv["ctx"] == 1
+    assert Kind.CMD_DONE in t.records["kind"]
+    assert t.of_kind(Kind.MARK)["aux"].tolist() == [(1 << 40) & 0xFFFF_FFFF]
+
+
 def test_a_file_whose_writer_died_loads_up_to_its_last_whole_record(rig: Rig,
                                                                     tmp_path: Path) -> None:
     tr = rig.gpu.engine.trace
