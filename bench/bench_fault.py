@@ -9,6 +9,9 @@ median ioctl time; anchor in the same run: the READ without a fault (goal:
 ratio <= 1.5). Then the same run again with the device trace on, and
 host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced).
+Then a run with the guest kernel's function_graph tracer on the fault path
+(host/faultpath.py guest_breakdown): the guest's part split into the wait
+for the fault work, hmm_range_fault, the PTE writes and the REPLAY write.
 Last, fault batching: a READ of 256 fresh pages (1 MiB) for each value of
 hmmgpu.ko's fault_granule_kb, with the faults the dmirror ABI counts.
 """
@@ -20,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from hmmgpu.device.trace import load
-from hmmgpu.host.faultpath import breakdown
+from hmmgpu.host.faultpath import breakdown, guest_breakdown, guest_ftrace_script
 from hmmgpu.host.lab import Lab, LabConfig
 
 GOAL = 1.5
@@ -69,6 +72,12 @@ def main() -> None:
         trace = load(path)
         if args.keep:
             Path(args.keep).write_bytes(path.read_bytes())
+        start, stop = guest_ftrace_script()
+        lab.ssh(start)
+        try:
+            fault_bench(lab, args.iterations // 2)
+        finally:
+            guest = guest_breakdown(lab.ssh(stop, timeout=300).stdout)
         batches = batching(lab, max(args.iterations // 20, 5))
     b = breakdown(trace)
     print(f"device fault round trip, {args.iterations} faults: median {f50:.0f} us, p99 "
@@ -76,6 +85,7 @@ def main() -> None:
           f"ratio {f50 / n50:.2f} (goal <= {GOAL})")
     print(f"traced run: fault median {traced[0]:.0f} us, without {traced[2]:.0f} us")
     print(b.table())
+    print(guest.table())
     print(batches)
 
 

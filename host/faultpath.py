@@ -23,10 +23,17 @@ the server handles the access, so a segment ending in an MMIO access holds
 the guest's part (interrupt delivery, handler, work queue, the driver's code)
 and the trip of that access to the server. A READ without a fault is the
 same chain without the middle part.
+
+The guest's part (between the fault interrupt and the REPLAY write) is split
+further by guest_breakdown(), from the guest kernel's own function_graph
+trace of the interrupt handler, the fault work, the driver's fault-in and
+hmm_range_fault(); those durations are guest time, so they are not mixed
+with the device's time stamps.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -142,3 +149,116 @@ def breakdown(trace: TraceFile, queue: int | None = None) -> Breakdown:
         mmio_in_driver=statistics.median(m for _, m in fault),
         fault_total_us=statistics.median(sum(s.values()) for s, _ in fault),
         plain_total_us=statistics.median(sum(s.values()) for s in plain))
+
+
+# ---- the guest's part: ftrace in the guest kernel ----------------------------------------
+
+# The functions the guest-side breakdown times (ftrace's function_graph tracer
+# with only these in set_ftrace_filter, so it costs little): the interrupt
+# handler, the fault work item, the driver's fault-in, and the kernel's
+# hmm_range_fault() inside it.
+GUEST_FUNCTIONS = ("hmmgpu_irq", "hmmgpu_fault_work", "hmmgpu_fault_in", "hmm_range_fault")
+GUEST_SEGMENTS = ("interrupt -> fault work starts", "work start -> hmm_range_fault",
+                  "hmm_range_fault", "-> fault-in done (PTEs, DMA maps, TLB)",
+                  "-> work done (REPLAY write, its MMIO round trip)")
+# "  101.234567 |   0) + 12.345 us   |      hmm_range_fault();"
+_GRAPH_LINE = re.compile(r"^\s*(\d+\.\d+)\s*\|\s*\d+\)\s*([!+#*@$ ]?\s*([\d.]+) us)?\s*\|\s*"
+                         r"(.*)$")
+
+
+def guest_ftrace_script(tracing: str = "/sys/kernel/debug/tracing") -> tuple[str, str]:
+    """Shell commands that arm the guest's function_graph tracer on
+    GUEST_FUNCTIONS (with absolute times), and those that stop it and print
+    the trace."""
+    t = tracing
+    start = (f"echo 0 > {t}/tracing_on && echo nop > {t}/current_tracer && "
+             f"echo '{' '.join(GUEST_FUNCTIONS)}' > {t}/set_ftrace_filter && "
+             f"echo 8192 > {t}/buffer_size_kb && echo function_graph > {t}/current_tracer && "
+             f"echo funcgraph-abstime > {t}/trace_options && "
+             f"echo funcgraph-tail > {t}/trace_options && echo > {t}/trace && "
+             f"echo 1 > {t}/tracing_on")
+    stop = (f"echo 0 > {t}/tracing_on && cat {t}/trace && echo nop > {t}/current_tracer && "
+            f"echo > {t}/set_ftrace_filter")
+    return start, stop
+
+
+@dataclass
+class GuestCall:
+    name: str
+    start: float  # s, guest trace clock
+    end: float
+    children: list[GuestCall] = field(default_factory=list)
+
+
+def guest_calls(text: str) -> list[GuestCall]:
+    """The top-level calls of a function_graph trace with absolute times,
+    each with its nested calls (per CPU: a CPU's lines nest, CPUs interleave)."""
+    top: list[GuestCall] = []
+    stacks: dict[str, list[GuestCall]] = {}
+    for line in text.splitlines():
+        m = _GRAPH_LINE.match(line)
+        if not m:
+            continue
+        ts, dur, body = float(m.group(1)), m.group(3), m.group(4).strip()
+        cpu = line.split("|")[1].strip().split(")")[0]
+        stack = stacks.setdefault(cpu, [])
+        if body.startswith("}"):
+            if stack:
+                call = stack.pop()
+                call.end = ts
+            continue
+        name = body.split("(")[0].split(" [")[0].strip()
+        if not name or name not in GUEST_FUNCTIONS:
+            continue
+        if body.endswith("{"):
+            call = GuestCall(name, ts, ts)
+            (stack[-1].children if stack else top).append(call)
+            stack.append(call)
+        else:  # a leaf: one line, stamped at its entry, with its duration
+            call = GuestCall(name, ts, ts + float(dur or 0) / 1e6)
+            (stack[-1].children if stack else top).append(call)
+    return top
+
+
+@dataclass
+class GuestBreakdown:
+    faults: int
+    us: dict[str, float]  # median per segment
+
+    def table(self) -> str:
+        lines = [f"the guest's part, from ftrace in the guest (function_graph on "
+                 f"{', '.join(GUEST_FUNCTIONS)}), median of {self.faults} fault works:"]
+        lines += [f"  {name:<48} {us:>8.1f} us" for name, us in self.us.items()]
+        return "\n".join(lines)
+
+
+def _find(calls: list[GuestCall], name: str) -> GuestCall | None:
+    for c in calls:
+        if c.name == name:
+            return c
+        found = _find(c.children, name)
+        if found:
+            return found
+    return None
+
+
+def guest_breakdown(text: str) -> GuestBreakdown:
+    """Per fault work that faulted something in: the interrupt before it, the
+    wait for the work to run, and the work's own parts."""
+    calls = sorted(guest_calls(text), key=lambda c: c.start)
+    irqs = [c.start for c in calls if c.name == "hmmgpu_irq"]
+    rows: list[dict[str, float]] = []
+    for work in (c for c in calls if c.name == "hmmgpu_fault_work"):
+        fault_in = _find(work.children, "hmmgpu_fault_in")
+        hrf = [c for c in (fault_in.children if fault_in else []) if c.name == "hmm_range_fault"]
+        before = [t for t in irqs if t <= work.start]
+        if not fault_in or not hrf or not before:
+            continue  # a work with nothing to fault in, or its interrupt before the trace
+        first, last = hrf[0], hrf[-1]
+        seg = (work.start - before[-1], first.start - work.start, last.end - first.start,
+               fault_in.end - last.end, work.end - fault_in.end)
+        rows.append({name: v * 1e6 for name, v in zip(GUEST_SEGMENTS, seg, strict=True)})
+    if not rows:
+        raise ValueError("no fault work with hmm_range_fault in the guest trace")
+    return GuestBreakdown(len(rows), {k: statistics.median(r[k] for r in rows)
+                                      for k in GUEST_SEGMENTS})

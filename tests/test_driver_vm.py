@@ -128,9 +128,15 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     bench/bench_fault.py prints): every faulting READ is a complete chain, and
     hmmgpu.ko finds its fault records by their VALID bit, so between the fault
     interrupt and REPLAY it makes no MMIO access (each one a round trip to
-    the server while the guest CPU waits)."""
+    the server while the guest CPU waits). The guest's own ftrace of the same
+    kind of run splits the guest's part (guest_breakdown)."""
     from hmmgpu.device.trace import load
-    from hmmgpu.host.faultpath import breakdown
+    from hmmgpu.host.faultpath import (
+        GUEST_SEGMENTS,
+        breakdown,
+        guest_breakdown,
+        guest_ftrace_script,
+    )
 
     with Lab(LabConfig(gpus=1, memory_mb=1024), paths) as lab:
         lab.boot()
@@ -139,7 +145,13 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
         lab.gpus[0].trace.start(path)
         out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 40").stdout.split()
         lab.gpus[0].trace.stop()
+        start, stop = guest_ftrace_script()
+        lab.ssh(start)
+        lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 20")
+        guest = guest_breakdown(lab.ssh(stop).stdout)
         lab.check_console()
+    print(guest.table())
+    assert guest.faults >= 10 and all(guest.us[s] > 0 for s in GUEST_SEGMENTS), guest.table()
     assert out[0] == "fault" and out[3] == "nofault", out
     b = breakdown(load(path))
     print(b.table())

@@ -240,3 +240,53 @@ def test_the_fault_breakdown_times_each_segment_of_a_faulting_read(rig: Rig, tmp
     assert b.mmio_in_driver >= 2
     assert b.fault_total_us >= b.fault_us["fault irq -> REPLAY write"]
     assert "refetch -> done" in b.table()
+
+
+# A guest's function_graph trace of two fault works (captured from the lab,
+# 2026-12-04, fault_bench under hmmgpu.ko): interrupts on both CPUs, context
+# switch banners, leaf lines stamped at their entry, closing lines at exit.
+GUEST_FTRACE = """\
+# tracer: function_graph
+#
+#     TIME        CPU  DURATION                  FUNCTION CALLS
+#      |          |     |   |                     |   |   |   |
+    5.722077 |   1) + 20.962 us   |  hmmgpu_irq [hmmgpu]();
+ ------------------------------------------
+ 1)    <idle>-0    =>  kworker-115
+ ------------------------------------------
+
+    5.722113 |   1)               |  hmmgpu_fault_work [hmmgpu]() {
+    5.722153 |   1)               |    hmmgpu_fault_in [hmmgpu]() {
+    5.722281 |   1) + 25.458 us   |      hmm_range_fault();
+    5.722357 |   1) ! 203.485 us  |    } /* hmmgpu_fault_in [hmmgpu] */
+    5.722456 |   1) ! 343.384 us  |  } /* hmmgpu_fault_work [hmmgpu] */
+    5.722649 |   0) + 55.383 us   |  hmmgpu_irq [hmmgpu]();
+    5.724944 |   1) + 19.469 us   |  hmmgpu_irq [hmmgpu]();
+    5.724979 |   1)               |  hmmgpu_fault_work [hmmgpu]() {
+    5.724981 |   1)               |    hmmgpu_fault_in [hmmgpu]() {
+    5.725040 |   1)   9.795 us    |      hmm_range_fault();
+    5.725057 |   1) + 75.192 us   |    } /* hmmgpu_fault_in [hmmgpu] */
+    5.725118 |   1) ! 138.307 us  |  } /* hmmgpu_fault_work [hmmgpu] */
+    5.725308 |   0)   6.189 us    |  hmmgpu_irq [hmmgpu]();
+    5.726000 |   0)               |  hmmgpu_fault_work [hmmgpu]() {
+    5.726100 |   0)   1.000 us    |  } /* hmmgpu_fault_work [hmmgpu] */
+"""
+
+
+def test_the_guest_breakdown_splits_each_fault_work_from_the_guests_ftrace() -> None:
+    """host/faultpath.py guest_breakdown() on a real function_graph trace: per
+    fault work, the wait after its interrupt, the work's parts around
+    hmm_range_fault(), and the tail with the REPLAY write; a work with nothing
+    to fault in (the last) is left out."""
+    from hmmgpu.host.faultpath import GUEST_SEGMENTS, guest_breakdown, guest_calls
+
+    calls = guest_calls(GUEST_FTRACE)
+    assert [c.name for c in calls].count("hmmgpu_fault_work") == 3
+    b = guest_breakdown(GUEST_FTRACE)
+    assert b.faults == 2
+    # the medians of the two works, segment by segment (us)
+    first = (36.0, 168.0, 25.458, 50.542, 99.0)
+    second = (35.0, 61.0, 9.795, 7.205, 61.0)
+    for name, x, y in zip(GUEST_SEGMENTS, first, second, strict=True):
+        assert b.us[name] == pytest.approx((x + y) / 2, abs=0.01), name
+    assert "median of 2 fault works" in b.table()
