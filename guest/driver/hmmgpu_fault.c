@@ -271,7 +271,7 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va,
 	if ((in_req || in_buf) && !atomic) {
 		if (granule) {
 			start = max(ALIGN_DOWN(start, granule), lo);
-			end = min(ALIGN(max(last, va) + 1, granule), hi);
+			end = min(ALIGN(last + 1, granule), hi);	/* last >= va */
 		} else {
 			end = hi;
 		}

@@ -9,13 +9,13 @@
  * A submission is a batch of commands followed by a FENCE with the IRQ flag,
  * written at the ring's tail and started by one TAIL write. The caller polls
  * the fence for fence_spin_us, then sleeps until the fence value lands (woken
- * by the completion interrupt), and then
- * reads each command's status word. A halted queue or a fence that does not
- * arrive within fence_timeout_ms (module parameter, default
- * HMMGPU_FENCE_TIMEOUT_MS) ends the wait with -EIO or -ETIMEDOUT, and the
- * queue is reset, so no caller ever hangs on the device. Interrupts may be
- * lost: every 200 ms the wait looks at the fence and, for a stalled queue, at
- * the fault buffer. A device that reads all-ones is gone: -ENODEV at once.
+ * by the completion interrupt), and then reads each command's status word.
+ * A halted queue or a fence that does not arrive within fence_timeout_ms
+ * (module parameter, default HMMGPU_FENCE_TIMEOUT_MS) ends the wait with
+ * -EIO or -ETIMEDOUT, and the queue is reset, so no caller ever hangs on the
+ * device. Interrupts may be lost: every 200 ms the wait looks at the fence
+ * and, for a stalled queue, at the fault buffer. A device that reads all-ones
+ * is gone: -ENODEV at once.
  */
 #include <linux/dma-mapping.h>
 #include <linux/jiffies.h>
