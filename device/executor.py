@@ -153,9 +153,10 @@ class Executor:
         runs: list[list] = []
         faults: list[Fault] = []
         va, end = addr, addr + length
+        translate = self.mmu.translate
         while va < end:
             try:
-                t = self.mmu.translate(ctx, root, va, access)
+                t = translate(ctx, root, va, access)
             except Fault as f:
                 faults.append(f)
                 if len(faults) >= MAX_FAULTS_PER_COMMAND:
@@ -165,7 +166,7 @@ class Executor:
             n = min(end, t.va + t.size) - va
             assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
-                target = t.target(va)
+                target = t.addr + (va - t.va)  # t.target(va), inline: once per page
                 memory = (t.vram, t.peer)
                 last = runs[-1] if runs else None
                 if last is not None and last[0] == memory and last[1] + last[2] == target:

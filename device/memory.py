@@ -114,8 +114,7 @@ class GuestMemory:
         return out
 
     def read_u64(self, addr: int) -> int:
-        return int(self.view(addr, 8).view(np.uint64)[0]) if addr % 8 == 0 else \
-            int.from_bytes(self.view(addr, 8).tobytes(), "little")
+        return _U64.unpack_from(self.view(addr, 8))[0]
 
     def write_u64(self, addr: int, value: int) -> None:
         _U64.pack_into(self.view(addr, 8, write=True), 0, value & 0xFFFF_FFFF_FFFF_FFFF)

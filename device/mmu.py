@@ -39,6 +39,7 @@ _VALID, _LARGE, _VRAM, _PEER = int(Pte.VALID), int(Pte.LARGE), int(Pte.VRAM), in
 _PEER_ID = hw.PTE_PEER_MASK << hw.PTE_PEER_SHIFT
 _PERMS = int(Pte.READ | Pte.WRITE | Pte.ATOMIC)
 _RESERVED, _ADDR = int(hw.PTE_RESERVED_MASK), int(hw.PTE_ADDR_MASK)
+_PAGE_MASK, _LARGE_MASK = ~(hw.PAGE_SIZE - 1), ~(hw.LARGE_PAGE_SIZE - 1)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,7 @@ class Mmu:
 
     def translate(self, ctx: int, root: int, va: int, access: hw.Access) -> Translation:
         """Translation of `va` allowing `access`, else Fault."""
-        t = self.tlb.get((ctx, va & ~(hw.PAGE_SIZE - 1))) or \
-            self.tlb_large.get((ctx, va & ~(hw.LARGE_PAGE_SIZE - 1)))
+        t = self.tlb.get((ctx, va & _PAGE_MASK)) or self.tlb_large.get((ctx, va & _LARGE_MASK))
         checks = self.checks
         if t is not None:
             if checks is not None and checks.enabled:
