@@ -8,6 +8,7 @@ from engine_rig import RW, Rig
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device.hwdef import Aperture, Opcode, Pte, Reg, SanCheck
+from hmmgpu.device.sanitizer import STALE_GRACE_NS
 from hmmgpu.device.trace import Kind
 
 VA = 0x5000_0000
@@ -24,6 +25,13 @@ def read_va(rig: Rig, ctx: int, va: int, n: int = 64) -> int:
 
 def reports(rig: Rig) -> list[dict]:
     return rig.gpu.engine.sanitizer.take()["reports"]
+
+
+def manual_clock(rig: Rig) -> list[int]:
+    """The sanitizer's device clock, advanced by hand: t[0] += ns."""
+    t = [0]
+    rig.gpu.engine.sanitizer.clock = lambda: t[0]
+    return t
 
 
 def test_correct_use_is_silent(rig: Rig) -> None:
@@ -59,15 +67,22 @@ def test_a_tlb_entry_used_after_its_pte_changed_is_reported_once(rig: Rig) -> No
     assert len(reports(rig)) == 2
 
 
-def test_a_cleared_pte_may_be_used_by_the_running_command_not_by_the_next(rig: Rig) -> None:
-    """Clear, then TLB_INVALIDATE is correct even if a command still uses the
-    entry in between; a later command using it means the flush never came."""
+def test_a_cleared_pte_may_be_used_until_its_invalidation_could_have_landed(rig: Rig) -> None:
+    """Clear, then TLB_INVALIDATE is correct even if commands still use the
+    entry in between: the one running, and others that start while the
+    invalidation is on its way (the stress test had a READ start between the
+    clear and the kernel queue's doorbell). A use STALE_GRACE_NS after the
+    first one means the flush never came."""
+    clock = manual_clock(rig)
     rig.drv.map(3, VA, rig.page(1), RW)
     read_va(rig, 3, VA)
     rig.drv.unmap(3, VA)  # cleared: the first half of an invalidation
     read_va(rig, 3, VA)  # this command saw the stale entry first: inside the window
+    clock[0] += STALE_GRACE_NS // 2
+    read_va(rig, 3, VA)  # a later one, the invalidation still on its way
     assert reports(rig) == []
-    read_va(rig, 3, VA)  # a later command: no invalidation came
+    clock[0] += STALE_GRACE_NS
+    read_va(rig, 3, VA)  # no invalidation came
     (r,) = reports(rig)
     assert r["check"] == "STALE_TLB" and "to 0x0" in r["detail"]
     rig.drv.submit(hw.KERNEL_QUEUE, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), ctx=3)
@@ -96,13 +111,16 @@ def test_a_pte_that_only_gains_permissions_is_not_stale(rig: Rig) -> None:
 
 
 def test_a_pte_that_loses_permissions_has_the_window_of_a_cleared_one(rig: Rig) -> None:
+    clock = manual_clock(rig)
     page = rig.page(1)
     rig.drv.map(3, VA, page, RW)
     read_va(rig, 3, VA)
     rig.drv.map(3, VA, page, Pte.READ)  # write-protect (COW), invalidation on its way
     read_va(rig, 3, VA)
+    read_va(rig, 3, VA)
     assert reports(rig) == []
-    read_va(rig, 3, VA)  # a later command: no invalidation came
+    clock[0] += STALE_GRACE_NS
+    read_va(rig, 3, VA)  # no invalidation came
     (r,) = reports(rig)
     assert r["check"] == "STALE_TLB"
 
