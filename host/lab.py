@@ -98,6 +98,7 @@ class LabConfig:
 
 
 SHM = Path("/dev/shm")
+NO_EXIT_STATUS = -1  # fabric's exit code for a command whose channel closed without one
 
 
 def vram_dir(run_dir: Path) -> Path:
@@ -469,6 +470,10 @@ class Lab:
             except Exception:
                 if not self.died_under_error():
                     raise
+                r = None
+            # no exit status: the connection dropped, as it does when QEMU dies
+            # (the same break as the exception above, seen a moment earlier)
+            if r is not None and r.exit_code == NO_EXIT_STATUS and self.died_under_error():
                 r = None
             # (the watchdog may still be reaping QEMU, when poll() says "alive")
             if r is None or self.killed_by_watchdog:
