@@ -98,13 +98,11 @@ def bench_mmio(count: int, rounds: int) -> None:
                 py, c, q = (statistics.median(t[k]) for k in ("ours", "c", "edu"))
                 print(f"  {op:5}: Python server {py:7.1f} us, C libvfio-user server {c:7.1f} "
                       f"us, ratio {py / c:.2f} (goal <= 1.2); QEMU's edu device {q:5.1f} us")
-    # The same region read, from a host-side client, no VM: servers compared alone.
-    with tempfile.TemporaryDirectory() as tmp:
+        # The same region read, from a host-side client, no VM: servers compared alone.
         ours_sock = Path(tmp) / "gpu.sock"
         proc = subprocess.Popen([sys.executable, "-m", "hmmgpu.device.server", "--socket",
                                  str(ours_sock), "--log-file", str(Path(tmp) / "gpu.log"),
                                  "--library", str(paths.libvfio_user)])
-        binary = mmio_anchor.build(paths, Path(tmp))
         try:
             with mmio_anchor.AnchorServer(binary, Path(tmp) / "anchor.sock",
                                           Path(tmp) / "anchor.log") as anchor:

@@ -30,7 +30,7 @@ _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
 _TO_SYS = int(hw.CmdFlags.TO_SYS)
 _OP_COPY = int(Opcode.COPY)
-_SYS, _VRAM, _VA = int(Aperture.SYS), int(Aperture.VRAM), int(Aperture.VA)
+_SYS, _VA = int(Aperture.SYS), int(Aperture.VA)
 _AP_MASK = hw.APERTURE_MASK
 _SRC_SHIFT, _DST_SHIFT = hw.SRC_APERTURE_SHIFT, hw.DST_APERTURE_SHIFT
 
@@ -211,8 +211,7 @@ class Executor:
         per-command cost of small copies). False: _copy() must do it (a VA
         side, tracing, injection, or an error it reports)."""
         src_ap, dst_ap = (flags >> _SRC_SHIFT) & _AP_MASK, (flags >> _DST_SHIFT) & _AP_MASK
-        if (src_ap == _VA or dst_ap == _VA or src_ap > _VA or dst_ap > _VA or length <= 0
-                or self.trace.on or self.inject.active):
+        if src_ap >= _VA or dst_ap >= _VA or length <= 0 or self.trace.on or self.inject.active:
             return False
         try:
             s = self.mem.view(src, length) if src_ap == _SYS else self.vram.view(src, length)

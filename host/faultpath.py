@@ -208,7 +208,7 @@ def guest_calls(text: str) -> list[GuestCall]:
                 call.end = ts
             continue
         name = body.split("(")[0].split(" [")[0].strip()
-        if not name or name not in GUEST_FUNCTIONS:
+        if name not in GUEST_FUNCTIONS:
             continue
         if body.endswith("{"):
             call = GuestCall(name, ts, ts)
