@@ -69,20 +69,27 @@ class FaultUnit:
             raise DeviceError(ErrorCode.FAULT_BUFFER, self.base,
                               f"fault at {faults[0].va:#x} with no valid fault buffer")
         size = self.size
+        kept: list[Fault] = []
+        put = self.put
         for f in faults:
             if self.inject.active and self.inject.hit(InjectKind.FAULT_BUFFER_FULL, queue, ctx,
                                                       f.va):
                 self.overflow += 1  # as if full: lost, and not the driver's doing
                 continue
-            if (self.put + 1) % size == self.get % size:
+            if (put + 1) % size == self.get % size:
                 self.overflow += 1
                 self.sanitizer.report(
                     SanCheck.FAULT_OVERFLOW, queue, ctx, command, f.va,
                     f"fault at {f.va:#x} lost: the fault buffer ({size} entries) is full; "
-                    f"PUT {self.put} GET {self.get}")
+                    f"PUT {put} GET {self.get}")
                 continue
-            rec = hw.FAULT_RECORD.pack(f.va, self.clock(), ctx, int(access), queue,
-                                       int(f.reason))
+            kept.append(f)
+            put = (put + 1) % size
+        # the batch's own last record gets FAULT_LAST (not when it was lost)
+        last = kept[-1] if kept and kept[-1] is faults[-1] else None
+        for f in kept:
+            flags = int(access) | (hw.FAULT_LAST if f is last else 0)
+            rec = hw.FAULT_RECORD.pack(f.va, self.clock(), ctx, flags, queue, int(f.reason))
             slot = self.base + (self.put % size) * hw.FAULT_RECORD_SIZE
             if self.trace.on:  # the fault, and the record's DMA write
                 self.trace.emit(tr.FAULT, queue, ctx, command, flags=int(access), va=f.va,
@@ -93,7 +100,7 @@ class FaultUnit:
                 # VALID last: a driver that sees it sees the whole record
                 # (x86-TSO on the host keeps the stores in order)
                 view[hw.FAULT_ACCESS_OFFSET:hw.FAULT_ACCESS_OFFSET + 4].view(np.uint32)[0] = \
-                    int(access) | hw.FAULT_VALID
+                    flags | hw.FAULT_VALID
             except DeviceError as e:
                 raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
                                   "fault buffer not in guest memory") from e

@@ -360,7 +360,7 @@ FAULT_RECORD_LAYOUT = Layout("hmmgpu_fault_record", (
     Field("va", "u64"),
     Field("timestamp", "u64", doc="device clock, ns"),
     Field("ctx", "u32"),
-    Field("access", "u32", doc="Access bits; FAULT_VALID set last by the device"),
+    Field("access", "u32", doc="Access bits, FAULT_LAST; FAULT_VALID set last by the device"),
     Field("queue", "u32"),
     Field("reason", "u32", doc="FaultReason"),
 ), FAULT_RECORD_SIZE, "A fault record: 32 bytes, written by the device into the fault buffer.")
@@ -368,6 +368,9 @@ FAULT_RECORD = FAULT_RECORD_LAYOUT.struct()
 # in a record's access word, stored after the rest of the record: the driver
 # finds new records without reading FAULT_PUT, and clears it when consumed
 FAULT_VALID = 1 << 31
+# on the last record a faulting command wrote: its batch is complete (a driver
+# that polls the buffer serves a batch whole, as the interrupt's handler does)
+FAULT_LAST = 1 << 30
 FAULT_ACCESS_OFFSET = 20
 
 
@@ -422,7 +425,7 @@ def _defines() -> list[tuple[str, int]]:
         ("MAX_FAULT_ENTRIES", MAX_FAULT_ENTRIES),
         ("QUEUE_BASE", QUEUE_BASE), ("QUEUE_STRIDE", QUEUE_STRIDE),
         ("COMMAND_SIZE", COMMAND_SIZE), ("FAULT_RECORD_SIZE", FAULT_RECORD_SIZE),
-        ("FAULT_VALID", FAULT_VALID),
+        ("FAULT_VALID", FAULT_VALID), ("FAULT_LAST", FAULT_LAST),
         ("SRC_APERTURE_SHIFT", SRC_APERTURE_SHIFT), ("DST_APERTURE_SHIFT", DST_APERTURE_SHIFT),
         ("APERTURE_MASK", APERTURE_MASK),
         ("ATOMIC_OP_SHIFT", ATOMIC_OP_SHIFT), ("ATOMIC_OP_MASK", ATOMIC_OP_MASK),

@@ -59,6 +59,7 @@ class FaultRecord:
     access: hw.Access
     queue: int
     reason: hw.FaultReason
+    last: bool = False  # FAULT_LAST: the last record of its command's batch
 
 
 class UserDriver:
@@ -215,8 +216,9 @@ class UserDriver:
             va, ts, ctx, access, queue, reason = hw.FAULT_RECORD.unpack(raw)
             if not access & hw.FAULT_VALID:
                 raise AssertionError(f"fault record {self.fault_get} below FAULT_PUT is not VALID")
-            out.append(FaultRecord(va, ts, ctx, hw.Access(access & ~hw.FAULT_VALID), queue,
-                                   hw.FaultReason(reason)))
+            kind = hw.Access(access & ~(hw.FAULT_VALID | hw.FAULT_LAST))
+            out.append(FaultRecord(va, ts, ctx, kind, queue, hw.FaultReason(reason),
+                                   bool(access & hw.FAULT_LAST)))
             self.fault_get = (self.fault_get + 1) % self.fault_entries
         self.mmio.write32(Reg.FAULT_GET, self.fault_get)
         return out

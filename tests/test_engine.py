@@ -388,6 +388,18 @@ def test_all_missing_pages_of_a_command_fault_as_one_batch(rig: Rig) -> None:
     assert [f.va for f in faults] == [0x10000, 0x12000, 0x13000]
     assert rig.irqs == [hw.IrqVector.FAULT]
     assert faults[0].timestamp <= faults[-1].timestamp
+    # FAULT_LAST on the batch's last record only: a polling driver knows it is whole
+    assert [f.last for f in faults] == [False, False, True]
+
+
+def test_each_commands_fault_batch_ends_with_its_own_last_record(rig: Rig) -> None:
+    outs = {q: rig.drv.alloc(2 * 4096) for q in (1, 2)}
+    for q in (1, 2):
+        rig.drv.submit(q, Opcode.READ, (0x40000, outs[q], 2 * 4096))
+    rig.run()
+    faults = rig.drv.faults()
+    assert [(f.ctx, f.va, f.last) for f in faults] == [
+        (1, 0x40000, False), (1, 0x41000, True), (2, 0x40000, False), (2, 0x41000, True)]
 
 
 def test_faults_in_two_contexts_are_handled_independently(rig: Rig) -> None:
@@ -408,8 +420,11 @@ def test_full_fault_buffer_counts_overflow(rig: Rig) -> None:
     out = rig.drv.alloc(8 * 4096)
     rig.drv.submit(1, Opcode.READ, (0x100000, out, 8 * 4096))
     rig.run()
-    assert len(rig.drv.faults()) == 3
+    faults = rig.drv.faults()
+    assert len(faults) == 3
     assert rig.reg(Reg.FAULT_OVERFLOW) == 5
+    # the batch's end was lost: no record says the batch is whole
+    assert not any(f.last for f in faults)
 
 
 # ---- errors ----------------------------------------------------------------------------

@@ -46,6 +46,7 @@
 #define HMMGPU_COMMAND_SIZE             0x40
 #define HMMGPU_FAULT_RECORD_SIZE        0x20
 #define HMMGPU_FAULT_VALID              0x80000000
+#define HMMGPU_FAULT_LAST               0x40000000
 #define HMMGPU_SRC_APERTURE_SHIFT       0x8
 #define HMMGPU_DST_APERTURE_SHIFT       0xa
 #define HMMGPU_APERTURE_MASK            0x3
@@ -189,7 +190,7 @@ struct hmmgpu_fault_record {
 	__le64 va;
 	__le64 timestamp;      /* device clock, ns */
 	__le32 ctx;
-	__le32 access;         /* Access bits; FAULT_VALID set last by the device */
+	__le32 access;         /* Access bits, FAULT_LAST; FAULT_VALID set last by the device */
 	__le32 queue;
 	__le32 reason;         /* FaultReason */
 };
