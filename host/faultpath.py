@@ -155,12 +155,17 @@ def breakdown(trace: TraceFile, queue: int | None = None) -> Breakdown:
 
 # The functions the guest-side breakdown times (ftrace's function_graph tracer
 # with only these in set_ftrace_filter, so it costs little): the interrupt
-# handler, the fault work item, the driver's fault-in, and the kernel's
-# hmm_range_fault() inside it.
-GUEST_FUNCTIONS = ("hmmgpu_irq", "hmmgpu_fault_work", "hmmgpu_fault_in", "hmm_range_fault")
-GUEST_SEGMENTS = ("interrupt -> fault work starts", "work start -> hmm_range_fault",
-                  "hmm_range_fault", "-> fault-in done (PTEs, DMA maps, TLB)",
-                  "-> work done (REPLAY write, its MMIO round trip)")
+# handler, the two that serve a batch of faults (a polling fence waiter, or
+# the fault work after the interrupt), the driver's fault-in, and the
+# kernel's hmm_range_fault() inside it.
+GUEST_FUNCTIONS = ("hmmgpu_irq", "hmmgpu_fault_work", "hmmgpu_fault_serve_inline",
+                   "hmmgpu_fault_in", "hmm_range_fault")
+GUEST_SERVERS = {"hmmgpu_fault_serve_inline": "the fence waiter",
+                 "hmmgpu_fault_work": "the fault work"}
+GUEST_WAIT = "interrupt -> fault work starts"  # the fault work's only
+GUEST_SEGMENTS = ("start -> hmm_range_fault", "hmm_range_fault",
+                  "-> fault-in done (PTEs, DMA maps, TLB)",
+                  "-> done (REPLAY write, its MMIO round trip)")
 # "  101.234567 |   0) + 12.345 us   |      hmm_range_fault();"
 _GRAPH_LINE = re.compile(r"^\s*(\d+\.\d+)\s*\|\s*\d+\)\s*([!+#*@$ ]?\s*([\d.]+) us)?\s*\|\s*"
                          r"(.*)$")
@@ -222,13 +227,19 @@ def guest_calls(text: str) -> list[GuestCall]:
 
 @dataclass
 class GuestBreakdown:
-    faults: int
-    us: dict[str, float]  # median per segment
+    # per server (GUEST_SERVERS' values): batches served, median per segment
+    served: dict[str, tuple[int, dict[str, float]]]
+
+    @property
+    def faults(self) -> int:
+        return sum(n for n, _ in self.served.values())
 
     def table(self) -> str:
         lines = [f"the guest's part, from ftrace in the guest (function_graph on "
-                 f"{', '.join(GUEST_FUNCTIONS)}), median of {self.faults} fault works:"]
-        lines += [f"  {name:<48} {us:>8.1f} us" for name, us in self.us.items()]
+                 f"{', '.join(GUEST_FUNCTIONS)}), medians:"]
+        for server, (n, us) in self.served.items():
+            lines.append(f"  {n} batches served by {server}:")
+            lines += [f"    {name:<46} {v:>8.1f} us" for name, v in us.items()]
         return "\n".join(lines)
 
 
@@ -243,22 +254,28 @@ def _find(calls: list[GuestCall], name: str) -> GuestCall | None:
 
 
 def guest_breakdown(text: str) -> GuestBreakdown:
-    """Per fault work that faulted something in: the interrupt before it, the
-    wait for the work to run, and the work's own parts."""
+    """Per batch of faults served (by a polling fence waiter or by the fault
+    work) that faulted something in: its parts around hmm_range_fault(), and
+    for the fault work, the wait from the interrupt before it."""
     calls = sorted(guest_calls(text), key=lambda c: c.start)
     irqs = [c.start for c in calls if c.name == "hmmgpu_irq"]
-    rows: list[dict[str, float]] = []
-    for work in (c for c in calls if c.name == "hmmgpu_fault_work"):
-        fault_in = _find(work.children, "hmmgpu_fault_in")
+    rows: dict[str, list[dict[str, float]]] = {}
+    for call in (c for c in calls if c.name in GUEST_SERVERS):
+        fault_in = _find(call.children, "hmmgpu_fault_in")
         hrf = [c for c in (fault_in.children if fault_in else []) if c.name == "hmm_range_fault"]
-        before = [t for t in irqs if t <= work.start]
-        if not fault_in or not hrf or not before:
-            continue  # a work with nothing to fault in, or its interrupt before the trace
+        if not fault_in or not hrf:
+            continue  # nothing to fault in: a batch not yet whole, or the records taken
         first, last = hrf[0], hrf[-1]
-        seg = (work.start - before[-1], first.start - work.start, last.end - first.start,
-               fault_in.end - last.end, work.end - fault_in.end)
-        rows.append({name: v * 1e6 for name, v in zip(GUEST_SEGMENTS, seg, strict=True)})
+        row = dict(zip(GUEST_SEGMENTS, (first.start - call.start, last.end - first.start,
+                                        fault_in.end - last.end, call.end - fault_in.end),
+                       strict=True))
+        if call.name == "hmmgpu_fault_work":
+            before = [t for t in irqs if t <= call.start]
+            if not before:
+                continue  # its interrupt before the trace
+            row = {GUEST_WAIT: call.start - before[-1], **row}
+        rows.setdefault(GUEST_SERVERS[call.name], []).append({k: v * 1e6 for k, v in row.items()})
     if not rows:
-        raise ValueError("no fault work with hmm_range_fault in the guest trace")
-    return GuestBreakdown(len(rows), {k: statistics.median(r[k] for r in rows)
-                                      for k in GUEST_SEGMENTS})
+        raise ValueError("no batch of faults with hmm_range_fault in the guest trace")
+    return GuestBreakdown({server: (len(r), {k: statistics.median(x[k] for x in r) for k in r[0]})
+                           for server, r in rows.items()})

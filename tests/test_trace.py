@@ -270,23 +270,50 @@ GUEST_FTRACE = """\
     5.725308 |   0)   6.189 us    |  hmmgpu_irq [hmmgpu]();
     5.726000 |   0)               |  hmmgpu_fault_work [hmmgpu]() {
     5.726100 |   0)   1.000 us    |  } /* hmmgpu_fault_work [hmmgpu] */
+    5.893356 |   1)               |  hmmgpu_fault_serve_inline [hmmgpu]() {
+    5.893360 |   1)               |    hmmgpu_fault_in [hmmgpu]() {
+    5.893379 |   1)   1.232 us    |      hmmgpu_irq [hmmgpu]();
+    5.893401 |   1)   7.591 us    |      hmm_range_fault();
+    5.893413 |   1) + 52.748 us   |    } /* hmmgpu_fault_in [hmmgpu] */
+    5.893484 |   1) ! 128.361 us  |  } /* hmmgpu_fault_serve_inline [hmmgpu] */
+    5.893623 |   0)   2.363 us    |  hmmgpu_irq [hmmgpu]();
+    5.894014 |   1)               |  hmmgpu_fault_serve_inline [hmmgpu]() {
+    5.894018 |   1)               |    hmmgpu_fault_in [hmmgpu]() {
+    5.894022 |   1)               |      hmm_range_fault() {
+    5.894058 |   1)   1.433 us    |        hmmgpu_irq [hmmgpu]();
+    5.894080 |   1) + 58.447 us   |      } /* hmm_range_fault */
+    5.894084 |   1) + 66.650 us   |    } /* hmmgpu_fault_in [hmmgpu] */
+    5.894290 |   1) ! 275.511 us  |  } /* hmmgpu_fault_serve_inline [hmmgpu] */
+    5.894400 |   1)   2.000 us    |  hmmgpu_fault_serve_inline [hmmgpu]();
 """
 
 
-def test_the_guest_breakdown_splits_each_fault_work_from_the_guests_ftrace() -> None:
-    """host/faultpath.py guest_breakdown() on a real function_graph trace: per
-    fault work, the wait after its interrupt, the work's parts around
-    hmm_range_fault(), and the tail with the REPLAY write; a work with nothing
-    to fault in (the last) is left out."""
-    from hmmgpu.host.faultpath import GUEST_SEGMENTS, guest_breakdown, guest_calls
+def test_the_guest_breakdown_splits_each_served_batch_from_the_guests_ftrace() -> None:
+    """host/faultpath.py guest_breakdown() on real function_graph traces: per
+    batch served by the fault work, the wait after its interrupt, the parts
+    around hmm_range_fault(), and the tail with the REPLAY write; per batch a
+    polling fence waiter served, the same without the wait (an interrupt
+    nested inside is part of the segment it hit). A serving with nothing to
+    fault in (a work whose records a waiter took, a waiter's call while the
+    batch was still being written) is left out."""
+    from hmmgpu.host.faultpath import GUEST_SEGMENTS, GUEST_WAIT, guest_breakdown, guest_calls
 
     calls = guest_calls(GUEST_FTRACE)
     assert [c.name for c in calls].count("hmmgpu_fault_work") == 3
+    assert [c.name for c in calls].count("hmmgpu_fault_serve_inline") == 3
     b = guest_breakdown(GUEST_FTRACE)
-    assert b.faults == 2
+    assert b.faults == 4
+    n, work = b.served["the fault work"]
+    assert n == 2 and list(work) == [GUEST_WAIT, *GUEST_SEGMENTS]
     # the medians of the two works, segment by segment (us)
     first = (36.0, 168.0, 25.458, 50.542, 99.0)
     second = (35.0, 61.0, 9.795, 7.205, 61.0)
-    for name, x, y in zip(GUEST_SEGMENTS, first, second, strict=True):
-        assert b.us[name] == pytest.approx((x + y) / 2, abs=0.01), name
-    assert "median of 2 fault works" in b.table()
+    for name, x, y in zip(work, first, second, strict=True):
+        assert work[name] == pytest.approx((x + y) / 2, abs=0.01), name
+    n, waiter = b.served["the fence waiter"]
+    assert n == 2 and list(waiter) == list(GUEST_SEGMENTS)
+    first = (45.0, 7.591, 4.409, 71.0)  # the leaf hmm_range_fault: its entry + duration
+    second = (8.0, 58.0, 4.0, 206.0)
+    for name, x, y in zip(waiter, first, second, strict=True):
+        assert waiter[name] == pytest.approx((x + y) / 2, abs=0.01), name
+    assert "2 batches served by the fence waiter" in b.table()

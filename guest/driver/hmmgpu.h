@@ -26,13 +26,18 @@
  *                             (open, release, PCI removal)
  * hmmgpu.vram_mms_lock        the mms given VRAM; held across an eviction,
  *                             which write-locks their mmap_locks by trylock
+ * context queue lock          one submission at a time on a context queue
+ *                             (hmmgpu_queue.lock of cq[]); its fence waiter
+ *                             serves faults under it (fault_inline)
+ * hmmgpu.fault_lock           draining the fault buffer and serving its faults
  * mmap_lock                   (of the mm a migration or a fault works on)
  * hmmgpu_mirror.mutex         the mirror's device page table; taken by the fault
  *                             path around mmu_interval_read_retry() and by the
  *                             invalidate callback (trylock when non-blockable).
  *                             Reclaim takes it through the notifier, so nothing
  *                             under it allocates with reclaim (hmmgpu_pt.c)
- * hmmgpu_queue.lock (mutex)   one submission at a time on a queue; ring and tail
+ * kernel queue lock           one submission at a time on the kernel queue
+ *                             (hmmgpu_queue.lock of kq, its own lockdep class)
  * hmmgpu.ctx_lock (spinlock)  the ctx -> mirror table, read from the fault work
  * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts,
  *                             and the sanitizer runs not yet sent (san_runs)
@@ -141,6 +146,9 @@ struct hmmgpu {
 	u32 fault_get;
 	u32 fault_get_told;		/* FAULT_GET as last written */
 	u32 fault_overflow;		/* FAULT_OVERFLOW when last looked at */
+	struct mutex fault_lock;	/* the fields above; serving the faults */
+	bool fault_taken;		/* a fence waiter took records an interrupt announced */
+	atomic_t fault_pollers;		/* fence waiters that serve faults (hmmgpu_fault.c) */
 	struct work_struct fault_work;
 
 	spinlock_t ctx_lock;
@@ -242,6 +250,10 @@ u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 
 /* hmmgpu_fault.c */
 void hmmgpu_fault_work(struct work_struct *work);
+bool hmmgpu_fault_pending(struct hmmgpu *gpu);
+bool hmmgpu_fault_poll_begin(struct hmmgpu *gpu);
+void hmmgpu_fault_poll_end(struct hmmgpu *gpu);
+int hmmgpu_fault_serve_inline(struct hmmgpu *gpu);
 int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 		    unsigned long end, bool write);
 

@@ -23,6 +23,13 @@
  * the error being left in mirror->fault_err for the waiting ioctl. A fault
  * with ATOMIC access makes its page device-exclusive instead. FAULT_GET is
  * written last, after the replays: the device needs it only for free room.
+ *
+ * A context queue's fence waiter that finds a record while it polls serves
+ * the faults itself (fault_inline, default on): the fault work is an
+ * interrupt and a wake-up away, and the waiter has nothing else to do. It
+ * takes gpu->fault_lock by trylock (the work may hold it) and then polls on
+ * for the replayed command. The kernel queue's waiters never serve faults:
+ * they may hold a mirror's mutex or mmap_lock, which serving takes.
  */
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
@@ -36,6 +43,11 @@
 #include "test_hmm_uapi.h"
 
 #define HMMGPU_MAX_FAULT_PAGES	(16UL << (20 - PAGE_SHIFT))	/* 16 MiB per batch */
+
+static bool fault_inline = true;
+module_param(fault_inline, bool, 0644);
+MODULE_PARM_DESC(fault_inline,
+		 "a context queue's polling fence waiter serves the faults it sees (default on); off: the fault work always does");
 
 static unsigned int fault_granule_kb;
 module_param(fault_granule_kb, uint, 0644);
@@ -313,20 +325,21 @@ static void hmmgpu_replay_lost(struct hmmgpu *gpu)
 		hmmgpu_qwrite(&gpu->kq, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
 }
 
-void hmmgpu_fault_work(struct work_struct *work)
+/* Serve up to @max records of the fault buffer; the records taken. */
+static unsigned int hmmgpu_fault_drain(struct hmmgpu *gpu, unsigned int max)
 {
-	struct hmmgpu *gpu = container_of(work, struct hmmgpu, fault_work);
 	unsigned long first[HMMGPU_NUM_CONTEXTS], last[HMMGPU_NUM_CONTEXTS];
 	unsigned long pending = 0;
 	bool write[HMMGPU_NUM_CONTEXTS] = {};
 	bool atomic[HMMGPU_NUM_CONTEXTS] = {};
 	unsigned int ctx, n;
 
+	lockdep_assert_held(&gpu->fault_lock);
 	/*
 	 * New records are the ones with VALID set (stored last by the device):
 	 * no FAULT_PUT read, an MMIO round trip, before the faults are served.
 	 */
-	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
+	for (n = 0; n < max; n++) {
 		struct hmmgpu_fault_record *rec = &gpu->faults[gpu->fault_get];
 		u32 access = le32_to_cpu(READ_ONCE(rec->access));
 		unsigned long va;
@@ -375,11 +388,97 @@ void hmmgpu_fault_work(struct work_struct *work)
 		hmmgpu_write(gpu, HMMGPU_REG_FAULT_GET, gpu->fault_get);
 		gpu->fault_get_told = gpu->fault_get;
 	}
+	return n;
+}
+
+void hmmgpu_fault_work(struct work_struct *work)
+{
+	struct hmmgpu *gpu = container_of(work, struct hmmgpu, fault_work);
+
+	mutex_lock(&gpu->fault_lock);
 	/*
-	 * An interrupt with no record: faults were lost to a full buffer. (Lost
-	 * ones next to records are found by the fence wait's poll instead.)
+	 * An interrupt with no record: faults were lost to a full buffer,
+	 * unless a fence waiter took the records first. (Lost ones the flag
+	 * hides, and lost ones next to records, are found by the fence wait's
+	 * poll instead.)
 	 */
-	if (!n)
+	if (!hmmgpu_fault_drain(gpu, HMMGPU_FAULT_ENTRIES) && !xchg(&gpu->fault_taken, false))
 		hmmgpu_replay_lost(gpu);
+	mutex_unlock(&gpu->fault_lock);
+}
+
+/* The next fault record is there (its VALID bit, the device's last store). */
+bool hmmgpu_fault_pending(struct hmmgpu *gpu)
+{
+	u32 get = READ_ONCE(gpu->fault_get) % HMMGPU_FAULT_ENTRIES;
+
+	return le32_to_cpu(READ_ONCE(gpu->faults[get].access)) & HMMGPU_FAULT_VALID;
+}
+
+/*
+ * The records there up to the last one that ends a batch (FAULT_LAST); 0
+ * while the first batch is still being written.
+ */
+static unsigned int hmmgpu_fault_whole_batches(struct hmmgpu *gpu)
+{
+	unsigned int n, whole = 0;
+
+	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
+		u32 get = (gpu->fault_get + n) % HMMGPU_FAULT_ENTRIES;
+		u32 access = le32_to_cpu(READ_ONCE(gpu->faults[get].access));
+
+		if (!(access & HMMGPU_FAULT_VALID))
+			break;
+		if (access & HMMGPU_FAULT_LAST)
+			whole = n + 1;
+	}
+	return whole;
+}
+
+/*
+ * A fence waiter polls and serves the faults it sees (false: fault_inline is
+ * off). While one does, the fault interrupt leaves the records to it.
+ */
+bool hmmgpu_fault_poll_begin(struct hmmgpu *gpu)
+{
+	if (!READ_ONCE(fault_inline))
+		return false;
+	atomic_inc(&gpu->fault_pollers);
+	return true;
+}
+
+/*
+ * The poll ended: a record that came meanwhile, whose interrupt found us
+ * polling, goes to the fault work. The device stores a record before it
+ * raises the interrupt, so either the interrupt sees no poller or we see
+ * the record.
+ */
+void hmmgpu_fault_poll_end(struct hmmgpu *gpu)
+{
+	atomic_dec(&gpu->fault_pollers);
+	smp_mb__after_atomic();	/* the record read below after the count drops */
+	if (hmmgpu_fault_pending(gpu))
+		schedule_work(&gpu->fault_work);
+}
+
+/*
+ * A polling fence waiter saw a record: serve the whole batches here (a batch
+ * still being written waits; one whose end was lost to a full buffer is the
+ * fault work's, after the interrupt or hmmgpu_fault_poll_end()). The
+ * records served, or -EBUSY if the fault work is at it.
+ */
+int hmmgpu_fault_serve_inline(struct hmmgpu *gpu)
+{
+	unsigned int whole, n = 0;
+
+	if (!mutex_trylock(&gpu->fault_lock))
+		return -EBUSY;
+	whole = hmmgpu_fault_whole_batches(gpu);
+	if (whole)
+		n = hmmgpu_fault_drain(gpu, whole);
+	if (n)
+		WRITE_ONCE(gpu->fault_taken, true);
+	mutex_unlock(&gpu->fault_lock);
+	return n;
 }
 

@@ -99,7 +99,9 @@ static irqreturn_t hmmgpu_irq(int irq, void *data)
 		wake_up_all(&gpu->fence_wq);
 		break;
 	case HMMGPU_IRQ_FAULT:
-		schedule_work(&gpu->fault_work);
+		/* a polling fence waiter serves them (hmmgpu_fault_poll_end()) */
+		if (!atomic_read(&gpu->fault_pollers))
+			schedule_work(&gpu->fault_work);
 		break;
 	case HMMGPU_IRQ_ERROR:
 		dev_err_ratelimited(&gpu->pdev->dev,
@@ -219,6 +221,7 @@ static int hmmgpu_engine_init(struct hmmgpu *gpu)
 
 	init_waitqueue_head(&gpu->fence_wq);
 	INIT_WORK(&gpu->fault_work, hmmgpu_fault_work);
+	mutex_init(&gpu->fault_lock);
 	spin_lock_init(&gpu->ctx_lock);
 	gpu->faults = dma_alloc_coherent(&gpu->pdev->dev,
 					 HMMGPU_FAULT_ENTRIES * sizeof(*gpu->faults),

@@ -151,8 +151,13 @@ static void hmmgpu_mirror_detach(struct hmmgpu_mirror *mirror)
 	spin_lock(&gpu->ctx_lock);
 	gpu->ctx_mirror[mirror->ctx] = NULL;
 	spin_unlock(&gpu->ctx_lock);
-	/* the fault work may have picked the mirror before; it is done after this */
+	/*
+	 * The fault work or a fence waiter may have picked the mirror before;
+	 * they are done after this.
+	 */
 	flush_work(&gpu->fault_work);
+	mutex_lock(&gpu->fault_lock);
+	mutex_unlock(&gpu->fault_lock);
 	mutex_lock(&mirror->mutex);
 	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_LO, 0);
 	hmmgpu_qwrite(&gpu->cq[mirror->ctx], HMMGPU_QREG_PT_BASE_HI, 0);

@@ -69,9 +69,13 @@ int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int i
 {
 	struct device *dev = &gpu->pdev->dev;
 
+	/* a context queue's waiter serves faults, under the kernel queue's lock */
+	static struct lock_class_key kq_key, cq_key;
+
 	q->gpu = gpu;
 	q->index = index;
 	mutex_init(&q->lock);
+	lockdep_set_class(&q->lock, q == &gpu->kq ? &kq_key : &cq_key);
 	q->ring = dma_alloc_coherent(dev, HMMGPU_RING_ENTRIES * HMMGPU_COMMAND_SIZE,
 				     &q->ring_dma, GFP_KERNEL);
 	q->words = dma_alloc_coherent(dev, WORDS_SIZE, &q->words_dma, GFP_KERNEL);
@@ -98,14 +102,6 @@ void hmmgpu_queue_fini(struct hmmgpu_queue *q)
 	q->words = NULL;
 }
 
-/* The next fault record is there (its VALID bit, the device's last store). */
-static bool hmmgpu_fault_pending(struct hmmgpu *gpu)
-{
-	u32 get = READ_ONCE(gpu->fault_get) % HMMGPU_FAULT_ENTRIES;
-
-	return le32_to_cpu(READ_ONCE(gpu->faults[get].access)) & HMMGPU_FAULT_VALID;
-}
-
 static bool hmmgpu_fence_done(struct hmmgpu_queue *q, u64 seq)
 {
 	return (s64)(READ_ONCE(q->words[0]) - seq) >= 0;
@@ -129,7 +125,41 @@ bool hmmgpu_dead(struct hmmgpu *gpu)
 }
 
 /*
- * Sleep until the fence @seq lands; -EIO if the queue halted, -ENODEV if the
+ * Poll the fence @seq for fence_spin_us; true if it landed. A context queue's
+ * waiter serves the faults it sees meanwhile and polls on after each batch
+ * (hmmgpu_fault.c); else a fault record ends the poll, leaving the CPU to the
+ * fault work.
+ */
+static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq)
+{
+	struct hmmgpu *gpu = q->gpu;
+	u64 spin_ns = READ_ONCE(fence_spin_us) * NSEC_PER_USEC;
+	u64 spin_until = ktime_get_ns() + spin_ns;
+	bool serve = spin_ns && q != &gpu->kq && hmmgpu_fault_poll_begin(gpu);
+	bool done = false;
+	int served;
+
+	while (ktime_get_ns() < spin_until && !need_resched()) {
+		if (hmmgpu_fence_done(q, seq)) {
+			done = true;
+			break;
+		}
+		if (hmmgpu_fault_pending(gpu)) {
+			served = serve ? hmmgpu_fault_serve_inline(gpu) : -EBUSY;
+			if (served < 0)
+				break;
+			if (served)	/* poll afresh for the replayed command */
+				spin_until = ktime_get_ns() + spin_ns;
+		}
+		cpu_relax();
+	}
+	if (serve)
+		hmmgpu_fault_poll_end(gpu);
+	return done;
+}
+
+/*
+ * Wait until the fence @seq lands; -EIO if the queue halted, -ENODEV if the
  * device is gone, -ETIMEDOUT.
  */
 static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
@@ -138,17 +168,10 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 	unsigned long deadline = jiffies + msecs_to_jiffies(READ_ONCE(fence_timeout_ms));
 	/* without interrupts, poll every jiffy; a lost interrupt costs a slice */
 	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
-	u64 spin_until = ktime_get_ns() + READ_ONCE(fence_spin_us) * NSEC_PER_USEC;
 	u32 status;
 
-	while (ktime_get_ns() < spin_until && !need_resched()) {
-		if (hmmgpu_fence_done(q, seq))
-			return 0;
-		/* a fault record waits: the fence is a fault round trip away */
-		if (hmmgpu_fault_pending(gpu))
-			break;
-		cpu_relax();
-	}
+	if (hmmgpu_fence_poll(q, seq))
+		return 0;
 	for (;;) {
 		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq) ||
 				       READ_ONCE(gpu->dead), slice) && hmmgpu_fence_done(q, seq))
