@@ -85,8 +85,8 @@ class FaultUnit:
                 continue
             kept.append(f)
             put = (put + 1) % size
-        # the batch's own last record gets FAULT_LAST (not when it was lost)
-        last = kept[-1] if kept and kept[-1] is faults[-1] else None
+        # the last record written gets FAULT_LAST: the batch is whole
+        last = kept[-1] if kept else None
         for f in kept:
             flags = int(access) | (hw.FAULT_LAST if f is last else 0)
             rec = hw.FAULT_RECORD.pack(f.va, self.clock(), ctx, flags, queue, int(f.reason))

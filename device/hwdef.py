@@ -368,8 +368,8 @@ FAULT_RECORD = FAULT_RECORD_LAYOUT.struct()
 # in a record's access word, stored after the rest of the record: the driver
 # finds new records without reading FAULT_PUT, and clears it when consumed
 FAULT_VALID = 1 << 31
-# on the last record a faulting command wrote: its batch is complete (a driver
-# that polls the buffer serves a batch whole, as the interrupt's handler does)
+# on the last record a faulting command wrote (lost ones after it included):
+# its batch is complete, a driver that polls the buffer may serve it
 FAULT_LAST = 1 << 30
 FAULT_ACCESS_OFFSET = 20
 

@@ -325,9 +325,34 @@ static void hmmgpu_replay_lost(struct hmmgpu *gpu)
 		hmmgpu_qwrite(&gpu->kq, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
 }
 
-/* Serve up to @max records of the fault buffer; the records taken. */
-static unsigned int hmmgpu_fault_drain(struct hmmgpu *gpu, unsigned int max)
+/*
+ * The records there up to the last one that ends a batch (FAULT_LAST); 0
+ * while the first batch is still being written.
+ */
+static unsigned int hmmgpu_fault_whole_batches(struct hmmgpu *gpu)
 {
+	unsigned int n, whole = 0;
+
+	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
+		u32 get = (gpu->fault_get + n) % HMMGPU_FAULT_ENTRIES;
+		u32 access = le32_to_cpu(READ_ONCE(gpu->faults[get].access));
+
+		if (!(access & HMMGPU_FAULT_VALID))
+			break;
+		if (access & HMMGPU_FAULT_LAST)
+			whole = n + 1;
+	}
+	return whole;
+}
+
+/*
+ * Serve the whole batches in the fault buffer; the records taken. A batch
+ * still being written is left for later: taking part of it would serve its
+ * rest as another fault.
+ */
+static unsigned int hmmgpu_fault_drain(struct hmmgpu *gpu)
+{
+	unsigned int max = hmmgpu_fault_whole_batches(gpu);
 	unsigned long first[HMMGPU_NUM_CONTEXTS], last[HMMGPU_NUM_CONTEXTS];
 	unsigned long pending = 0;
 	bool write[HMMGPU_NUM_CONTEXTS] = {};
@@ -402,7 +427,7 @@ void hmmgpu_fault_work(struct work_struct *work)
 	 * hides, and lost ones next to records, are found by the fence wait's
 	 * poll instead.)
 	 */
-	if (!hmmgpu_fault_drain(gpu, HMMGPU_FAULT_ENTRIES) && !xchg(&gpu->fault_taken, false))
+	if (!hmmgpu_fault_drain(gpu) && !xchg(&gpu->fault_taken, false))
 		hmmgpu_replay_lost(gpu);
 	mutex_unlock(&gpu->fault_lock);
 }
@@ -413,26 +438,6 @@ bool hmmgpu_fault_pending(struct hmmgpu *gpu)
 	u32 get = READ_ONCE(gpu->fault_get) % HMMGPU_FAULT_ENTRIES;
 
 	return le32_to_cpu(READ_ONCE(gpu->faults[get].access)) & HMMGPU_FAULT_VALID;
-}
-
-/*
- * The records there up to the last one that ends a batch (FAULT_LAST); 0
- * while the first batch is still being written.
- */
-static unsigned int hmmgpu_fault_whole_batches(struct hmmgpu *gpu)
-{
-	unsigned int n, whole = 0;
-
-	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
-		u32 get = (gpu->fault_get + n) % HMMGPU_FAULT_ENTRIES;
-		u32 access = le32_to_cpu(READ_ONCE(gpu->faults[get].access));
-
-		if (!(access & HMMGPU_FAULT_VALID))
-			break;
-		if (access & HMMGPU_FAULT_LAST)
-			whole = n + 1;
-	}
-	return whole;
 }
 
 /*
@@ -448,34 +453,31 @@ bool hmmgpu_fault_poll_begin(struct hmmgpu *gpu)
 }
 
 /*
- * The poll ended: a record that came meanwhile, whose interrupt found us
- * polling, goes to the fault work. The device stores a record before it
+ * The poll ended: a batch that came meanwhile, whose interrupt found us
+ * polling, goes to the fault work. The device stores a batch before it
  * raises the interrupt, so either the interrupt sees no poller or we see
- * the record.
+ * the whole batch. (One still being written has its interrupt to come.)
  */
 void hmmgpu_fault_poll_end(struct hmmgpu *gpu)
 {
 	atomic_dec(&gpu->fault_pollers);
-	smp_mb__after_atomic();	/* the record read below after the count drops */
-	if (hmmgpu_fault_pending(gpu))
+	smp_mb__after_atomic();	/* the records read below after the count drops */
+	if (hmmgpu_fault_whole_batches(gpu))
 		schedule_work(&gpu->fault_work);
 }
 
 /*
- * A polling fence waiter saw a record: serve the whole batches here (a batch
- * still being written waits; one whose end was lost to a full buffer is the
- * fault work's, after the interrupt or hmmgpu_fault_poll_end()). The
- * records served, or -EBUSY if the fault work is at it.
+ * A polling fence waiter saw a record: serve the whole batches here. The
+ * records served (0: a batch still being written), or -EBUSY if the fault
+ * work is at it.
  */
 int hmmgpu_fault_serve_inline(struct hmmgpu *gpu)
 {
-	unsigned int whole, n = 0;
+	unsigned int n;
 
 	if (!mutex_trylock(&gpu->fault_lock))
 		return -EBUSY;
-	whole = hmmgpu_fault_whole_batches(gpu);
-	if (whole)
-		n = hmmgpu_fault_drain(gpu, whole);
+	n = hmmgpu_fault_drain(gpu);
 	if (n)
 		WRITE_ONCE(gpu->fault_taken, true);
 	mutex_unlock(&gpu->fault_lock);
