@@ -67,6 +67,8 @@ class GpuServer:
         self.gpu = Gpu(raise_irq=self._trigger, mem=self.mem, vram_size=vram_size,
                        bus_master=self._bus_master, vram_bar=vram_bar, vram_path=vram_file,
                        fabric=fabric)
+        # commands run on this thread after the doorbell's reply (serve())
+        self.gpu.engine.defer = True
         self._stop_r, self._stop_w = os.pipe()
         self.connected = False
 
@@ -188,6 +190,7 @@ class GpuServer:
                 try:
                     self.ctx.run()
                     self.gpu.engine.resume()
+                    self.gpu.engine.run_deferred()
                 except pyvfio.VfuError as e:
                     log.info("client detached (%s); waiting for the next one", e.strerror)
                     self.connected = False
