@@ -55,6 +55,7 @@ _IRQ = int(hw.CmdFlags.IRQ)
 _STALLED = int(QueueStatus.STALLED)
 _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
+_POLL_COMPLETION, _POLL_FAULT = int(hw.PollWord.COMPLETION), int(hw.PollWord.FAULT)
 _KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
 
 
@@ -114,6 +115,8 @@ class Engine:
             self.error_addr = 0
             self.error_count = 0
             self.intr_status = hw.IntrStatus(0)
+            self.poll_base = 0
+            self.irq_held = 0
             self.mmu.flush()
             self.sanitizer.reset()
 
@@ -358,8 +361,30 @@ class Engine:
             queue.completed = (queue.completed + 1) & 0xFFFFFFFF
             if cmd.flags & _IRQ:
                 self.intr_status |= _INTR_COMPLETION
-        if cmd.flags & _IRQ:
+        if cmd.flags & _IRQ and not self._held_off(queue.index, _POLL_COMPLETION,
+                                                   hw.IrqVector.COMPLETION):
             self._raise_irq(hw.IrqVector.COMPLETION)
+
+    def _held_off(self, q: int, bit: int, vector: int) -> bool:
+        """The driver polls queue q for this (its poll word has `bit`): the
+        interrupt is held off. Called after the lock's release, which is a
+        locked instruction, so the fence, status or record stored before is
+        visible before the word is read: a driver that clears the word, then
+        (full barrier) looks once more, misses neither."""
+        base = self.poll_base
+        if not base:
+            return False
+        try:
+            word = self.mem.read_u32(base + 4 * q)
+        except DeviceError:
+            return False  # not in guest RAM: as if nobody polled
+        if not word & bit:
+            return False
+        with self.lock:
+            self.irq_held += 1
+        if self.trace.on:
+            self.trace.emit(tr.IRQ, flags=tr.IRQ_HELD, aux=vector)
+        return True
 
     def _complete_cancelled(self, queue: Queue) -> None:
         slot = queue.slot()
@@ -392,4 +417,5 @@ class Engine:
             self.faults.record(queue.index, ctx, queue.completed, faults, access)
             queue.status |= _STALLED
             self.intr_status |= hw.IntrStatus.FAULT
-        self._raise_irq(hw.IrqVector.FAULT)
+        if not self._held_off(queue.index, _POLL_FAULT, hw.IrqVector.FAULT):
+            self._raise_irq(hw.IrqVector.FAULT)

@@ -200,6 +200,12 @@ class Gpu:
         def set_fault_base_hi(v: int) -> None:
             f.base = _set_hi(f.base, v)
 
+        def set_poll_base_lo(v: int) -> None:
+            e.poll_base = _set_lo(e.poll_base, v & ~3)  # 4-byte aligned
+
+        def set_poll_base_hi(v: int) -> None:
+            e.poll_base = _set_hi(e.poll_base, v)
+
         def set_fault_get(v: int) -> None:
             if not f.set_get(v):
                 e.record_error(hw.ErrorCode.BAD_REGISTER, None, v,
@@ -231,6 +237,9 @@ class Gpu:
             Reg.CAPS: lambda: int(self.caps),
             Reg.FABRIC_ID: lambda: self.fabric.own_id,
             Reg.PEER_LINKS: lambda: self.fabric.links,
+            Reg.POLL_BASE_LO: lambda: _lo(e.poll_base),
+            Reg.POLL_BASE_HI: lambda: _hi(e.poll_base),
+            Reg.IRQ_HELD: lambda: _lo(e.irq_held),
         }
         self._writers: dict[int, Callable[[int], None]] = {
             Reg.SCRATCH: set_scratch,
@@ -243,6 +252,8 @@ class Gpu:
             Reg.FAULT_BASE_HI: set_fault_base_hi,
             Reg.FAULT_SIZE: f.set_size,
             Reg.FAULT_GET: set_fault_get,
+            Reg.POLL_BASE_LO: set_poll_base_lo,
+            Reg.POLL_BASE_HI: set_poll_base_hi,
         }
         for r in hw.REGISTERS:
             assert (r.reg in self._readers) == ("R" in r.access), f"{r.reg.name} read"

@@ -44,7 +44,7 @@ VRAM_BAR = 4
 
 ID_MAGIC = 0x4D4D4748  # bytes "HGMM" in little-endian order
 VERSION_MAJOR = 0
-VERSION_MINOR = 3
+VERSION_MINOR = 4
 
 # ---- device geometry -------------------------------------------------------------
 PAGE_SHIFT = 12
@@ -99,6 +99,19 @@ class Reg(IntEnum):
     CAPS = 0x068  # Caps: what this device has
     FABRIC_ID = 0x06C  # this device's id on the device-to-device fabric
     PEER_LINKS = 0x070  # bit N: a link to the device with fabric id N
+    # poll words: NUM_QUEUES u32s in guest memory; while the driver polls a
+    # queue, its word holds off that queue's interrupts (PollWord)
+    POLL_BASE_LO = 0x074
+    POLL_BASE_HI = 0x078
+    IRQ_HELD = 0x07C  # read: interrupts held off by a poll word since reset
+
+
+class PollWord(IntFlag):
+    """A queue's poll word: the driver polls for what these name, so the
+    device sends no interrupt for them."""
+
+    COMPLETION = 1 << 0  # the queue's fences: no COMPLETION interrupt
+    FAULT = 1 << 1  # the fault buffer, for the queue's faults: no FAULT interrupt
 
 
 class Caps(IntFlag):
@@ -193,6 +206,11 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.FABRIC_ID, "RO", 0, "fabric id of this device (0..15), set when it is served"),
     Register(Reg.PEER_LINKS, "RO", 0,
              "bit N set: a link to the device with fabric id N (its VRAM by PEER PTEs)"),
+    Register(Reg.POLL_BASE_LO, "RW", 0,
+             "poll words bus address, bits 31:0 (4-byte aligned; 0: none): one u32 per "
+             "queue, PollWord bits hold off that queue's interrupts"),
+    Register(Reg.POLL_BASE_HI, "RW", 0, "poll words bus address, bits 63:32"),
+    Register(Reg.IRQ_HELD, "RO", 0, "interrupts held off by a poll word since reset"),
 )
 
 def pt_level_shift(level: int) -> int:
@@ -450,6 +468,7 @@ def _defines() -> list[tuple[str, int]]:
     out += [(f"ATOMIC_{a.name}", int(a)) for a in AtomicOp]
     out += [(f"PTE_{p.name}", int(p)) for p in Pte]
     out += [(f"CAPS_{c.name}", int(c)) for c in Caps]
+    out += [(f"POLL_{w.name}", int(w)) for w in PollWord]
     out += [(f"ACCESS_{a.name}", int(a)) for a in Access]
     out += [(f"FAULT_{r.name}", int(r)) for r in FaultReason]
     out += [(f"SAN_{c.name}", int(c)) for c in SanCheck]

@@ -25,6 +25,7 @@ import numpy as np
 from .hwdef import ErrorCode
 
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 class DeviceError(Exception):
@@ -115,6 +116,9 @@ class GuestMemory:
 
     def read_u64(self, addr: int) -> int:
         return _U64.unpack_from(self.view(addr, 8))[0]
+
+    def read_u32(self, addr: int) -> int:
+        return _U32.unpack_from(self.view(addr, 4))[0]
 
     def write_u64(self, addr: int, value: int) -> None:
         _U64.pack_into(self.view(addr, 8, write=True), 0, value & 0xFFFF_FFFF_FFFF_FFFF)

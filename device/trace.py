@@ -53,6 +53,7 @@ NONE = 255
 # `length` is 32 bits: a longer range (a TLB invalidation of a process's
 # whole address space at exit) is recorded as this, "4 GiB or more"
 LENGTH_MAX = 0xFFFF_FFFF
+IRQ_HELD = 2  # an IRQ record's flags: held off by the driver's poll word
 
 
 class Kind(IntEnum):
@@ -71,7 +72,7 @@ class Kind(IntEnum):
     CANCEL = 8
     MMIO_READ = 9        # addr = register offset, va = value, length = size
     MMIO_WRITE = 10
-    IRQ = 11             # aux = vector, flags = 1 when delivered
+    IRQ = 11             # aux = vector, flags = 1 when delivered, IRQ_HELD when held off
     CMD_START = 12       # aux = opcode
     CMD_DONE = 13        # aux = status (error code), flags = opcode
     MARK = 14            # aux = mark id (text in the trailer)

@@ -877,3 +877,58 @@ def test_deferred_work_waits_while_paused_and_the_worker_runs_it_after(rig: Rig)
         assert seen == ["hmmgpu-engine"]
     finally:
         engine.stop()
+
+
+# ---- poll words ----------------------------------------------------------------------
+
+def _poll_words(rig: Rig) -> int:
+    words = rig.drv.alloc(4 * hw.NUM_QUEUES, 4)
+    rig.gpu.mmio_write(Reg.POLL_BASE_LO, 4, words & 0xFFFFFFFF)
+    rig.gpu.mmio_write(Reg.POLL_BASE_HI, 4, words >> 32)
+    return words
+
+
+def _set_word(rig: Rig, words: int, q: int, value: int) -> None:
+    rig.drv.write(words + 4 * q, value.to_bytes(4, "little"))
+
+
+def test_a_polled_queues_completion_sends_no_interrupt(rig: Rig) -> None:
+    words = _poll_words(rig)
+    _set_word(rig, words, K, hw.PollWord.COMPLETION)
+    addr, value = rig.drv.fence(K, irq=True)
+    rig.run()
+    assert rig.drv.u64(addr) == value
+    assert rig.irqs == [] and rig.reg(Reg.IRQ_HELD) == 1
+    assert rig.reg(Reg.INTR_STATUS) & hw.IntrStatus.COMPLETION
+    # another queue's word is its own; and a cleared word lets the interrupt out
+    rig.drv.fence(5, irq=True)
+    _set_word(rig, words, K, 0)
+    rig.drv.fence(K, irq=True)
+    rig.run()
+    assert rig.irqs == [hw.IrqVector.COMPLETION] * 2 and rig.reg(Reg.IRQ_HELD) == 1
+
+
+def test_a_polled_queues_fault_sends_no_interrupt_but_writes_its_records(rig: Rig) -> None:
+    words = _poll_words(rig)
+    _set_word(rig, words, 3, hw.PollWord.FAULT)
+    _set_word(rig, words, 4, hw.PollWord.COMPLETION)  # polls fences only
+    for q in (3, 4):
+        rig.drv.submit(q, Opcode.READ, (0x8000, rig.drv.alloc(8), 8))
+    rig.run()
+    assert [(f.queue, f.last) for f in rig.drv.faults()] == [(3, True), (4, True)]
+    assert rig.irqs == [hw.IrqVector.FAULT]  # queue 4's
+    assert rig.reg(Reg.IRQ_HELD) == 1
+
+
+def test_poll_words_never_hold_off_errors_and_outside_ram_are_none(rig: Rig) -> None:
+    words = _poll_words(rig)
+    _set_word(rig, words, K, 0xFFFFFFFF)
+    rig.drv.submit(K, 99)  # BAD_OPCODE
+    rig.run()
+    assert rig.irqs == [hw.IrqVector.ERROR]
+    rig.gpu.mmio_write(Reg.POLL_BASE_HI, 4, 0x7000)  # no guest RAM there
+    rig.drv.fence(K, irq=True)
+    rig.run()
+    assert rig.irqs[-1] == hw.IrqVector.COMPLETION and rig.reg(Reg.IRQ_HELD) == 0
+    rig.gpu.mmio_write(Reg.DEVICE_RESET, 4, 1)
+    assert rig.reg(Reg.POLL_BASE_LO) == rig.reg(Reg.POLL_BASE_HI) == 0

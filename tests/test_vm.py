@@ -84,6 +84,39 @@ def test_doorbell_raises_an_msix_interrupt_the_guest_counts(lab: Lab, vector: in
     assert int(msix_lines) == hw.IRQ_VECTORS
 
 
+def test_a_polling_driver_holds_off_the_interrupts_it_does_not_need(lab: Lab) -> None:
+    """Poll words (docs/hardware.md): while hmmgpu.ko polls a fence it tells
+    the device so, and the completions and faults it serves itself send no
+    interrupt (IRQ_HELD counts them); with fence_spin_us=0 it sleeps on every
+    fence and every completion interrupts. fault_bench N: 2N READs, N of them
+    faulting. The poll is set long here, so that it outlasts any READ; the
+    driver's irq_held attribute reads IRQ_HELD."""
+    d = load_driver(lab)
+    spin = "/sys/module/hmmgpu/parameters/fence_spin_us"
+    bench = f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 50"
+
+    def counts() -> tuple[int, int, int]:
+        irqs = irq_counts(lab, d)
+        held = int(lab.ssh(f"cat {d}/irq_held").stdout)
+        return irqs[hw.IrqVector.COMPLETION], irqs[hw.IrqVector.FAULT], held
+
+    old = lab.ssh(f"cat {spin}").stdout.strip()
+    try:
+        lab.ssh(f"echo 20000 > {spin}")
+        c0, f0, h0 = counts()
+        lab.ssh(bench)
+        c1, f1, h1 = counts()
+        lab.ssh(f"echo 0 > {spin}")
+        lab.ssh(bench)
+        c2, f2, h2 = counts()
+    finally:
+        lab.ssh(f"echo {old} > {spin}")
+    # polled: 150 interrupts held off (a few READs may outlast even 20 ms)
+    assert h1 - h0 >= 140 and (c1 - c0) + (f1 - f0) <= 10, (c1 - c0, f1 - f0, h1 - h0)
+    # sleeping: every READ's completion and every fault interrupts
+    assert h2 == h1 and c2 - c1 >= 100 and f2 - f1 >= 50, (c2 - c1, f2 - f1)
+
+
 def test_every_vector_with_msix_disabled_is_counted_and_the_guest_runs_on(lab: Lab) -> None:
     """No driver, so MSI-X never enabled: the manual says an interrupt is then
     counted in IRQ_COUNT and lost. Vector 0 used to reach QEMU's error

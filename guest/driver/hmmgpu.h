@@ -148,7 +148,8 @@ struct hmmgpu {
 	u32 fault_overflow;		/* FAULT_OVERFLOW when last looked at */
 	struct mutex fault_lock;	/* the fields above; serving the faults */
 	bool fault_taken;		/* a fence waiter took records an interrupt announced */
-	atomic_t fault_pollers;		/* fence waiters that serve faults (hmmgpu_fault.c) */
+	__le32 *poll;			/* poll words, one per queue: what its waiter polls for */
+	dma_addr_t poll_dma;
 	struct work_struct fault_work;
 
 	spinlock_t ctx_lock;
@@ -251,7 +252,7 @@ u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 /* hmmgpu_fault.c */
 void hmmgpu_fault_work(struct work_struct *work);
 bool hmmgpu_fault_pending(struct hmmgpu *gpu);
-bool hmmgpu_fault_poll_begin(struct hmmgpu *gpu);
+bool hmmgpu_fault_inline(void);
 void hmmgpu_fault_poll_end(struct hmmgpu *gpu);
 int hmmgpu_fault_serve_inline(struct hmmgpu *gpu);
 int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,

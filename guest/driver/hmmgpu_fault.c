@@ -440,28 +440,20 @@ bool hmmgpu_fault_pending(struct hmmgpu *gpu)
 	return le32_to_cpu(READ_ONCE(gpu->faults[get].access)) & HMMGPU_FAULT_VALID;
 }
 
-/*
- * A fence waiter polls and serves the faults it sees (false: fault_inline is
- * off). While one does, the fault interrupt leaves the records to it.
- */
-bool hmmgpu_fault_poll_begin(struct hmmgpu *gpu)
+/* Context queues' fence waiters serve the faults they see (the parameter). */
+bool hmmgpu_fault_inline(void)
 {
-	if (!READ_ONCE(fault_inline))
-		return false;
-	atomic_inc(&gpu->fault_pollers);
-	return true;
+	return READ_ONCE(fault_inline);
 }
 
 /*
- * The poll ended: a batch that came meanwhile, whose interrupt found us
- * polling, goes to the fault work. The device stores a batch before it
- * raises the interrupt, so either the interrupt sees no poller or we see
- * the whole batch. (One still being written has its interrupt to come.)
+ * A waiter that served faults stopped polling, its poll word cleared (and a
+ * full barrier since): a batch whose interrupt the word held off goes to the
+ * fault work. The device reads the word after it stored the batch, so
+ * either it saw the word clear and interrupts, or we see the whole batch.
  */
 void hmmgpu_fault_poll_end(struct hmmgpu *gpu)
 {
-	atomic_dec(&gpu->fault_pollers);
-	smp_mb__after_atomic();	/* the records read below after the count drops */
 	if (hmmgpu_fault_whole_batches(gpu))
 		schedule_work(&gpu->fault_work);
 }

@@ -17,6 +17,7 @@
  *   scratch          RW  the SCRATCH register
  *   test_doorbell    WO  write N: the device raises MSI-X vector N
  *   irq_counts       RO  interrupts this driver received, per vector
+ *   irq_held         RO  interrupts the device held off while we polled (IRQ_HELD)
  *
  * The interrupt handler counts per vector, wakes fence waiters on completion
  * and error, and schedules the fault work. Locking: see hmmgpu.h.
@@ -99,9 +100,7 @@ static irqreturn_t hmmgpu_irq(int irq, void *data)
 		wake_up_all(&gpu->fence_wq);
 		break;
 	case HMMGPU_IRQ_FAULT:
-		/* a polling fence waiter serves them (hmmgpu_fault_poll_end()) */
-		if (!atomic_read(&gpu->fault_pollers))
-			schedule_work(&gpu->fault_work);
+		schedule_work(&gpu->fault_work);
 		break;
 	case HMMGPU_IRQ_ERROR:
 		dev_err_ratelimited(&gpu->pdev->dev,
@@ -176,6 +175,12 @@ static ssize_t irq_counts_show(struct device *dev, struct device_attribute *attr
 }
 static DEVICE_ATTR_RO(irq_counts);
 
+static ssize_t irq_held_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", hmmgpu_read(dev_get_drvdata(dev), HMMGPU_REG_IRQ_HELD));
+}
+static DEVICE_ATTR_RO(irq_held);
+
 /* "free total" device pages: a leak shows as free < total once nothing is migrated */
 static ssize_t vram_pages_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
@@ -193,6 +198,7 @@ static struct attribute *hmmgpu_attrs[] = {
 	&dev_attr_scratch.attr,
 	&dev_attr_test_doorbell.attr,
 	&dev_attr_irq_counts.attr,
+	&dev_attr_irq_held.attr,
 	&dev_attr_vram_pages.attr,
 	NULL,
 };
@@ -206,6 +212,12 @@ static void hmmgpu_engine_fini(struct hmmgpu *gpu)
 	for (i = 0; i < HMMGPU_NUM_CONTEXTS; i++)
 		hmmgpu_queue_fini(&gpu->cq[i]);
 	hmmgpu_queue_fini(&gpu->kq);
+	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_LO, 0);
+	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_HI, 0);
+	if (gpu->poll)
+		dma_free_coherent(&gpu->pdev->dev, HMMGPU_NUM_QUEUES * sizeof(*gpu->poll),
+				  gpu->poll, gpu->poll_dma);
+	gpu->poll = NULL;
 	if (gpu->faults)
 		dma_free_coherent(&gpu->pdev->dev,
 				  HMMGPU_FAULT_ENTRIES * sizeof(*gpu->faults), gpu->faults,
@@ -234,6 +246,15 @@ static int hmmgpu_engine_init(struct hmmgpu *gpu)
 	gpu->fault_get = 0;
 	gpu->fault_get_told = 0;
 	gpu->fault_overflow = hmmgpu_read(gpu, HMMGPU_REG_FAULT_OVERFLOW);
+	/* zeroed: nobody polls yet */
+	gpu->poll = dma_alloc_coherent(&gpu->pdev->dev, HMMGPU_NUM_QUEUES * sizeof(*gpu->poll),
+				       &gpu->poll_dma, GFP_KERNEL);
+	if (!gpu->poll) {
+		hmmgpu_engine_fini(gpu);
+		return -ENOMEM;
+	}
+	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_LO, lower_32_bits(gpu->poll_dma));
+	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_HI, upper_32_bits(gpu->poll_dma));
 
 	ret = hmmgpu_queue_init(gpu, &gpu->kq, HMMGPU_KERNEL_QUEUE);
 	for (i = 0; i < HMMGPU_NUM_CONTEXTS && !ret; i++)

@@ -125,19 +125,36 @@ bool hmmgpu_dead(struct hmmgpu *gpu)
 }
 
 /*
- * Poll the fence @seq for fence_spin_us; true if it landed. A context queue's
- * waiter serves the faults it sees meanwhile and polls on after each batch
- * (hmmgpu_fault.c); else a fault record ends the poll, leaving the CPU to the
- * fault work.
+ * What @q's fence waiter will poll for, as its poll word says it to the
+ * device (docs/hardware.md, Poll words): the fence, unless fence_spin_us is
+ * 0, and on a context queue with fault_inline the faults too.
  */
-static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq)
+static u32 hmmgpu_poll_bits(struct hmmgpu_queue *q)
+{
+	if (!READ_ONCE(fence_spin_us))
+		return 0;
+	if (q == &q->gpu->kq || !hmmgpu_fault_inline())
+		return HMMGPU_POLL_COMPLETION;
+	return HMMGPU_POLL_COMPLETION | HMMGPU_POLL_FAULT;
+}
+
+/*
+ * Poll the fence @seq for fence_spin_us; true if it landed. The poll word
+ * holds off the interrupts meanwhile. A context queue's waiter serves the
+ * faults it sees and polls on after each batch (hmmgpu_fault.c); else a
+ * fault record ends the poll, leaving the CPU to the fault work.
+ */
+static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 {
 	struct hmmgpu *gpu = q->gpu;
 	u64 spin_ns = READ_ONCE(fence_spin_us) * NSEC_PER_USEC;
 	u64 spin_until = ktime_get_ns() + spin_ns;
-	bool serve = spin_ns && q != &gpu->kq && hmmgpu_fault_poll_begin(gpu);
+	bool serve = poll & HMMGPU_POLL_FAULT;
 	bool done = false;
 	int served;
+
+	if (!poll)
+		return false;
 
 	while (ktime_get_ns() < spin_until && !need_resched()) {
 		if (hmmgpu_fence_done(q, seq)) {
@@ -153,16 +170,32 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq)
 		}
 		cpu_relax();
 	}
+	/*
+	 * Done: the word stays set; nothing else is in flight on @q, and the
+	 * next submission rewrites it before its doorbell. (Cleared at once,
+	 * it raced the device's read of it after the fence: an interrupt sent
+	 * for nothing, a quarter of the time.)
+	 */
+	if (done)
+		return true;
+	/* interrupts again */
+	WRITE_ONCE(gpu->poll[q->index], 0);
+	/*
+	 * The word's store before the fence and fault-buffer reads that follow:
+	 * the device stores those before it reads the word, so one of us sees
+	 * the other's (docs/hardware.md, Poll words).
+	 */
+	smp_mb();
 	if (serve)
 		hmmgpu_fault_poll_end(gpu);
-	return done;
+	return false;
 }
 
 /*
  * Wait until the fence @seq lands; -EIO if the queue halted, -ENODEV if the
  * device is gone, -ETIMEDOUT.
  */
-static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
+static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq, u32 poll)
 {
 	struct hmmgpu *gpu = q->gpu;
 	unsigned long deadline = jiffies + msecs_to_jiffies(READ_ONCE(fence_timeout_ms));
@@ -170,7 +203,7 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq)
 	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
 	u32 status;
 
-	if (hmmgpu_fence_poll(q, seq))
+	if (hmmgpu_fence_poll(q, seq, poll))
 		return 0;
 	for (;;) {
 		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq) ||
@@ -204,6 +237,7 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 {
 	u32 slots[HMMGPU_MAX_BATCH];
 	struct hmmgpu_command fence;
+	u32 poll;
 	int i, ret;
 
 	if (n < 0 || n > HMMGPU_MAX_BATCH)
@@ -223,11 +257,14 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	hmmgpu_cmd(&fence, HMMGPU_OP_FENCE, HMMGPU_CMD_IRQ, 0, q->words_dma, ++q->seq, 0);
 	q->ring[q->tail] = fence;
 	q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
-	/* the commands must be visible before the doorbell */
+	/* polled from the start: a quick command then sends no interrupt */
+	poll = hmmgpu_poll_bits(q);
+	WRITE_ONCE(q->gpu->poll[q->index], cpu_to_le32(poll));
+	/* the commands and the poll word must be visible before the doorbell */
 	dma_wmb();
 	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
 
-	ret = hmmgpu_fence_wait(q, q->seq);
+	ret = hmmgpu_fence_wait(q, q->seq, poll);
 	if (ret == -ENODEV) {
 		/* nothing to program: the ring is reset when a device comes back */
 	} else if (ret) {

@@ -28,7 +28,7 @@
 #define HMMGPU_VRAM_BAR                 0x4
 #define HMMGPU_ID_MAGIC                 0x4d4d4748
 #define HMMGPU_VERSION_MAJOR            0x0
-#define HMMGPU_VERSION_MINOR            0x3
+#define HMMGPU_VERSION_MINOR            0x4
 #define HMMGPU_PAGE_SHIFT               0xc
 #define HMMGPU_LARGE_PAGE_SHIFT         0x15
 #define HMMGPU_NUM_CONTEXTS             0x10
@@ -89,6 +89,9 @@
 #define HMMGPU_REG_CAPS                 0x68
 #define HMMGPU_REG_FABRIC_ID            0x6c
 #define HMMGPU_REG_PEER_LINKS           0x70
+#define HMMGPU_REG_POLL_BASE_LO         0x74
+#define HMMGPU_REG_POLL_BASE_HI         0x78
+#define HMMGPU_REG_IRQ_HELD             0x7c
 #define HMMGPU_QREG_RING_BASE_LO        0x0
 #define HMMGPU_QREG_RING_BASE_HI        0x4
 #define HMMGPU_QREG_RING_SIZE           0x8
@@ -153,6 +156,8 @@
 #define HMMGPU_PTE_LARGE                0x20
 #define HMMGPU_PTE_PEER                 0x40
 #define HMMGPU_CAPS_VRAM_BAR            0x1
+#define HMMGPU_POLL_COMPLETION          0x1
+#define HMMGPU_POLL_FAULT               0x2
 #define HMMGPU_ACCESS_READ              0x1
 #define HMMGPU_ACCESS_WRITE             0x2
 #define HMMGPU_ACCESS_ATOMIC            0x4
