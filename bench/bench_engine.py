@@ -71,11 +71,19 @@ def make(ram_size: int, vram_size: int) -> tuple[Gpu, UserDriver]:
 def best_of(fn, repeat: int) -> float:
     """The best time of `repeat` calls; a call that returns a float timed
     itself (the part that is the device's work) and that is its time."""
-    best = float("inf")
+    return best_of_each([fn], repeat)[0]
+
+
+def best_of_each(fns, repeat: int) -> list[float]:
+    """best_of() for each of `fns`, their calls interleaved: a figure and
+    its anchor see the same moments of a noisy host, not one its quiet
+    seconds and the other its busy ones."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        own = fn()
-        best = min(best, own if isinstance(own, float) else time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            own = fn()
+            best[i] = min(best[i], own if isinstance(own, float) else time.perf_counter() - t0)
     return best
 
 
@@ -111,12 +119,11 @@ def bench_copy(quick: bool) -> None:
                     np.copyto(d, s)
             return run
 
-        up = best_of(engine(Aperture.SYS, src, Aperture.VRAM, 0), repeat)
-        down = best_of(engine(Aperture.VRAM, 0, Aperture.SYS, dst), repeat)
-        latency = best_of(engine(Aperture.SYS, src, Aperture.VRAM, 0, count=1), repeat)
         sv, dv = drv.view(src, size), drv.view(dst, size)
-        np_up = best_of(numpy_copy(vram[:size], sv), repeat)
-        np_down = best_of(numpy_copy(dv, vram[:size]), repeat)
+        up, np_up, down, np_down, latency = best_of_each(
+            [engine(Aperture.SYS, src, Aperture.VRAM, 0), numpy_copy(vram[:size], sv),
+             engine(Aperture.VRAM, 0, Aperture.SYS, dst), numpy_copy(dv, vram[:size]),
+             engine(Aperture.SYS, src, Aperture.VRAM, 0, count=1)], repeat)
         gbs = [count * size / t / 1e9 for t in (up, np_up, down, np_down)]
         print(f"{size >> 10:>6}Ki {gbs[0]:>10.2f} {gbs[1]:>8.2f} {gbs[0] / gbs[1]:>6.2f} "
               f"{gbs[2]:>10.2f} {gbs[3]:>8.2f} {gbs[2] / gbs[3]:>6.2f} "
