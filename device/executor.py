@@ -253,7 +253,10 @@ class Executor:
             raise DeviceError(ErrorCode.BAD_COMMAND, lst if lst % 8 else vram,
                               "COPY_PAGES list not 8-aligned or VRAM offset not 4 KiB-aligned")
         (listed,) = self._segments(queue, cmd, Aperture.SYS, lst, count * 8, Access.READ)
-        pages = np.frombuffer(listed.tobytes(), dtype="<u8").tolist()
+        addrs = np.frombuffer(listed.tobytes(), dtype="<u8")
+        if self._copy_pages_direct(addrs, vram, to_sys):
+            return
+        pages = addrs.tolist()
         for addr in pages:
             if addr % page:
                 raise DeviceError(ErrorCode.BAD_COMMAND, addr, "page address not 4 KiB-aligned")
@@ -266,6 +269,31 @@ class Executor:
                 np.copyto(sys, dev[k * page:(k + 1) * page])
             else:
                 np.copyto(dev[k * page:(k + 1) * page], sys)
+
+    def _copy_pages_direct(self, addrs: np.ndarray, vram: int, to_sys: bool) -> bool:
+        """COPY_PAGES as one gather or scatter, untraced and with nothing
+        injected, when every listed page is aligned and in one region of
+        guest RAM (a page listed twice: only when reading it). False: the
+        page-by-page path must do it (tracing, injection, or an error it
+        reports in its order)."""
+        if self.trace.on or self.inject.active:
+            return False
+        found = self.mem.page_rows(addrs.astype(np.int64), write=to_sys)
+        if found is None:
+            return False
+        rows, index = found
+        n, page = addrs.size, hw.PAGE_SIZE
+        try:
+            dev = self.vram.view(vram, n * page).reshape(n, page)
+        except DeviceError:
+            return False
+        if to_sys:
+            if np.unique(index).size != n:
+                return False  # which copy of a page wins is the loop's to say
+            rows[index] = dev
+        else:
+            np.take(rows, index, axis=0, out=dev)
+        return True
 
     def _fill(self, queue: Queue, cmd: Command, dst_ap: int, dst: int, length: int,
               pattern: int) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from .hwdef import ErrorCode
 
 _U64 = struct.Struct("<Q")
+PAGE = 4096
 _U32 = struct.Struct("<I")
 
 
@@ -98,6 +99,27 @@ class GuestMemory:
                         (r.writable or not write):
                     return r.array[off:off + length]
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
+
+    def page_rows(self, addrs: np.ndarray,
+                  write: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """For 4 KiB-aligned bus addresses that all lie in one region: that
+        region as rows of 4 KiB and each address's row, for one gather or
+        scatter of them all; None otherwise (the caller goes page by page)."""
+        if not addrs.size or (addrs % PAGE).any():
+            return None
+        lo = int(addrs.min())
+        with self._lock:
+            i = bisect.bisect(self._starts, lo) - 1
+            if i < 0:
+                return None
+            r = self._regions[i]
+        if (write and not r.writable) or r.iova % PAGE:
+            return None
+        rows = r.length // PAGE
+        index = (addrs - r.iova) // PAGE
+        if int(index.max()) >= rows:
+            return None
+        return r.array[:rows * PAGE].reshape(rows, PAGE), index
 
     def views(self, addr: int, length: int, write: bool = False) -> list[np.ndarray]:
         """Views of [addr, addr+length), which may cross from one region into

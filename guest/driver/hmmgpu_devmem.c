@@ -51,6 +51,8 @@
 /* pages per migrate_vma round: 16 MiB, a whole number of THPs */
 #define MIGRATE_CHUNK	(8 * HPAGE_PMD_NR)
 #define MAX_RUN_PAGES	HPAGE_PMD_NR	/* pages one COPY may move */
+/* below this many pages contiguous on both sides, a COPY_PAGES list is cheaper */
+#define MIN_COPY_RUN	16
 
 static bool sanitize = true;
 module_param(sanitize, bool, 0444);
@@ -318,8 +320,12 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 				run++;
 			if (s == U64_MAX) {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
-			} else if (run == 1 && list) {
-				/* contiguous in VRAM only: list the system pages */
+			} else if (run < MIN_COPY_RUN && list) {
+				/*
+				 * contiguous in VRAM only, or in both for a few pages
+				 * (the page allocator hands out pairs and triples):
+				 * list the system pages, one command for the stretch
+				 */
 				while (done + run < n && run < HMMGPU_MAX_COPY_PAGES &&
 				       sys[done + run] != U64_MAX &&
 				       vram[done + run] == vram[done] + run * PAGE_SIZE)
