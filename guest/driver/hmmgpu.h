@@ -188,6 +188,7 @@ struct hmmgpu_mirror {
 	unsigned long buf_start;	/* its user buffer, when the device copies to/from it */
 	unsigned long buf_end;
 	bool req_unlocked;		/* READ_UNLOCKED: fault without holding mmap_lock */
+	struct task_struct *migrating;	/* in hmmgpu_migrate(): its TLB flushes are folded */
 	atomic_t faults;		/* fault batches handled */
 	int fault_err;			/* why the last fault was cancelled */
 	u64 flags;			/* HMM_DMIRROR_FLAGS */
@@ -247,6 +248,9 @@ bool hmmgpu_pt_clear(struct hmmgpu_mirror *mirror, unsigned long start,
 bool hmmgpu_pt_mapped(struct hmmgpu_mirror *mirror, unsigned long start,
 		      unsigned long end);
 int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len);
+bool hmmgpu_pt_sync_begin(struct hmmgpu_mirror *mirror, struct hmmgpu_command *cmd);
+void hmmgpu_pt_sync_end(struct hmmgpu_mirror *mirror, int ret);
+void hmmgpu_pt_flush_owed(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end);
 u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 
 /* hmmgpu_fault.c */

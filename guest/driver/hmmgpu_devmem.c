@@ -281,9 +281,12 @@ unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
  * page" and zero-fills the destination. Runs in batches on the kernel queue:
  * one COPY per run contiguous on both sides, else one COPY_PAGES per run
  * contiguous in VRAM, its system pages listed (scattered anonymous memory).
+ * @flush (optional): the mirror whose own migration this copy is; the TLB
+ * flush its invalidation left owed goes first in the first batch.
  */
 static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
-			     unsigned int src_ap, unsigned int dst_ap, int n)
+			     unsigned int src_ap, unsigned int dst_ap, int n,
+			     struct hmmgpu_mirror *flush)
 {
 	u32 to = dst_ap << HMMGPU_DST_APERTURE_SHIFT;
 	u32 from = src_ap << HMMGPU_SRC_APERTURE_SHIFT;
@@ -310,7 +313,10 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 		for (i = 0; i < n; i++)
 			list[i] = cpu_to_le64(sys[i]);
 	for (done = 0; done < n; ) {
-		for (batch = 0; batch < HMMGPU_MAX_BATCH && done < n; batch++) {
+		/* the owed flush runs before any copy: one round trip for both */
+		bool synced = flush && hmmgpu_pt_sync_begin(flush, &cmds[0]);
+
+		for (batch = synced; batch < HMMGPU_MAX_BATCH && done < n; batch++) {
 			u64 s = src[done], d = dst[done];
 			int run = 1;
 
@@ -343,6 +349,9 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 		for (i = 0; i < batch && !ret; i++)
 			if (status[i])
 				ret = -EIO;
+		if (synced)
+			hmmgpu_pt_sync_end(flush, ret);
+		flush = NULL;
 		if (ret)
 			break;
 	}
@@ -387,7 +396,7 @@ static void hmmgpu_unmap_pages(struct hmmgpu *gpu, const u64 *dma, int n)
 
 /* Map the system pages, copy m pages between them and VRAM, unmap. */
 static int hmmgpu_copy_sys_vram(struct hmmgpu *gpu, struct page **sys, u64 *sys_dma,
-				const u64 *vram, int m, bool to_vram)
+				const u64 *vram, int m, bool to_vram, struct hmmgpu_mirror *flush)
 {
 	int ret = hmmgpu_map_pages(gpu, sys, sys_dma, m);
 
@@ -395,10 +404,10 @@ static int hmmgpu_copy_sys_vram(struct hmmgpu *gpu, struct page **sys, u64 *sys_
 		return ret;
 	if (to_vram)
 		ret = hmmgpu_copy_pages(gpu, sys_dma, vram, HMMGPU_APERTURE_SYS,
-					HMMGPU_APERTURE_VRAM, m);
+					HMMGPU_APERTURE_VRAM, m, flush);
 	else
 		ret = hmmgpu_copy_pages(gpu, vram, sys_dma, HMMGPU_APERTURE_VRAM,
-					HMMGPU_APERTURE_SYS, m);
+					HMMGPU_APERTURE_SYS, m, flush);
 	hmmgpu_unmap_pages(gpu, sys_dma, m);
 	return ret;
 }
@@ -502,10 +511,11 @@ static void hmmgpu_block_free(struct sys_block *b)
  * copy with the device. A THP goes to a system THP when one can be had; else,
  * when @can_split, to 4 KiB pages and the kernel splits the device folio.
  * @fail_once: the dmirror FAIL_ALLOC knob, which forces that fallback once.
+ * @flush: see hmmgpu_copy_pages().
  */
 static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long *dst,
 			   unsigned long n, sys_alloc_fn alloc, void *arg, bool can_split,
-			   bool *fail_once)
+			   bool *fail_once, struct hmmgpu_mirror *flush)
 {
 	struct copy_list *l = hmmgpu_copy_list_alloc(n);
 	struct sys_block block = {};
@@ -559,7 +569,7 @@ static int hmmgpu_evacuate(struct hmmgpu *gpu, unsigned long *src, unsigned long
 		hmmgpu_copy_add(l, &folio->page, from, 1);
 	}
 	hmmgpu_block_free(&block);
-	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, false);
+	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, false, flush);
 	if (ret)
 		hmmgpu_drop_dst(dst, n);	/* the data stays in VRAM */
 	kvfree(l);
@@ -622,7 +632,7 @@ static vm_fault_t hmmgpu_migrate_to_ram(struct vm_fault *vmf)
 		goto out;
 	}
 	if (hmmgpu_evacuate(gpu, args.src, args.dst, args.npages, hmmgpu_alloc_sys_vma, &arg,
-			    true, NULL))
+			    true, NULL, NULL))
 		fault = VM_FAULT_SIGBUS;
 	migrate_vma_pages(&args);
 	migrate_vma_finalize(&args);
@@ -709,7 +719,7 @@ static int hmmgpu_to_vram(struct hmmgpu_mirror *mirror, struct migrate_vma *args
 		args->dst[i] = migrate_pfn(page_to_pfn(dpage)) | write;
 		hmmgpu_copy_add(l, spage, hmmgpu_vram_offset(dpage), 1);
 	}
-	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, true);
+	ret = hmmgpu_copy_sys_vram(gpu, l->sys, l->sys_dma, l->vram, l->n, true, mirror);
 	if (ret)
 		hmmgpu_drop_dst(args->dst, args->npages);
 	kvfree(l);
@@ -923,6 +933,8 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 		return ret;
 	}
 	mmap_read_lock(mm);
+	/* our invalidations leave the TLB flush to our copies (hmmgpu_invalidate()) */
+	WRITE_ONCE(mirror->migrating, current);
 	for (addr = start; addr < end && !ret; addr = next) {
 		struct vm_area_struct *vma = vma_lookup(mm, addr);
 		struct migrate_vma args = {
@@ -961,10 +973,12 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			bool fail = mirror->flags & HMM_DMIRROR_FLAG_FAIL_ALLOC;
 
 			ret = hmmgpu_evacuate(gpu, src, dst, args.npages, hmmgpu_alloc_sys_vma,
-					      &arg, true, &fail);
+					      &arg, true, &fail, mirror);
 			if (!fail)
 				mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
 		}
+		/* a round that copied nothing still owes the flush: before any page goes */
+		hmmgpu_pt_flush_owed(mirror, addr, next);
 		migrate_vma_pages(&args);
 		for (i = 0; i < args.npages; i++)
 			cmd->cpages += hmmgpu_migrated(gpu, src[i], dst[i], to_vram);
@@ -972,6 +986,7 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 			hmmgpu_map_migrated(mirror, &args, seq);
 		migrate_vma_finalize(&args);
 	}
+	WRITE_ONCE(mirror->migrating, NULL);
 	mmap_read_unlock(mm);
 	mmput(mm);
 	kvfree(src);
@@ -1000,7 +1015,8 @@ static void hmmgpu_pool_evict(struct hmmgpu_pool *pool)
 		unsigned long n = min_t(unsigned long, MIGRATE_CHUNK, pool->npages - pfn);
 
 		migrate_device_range(src, pool->pfn + pfn, n);
-		if (hmmgpu_evacuate(pool->gpu, src, dst, n, hmmgpu_alloc_sys, NULL, false, NULL))
+		if (hmmgpu_evacuate(pool->gpu, src, dst, n, hmmgpu_alloc_sys, NULL, false, NULL,
+				    NULL))
 			dev_err(&pool->gpu->pdev->dev, "eviction copy failed\n");
 		migrate_device_pages(src, dst, n);
 		migrate_device_finalize(src, dst, n);

@@ -41,6 +41,7 @@ static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
 			      const struct mmu_notifier_range *range, unsigned long cur_seq)
 {
 	struct hmmgpu_mirror *mirror = container_of(mni, struct hmmgpu_mirror, notifier);
+	bool own;
 
 	/* our own make_device_exclusive(): the mapping is being set up, not lost */
 	if (range->event == MMU_NOTIFY_EXCLUSIVE && range->owner == mirror->gpu) {
@@ -58,9 +59,21 @@ static bool hmmgpu_invalidate(struct mmu_interval_notifier *mni,
 		mutex_unlock(&mirror->mutex);
 		return true;
 	}
+	/*
+	 * Our own migration (hmmgpu_migrate() in this task): the PTEs go now,
+	 * the TLB flush goes first in its copy's batch (hmmgpu_copy_pages()),
+	 * one round trip for both. Until then the device may still reach the
+	 * old pages, which is harmless: they are freed only by
+	 * migrate_vma_finalize() (mm/migrate_device.c:1372), after the copy,
+	 * and the kernel queue runs the flush before the copy, so no device
+	 * write lands in a page after it was copied. (lib/test_hmm.c:332 skips
+	 * its own migrations' invalidations altogether.)
+	 */
+	own = range->event == MMU_NOTIFY_MIGRATE && range->owner == mirror->gpu &&
+	      READ_ONCE(mirror->migrating) == current;
 	mutex_lock(&mirror->mutex);
 	mmu_interval_set_seq(mni, cur_seq);
-	if (hmmgpu_pt_clear(mirror, range->start, range->end))
+	if (hmmgpu_pt_clear(mirror, range->start, range->end) && !own)
 		hmmgpu_pt_sync(mirror, range->start, range->end - range->start);
 	mutex_unlock(&mirror->mutex);
 	return true;

@@ -164,20 +164,9 @@ static void pt_unmap_retired(struct hmmgpu_mirror *mirror)
  * unmap, nor forget, what an unfinished fault-in replaced elsewhere). Called
  * with mirror->mutex held; sleeps.
  */
-int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len)
+/* After the TLB invalidation that covers the retired PTEs, with its result. */
+static int pt_synced(struct hmmgpu_mirror *mirror, int ret)
 {
-	int ret;
-
-	lockdep_assert_held(&mirror->mutex);
-	if (!mirror->tlb_stale)
-		return 0;
-	if (len && mirror->stale_start < mirror->stale_end) {
-		unsigned long end = max(start + len, mirror->stale_end);
-
-		start = min(start, mirror->stale_start);
-		len = end - start;
-	}
-	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
 	if (ret == -ENODEV) {
 		/* a device that is gone reaches no memory: the pages may go */
 		ret = 0;
@@ -192,6 +181,59 @@ int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned l
 	mirror->stale_end = 0;
 	pt_unmap_retired(mirror);
 	return 0;
+}
+
+int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len)
+{
+	int ret;
+
+	lockdep_assert_held(&mirror->mutex);
+	if (!mirror->tlb_stale)
+		return 0;
+	if (len && mirror->stale_start < mirror->stale_end) {
+		unsigned long end = max(start + len, mirror->stale_end);
+
+		start = min(start, mirror->stale_start);
+		len = end - start;
+	}
+	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
+	return pt_synced(mirror, ret);
+}
+
+/*
+ * The TLB flush @mirror owes, as @cmd: the first command of a kernel-queue
+ * batch the caller runs next (a migration's copy, hmmgpu_devmem.c). True,
+ * with mirror->mutex held, when it owes one; then hmmgpu_pt_sync_end() with
+ * the batch's result.
+ */
+bool hmmgpu_pt_sync_begin(struct hmmgpu_mirror *mirror, struct hmmgpu_command *cmd)
+{
+	bool range;
+
+	mutex_lock(&mirror->mutex);
+	if (!mirror->tlb_stale) {
+		mutex_unlock(&mirror->mutex);
+		return false;
+	}
+	range = mirror->stale_start < mirror->stale_end;
+	hmmgpu_cmd(cmd, HMMGPU_OP_TLB_INVALIDATE, 0, mirror->ctx, range ? mirror->stale_start : 0,
+		   range ? mirror->stale_end - mirror->stale_start : 0, 0);
+	return true;
+}
+
+void hmmgpu_pt_sync_end(struct hmmgpu_mirror *mirror, int ret)
+{
+	lockdep_assert_held(&mirror->mutex);
+	pt_synced(mirror, ret);
+	mutex_unlock(&mirror->mutex);
+}
+
+/* Flush what @mirror owes now, if its copy did not ([start, end) with it). */
+void hmmgpu_pt_flush_owed(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
+{
+	mutex_lock(&mirror->mutex);
+	hmmgpu_pt_sync(mirror, start, end - start);
+	mutex_unlock(&mirror->mutex);
 }
 
 /* The leaf PTE of [va, va + size) leaves the table: unmapped at the next hmmgpu_pt_sync(). */
