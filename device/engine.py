@@ -56,6 +56,7 @@ _STALLED = int(QueueStatus.STALLED)
 _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
 _POLL_COMPLETION, _POLL_FAULT = int(hw.PollWord.COMPLETION), int(hw.PollWord.FAULT)
+_BARRIER = threading.Lock()  # taking a lock is an atomic read-modify-write
 _KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
 
 
@@ -186,9 +187,9 @@ class Engine:
             self._wake.notify_all()
 
     def run_deferred(self) -> None:
-        """Execute the queues doorbells and REPLAYs left (defer) on the calling
-        thread, for up to DEFER_BUDGET_NS; the worker gets the rest, and all of
-        it if it is executing already."""
+        """Execute the queues that doorbells and REPLAYs left (defer) on the
+        calling thread, for up to DEFER_BUDGET_NS; the worker gets the rest,
+        and all of it if it is executing already."""
         deadline = time.monotonic_ns() + DEFER_BUDGET_NS
         while True:
             with self.lock:
@@ -367,13 +368,15 @@ class Engine:
 
     def _held_off(self, q: int, bit: int, vector: int) -> bool:
         """The driver polls queue q for this (its poll word has `bit`): the
-        interrupt is held off. Called after the lock's release, which is a
-        locked instruction, so the fence, status or record stored before is
-        visible before the word is read: a driver that clears the word, then
-        (full barrier) looks once more, misses neither."""
+        interrupt is held off. The fence, status or fault records were stored
+        before; a full barrier orders them before the word's read, so a
+        driver that clears the word, then (full barrier) looks once more,
+        misses neither (docs/hardware.md, Poll words)."""
         base = self.poll_base
         if not base:
             return False
+        with _BARRIER:  # a locked instruction: x86's full barrier
+            pass
         try:
             word = self.mem.read_u32(base + 4 * q)
         except DeviceError:

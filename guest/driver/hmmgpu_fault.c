@@ -331,10 +331,11 @@ static void hmmgpu_replay_lost(struct hmmgpu *gpu)
  */
 static unsigned int hmmgpu_fault_whole_batches(struct hmmgpu *gpu)
 {
+	u32 first = READ_ONCE(gpu->fault_get);	/* unlocked from hmmgpu_fault_poll_end() */
 	unsigned int n, whole = 0;
 
 	for (n = 0; n < HMMGPU_FAULT_ENTRIES; n++) {
-		u32 get = (gpu->fault_get + n) % HMMGPU_FAULT_ENTRIES;
+		u32 get = (first + n) % HMMGPU_FAULT_ENTRIES;
 		u32 access = le32_to_cpu(READ_ONCE(gpu->faults[get].access));
 
 		if (!(access & HMMGPU_FAULT_VALID))

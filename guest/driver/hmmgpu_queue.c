@@ -69,7 +69,10 @@ int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int i
 {
 	struct device *dev = &gpu->pdev->dev;
 
-	/* a context queue's waiter serves faults, under the kernel queue's lock */
+	/*
+	 * A context queue's waiter serves faults under its lock, which so sits
+	 * above mmap_lock; the kernel queue's sits below it (hmmgpu.h, locking).
+	 */
 	static struct lock_class_key kq_key, cq_key;
 
 	q->gpu = gpu;
