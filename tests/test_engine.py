@@ -806,10 +806,14 @@ def test_an_untraced_copy_pages_does_what_the_traced_one_does_errors_included(se
 
 # ---- deferred execution (the server's MMIO thread) ----------------------------------
 
-def _executing_threads(engine) -> list[str]:
-    """Record the name of the thread that executes each command."""
+@pytest.fixture
+def deferred(rig: Rig):
+    """The rig's engine with defer on and its worker running; yields the
+    engine and the names of the threads that execute each command."""
     import threading
 
+    engine = rig.gpu.engine
+    engine.defer = True
     seen: list[str] = []
     execute = engine.execute
 
@@ -818,7 +822,9 @@ def _executing_threads(engine) -> list[str]:
         execute(queue, cmd)
 
     engine.execute = spy
-    return seen
+    engine.start()
+    yield engine, seen
+    engine.stop()
 
 
 def _wait_status(rig: Rig, status: int, timeout: float = 5.0) -> int:
@@ -837,87 +843,67 @@ def _nop(rig: Rig, q: int = K) -> int:
     return status
 
 
-def test_with_defer_a_doorbell_runs_on_the_thread_that_calls_run_deferred(rig: Rig) -> None:
+def test_with_defer_a_doorbell_runs_on_the_thread_that_calls_run_deferred(rig: Rig,
+                                                                         deferred) -> None:
     """The server's MMIO thread calls run_deferred() after the doorbell's
     reply: the command runs there, and the idle worker is not woken for it."""
     import threading
     import time
 
-    engine = rig.gpu.engine
-    engine.defer = True
-    seen = _executing_threads(engine)
-    engine.start()
-    try:
-        status = _nop(rig)
-        time.sleep(0.05)
-        assert rig.drv.u64(status) == 0xDEAD, "nothing runs before run_deferred()"
-        engine.run_deferred()
-        assert rig.drv.u64(status) == 0
-        assert seen == [threading.current_thread().name]
-    finally:
-        engine.stop()
+    engine, seen = deferred
+    status = _nop(rig)
+    time.sleep(0.05)
+    assert rig.drv.u64(status) == 0xDEAD, "nothing runs before run_deferred()"
+    engine.run_deferred()
+    assert rig.drv.u64(status) == 0
+    assert seen == [threading.current_thread().name]
 
 
-def test_with_defer_a_replay_runs_on_the_thread_that_calls_run_deferred(rig: Rig) -> None:
+def test_with_defer_a_replay_runs_on_the_thread_that_calls_run_deferred(rig: Rig,
+                                                                       deferred) -> None:
     import threading
 
-    engine = rig.gpu.engine
-    engine.defer = True
-    seen = _executing_threads(engine)
-    engine.start()
-    try:
-        out = rig.drv.alloc(8)
-        rig.drv.submit(3, Opcode.READ, (0x9000, out, 8))
-        engine.run_deferred()
-        assert [f.va for f in rig.drv.faults()] == [0x9000]
-        rig.drv.map(3, 0x9000, rig.page(0x5A), RW)
-        rig.drv.replay(3)
-        engine.run_deferred()
-        assert rig.drv.read(out, 8) == b"\x5a" * 8
-        assert seen == [threading.current_thread().name] * 2
-    finally:
-        engine.stop()
+    engine, seen = deferred
+    out = rig.drv.alloc(8)
+    rig.drv.submit(3, Opcode.READ, (0x9000, out, 8))
+    engine.run_deferred()
+    assert [f.va for f in rig.drv.faults()] == [0x9000]
+    rig.drv.map(3, 0x9000, rig.page(0x5A), RW)
+    rig.drv.replay(3)
+    engine.run_deferred()
+    assert rig.drv.read(out, 8) == b"\x5a" * 8
+    assert seen == [threading.current_thread().name] * 2
 
 
-def test_deferred_work_past_its_budget_goes_to_the_worker(rig: Rig, monkeypatch) -> None:
+def test_deferred_work_past_its_budget_goes_to_the_worker(rig: Rig, deferred,
+                                                          monkeypatch) -> None:
     """The MMIO thread gives run_deferred() DEFER_BUDGET_NS: what is left after
     it (here all of it) is the worker's, so MMIO stays responsive."""
     from hmmgpu.device import engine as engine_mod
 
     monkeypatch.setattr(engine_mod, "DEFER_BUDGET_NS", -1)
-    engine = rig.gpu.engine
-    engine.defer = True
-    seen = _executing_threads(engine)
-    engine.start()
-    try:
-        status = _nop(rig)
-        engine.run_deferred()
-        assert _wait_status(rig, status) == 0
-        assert seen == ["hmmgpu-engine"]
-    finally:
-        engine.stop()
+    engine, seen = deferred
+    status = _nop(rig)
+    engine.run_deferred()
+    assert _wait_status(rig, status) == 0
+    assert seen == ["hmmgpu-engine"]
 
 
-def test_deferred_work_waits_while_paused_and_the_worker_runs_it_after(rig: Rig) -> None:
+def test_deferred_work_waits_while_paused_and_the_worker_runs_it_after(rig: Rig,
+                                                                      deferred) -> None:
     """libvfio-user quiesces the device (pause) around DMA map changes: a
     doorbell then is not run by run_deferred(); resume() hands it to the worker."""
     import time
 
-    engine = rig.gpu.engine
-    engine.defer = True
-    seen = _executing_threads(engine)
-    engine.start()
-    try:
-        engine.pause()
-        status = _nop(rig)
-        engine.run_deferred()
-        time.sleep(0.05)
-        assert rig.drv.u64(status) == 0xDEAD and seen == []
-        engine.resume()
-        assert _wait_status(rig, status) == 0
-        assert seen == ["hmmgpu-engine"]
-    finally:
-        engine.stop()
+    engine, seen = deferred
+    engine.pause()
+    status = _nop(rig)
+    engine.run_deferred()
+    time.sleep(0.05)
+    assert rig.drv.u64(status) == 0xDEAD and seen == []
+    engine.resume()
+    assert _wait_status(rig, status) == 0
+    assert seen == ["hmmgpu-engine"]
 
 
 # ---- poll words ----------------------------------------------------------------------
