@@ -53,6 +53,18 @@ def gpu(glab: Lab) -> Iterator:
     assert glab.sanitizer_reports(clear=True) == []
 
 
+@pytest.fixture
+def sleeping(glab: Lab) -> Iterator[None]:
+    """hmmgpu.ko without its fence poll (fence_spin_us=0): every fence wait
+    sleeps on the interrupt, so no poll word holds one off and the
+    interrupt injections below meet every completion."""
+    param = "/sys/module/hmmgpu/parameters/fence_spin_us"
+    old = glab.ssh(f"cat {param}").stdout.strip()
+    glab.ssh(f"echo 0 > {param}")
+    yield
+    glab.ssh(f"echo {old} > {param}")
+
+
 def test_a_dma_error_reaches_user_space_as_eio(glab: Lab, gpu) -> None:
     inj = gpu.inject("dma_error", count=1)
     results, out, _ = hmm_tests(glab)
@@ -61,7 +73,8 @@ def test_a_dma_error_reaches_user_space_as_eio(glab: Lab, gpu) -> None:
     assert inj["count"] == 1 and gpu.injections() == []  # fired once, then gone
 
 
-def test_lost_interrupts_are_recovered_by_the_driver_s_timeout(glab: Lab, gpu) -> None:
+def test_lost_interrupts_are_recovered_by_the_driver_s_timeout(glab: Lab, gpu,
+                                                                sleeping) -> None:
     gpu.inject("irq_lost")  # every vector, every time
     before = glab.ssh("cat /sys/bus/pci/drivers/hmmgpu/*/irq_counts").stdout.split()
     results, out, took = hmm_tests(glab)
@@ -72,7 +85,7 @@ def test_lost_interrupts_are_recovered_by_the_driver_s_timeout(glab: Lab, gpu) -
     assert lost > 10, lost
 
 
-def test_late_interrupts_are_waited_for(glab: Lab, gpu) -> None:
+def test_late_interrupts_are_waited_for(glab: Lab, gpu, sleeping) -> None:
     gpu.inject("irq_delay", delay_us=50_000)  # every vector, every time
     results, out, _ = hmm_tests(glab)
     assert set(results.values()) == {"ok"}, out
