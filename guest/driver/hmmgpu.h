@@ -250,7 +250,7 @@ bool hmmgpu_pt_mapped(struct hmmgpu_mirror *mirror, unsigned long start,
 int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len);
 bool hmmgpu_pt_sync_begin(struct hmmgpu_mirror *mirror, struct hmmgpu_command *cmd);
 void hmmgpu_pt_sync_end(struct hmmgpu_mirror *mirror, int ret);
-void hmmgpu_pt_flush_owed(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end);
+int hmmgpu_pt_flush(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end);
 u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 
 /* hmmgpu_fault.c */

@@ -978,7 +978,7 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 				mirror->flags &= ~HMM_DMIRROR_FLAG_FAIL_ALLOC;
 		}
 		/* a round that copied nothing still owes the flush: before any page goes */
-		hmmgpu_pt_flush_owed(mirror, addr, next);
+		hmmgpu_pt_flush(mirror, addr, next);
 		migrate_vma_pages(&args);
 		for (i = 0; i < args.npages; i++)
 			cmd->cpages += hmmgpu_migrated(gpu, src[i], dst[i], to_vram);

@@ -512,9 +512,7 @@ int hmmgpu_map_exclusive(struct hmmgpu_mirror *mirror, unsigned long start, unsi
 	mmap_read_unlock(mm);
 	mmput(mm);
 	/* read-only entries replaced above leave the device TLB before their pages go */
-	mutex_lock(&mirror->mutex);
-	sync = hmmgpu_pt_sync(mirror, start, end - start);
-	mutex_unlock(&mirror->mutex);
+	sync = hmmgpu_pt_flush(mirror, start, end);
 	return ret ?: sync;
 }
 

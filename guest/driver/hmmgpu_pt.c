@@ -228,12 +228,15 @@ void hmmgpu_pt_sync_end(struct hmmgpu_mirror *mirror, int ret)
 	mutex_unlock(&mirror->mutex);
 }
 
-/* Flush what @mirror owes now, if its copy did not ([start, end) with it). */
-void hmmgpu_pt_flush_owed(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
+/* hmmgpu_pt_sync() of [start, end), taking mirror->mutex for it. */
+int hmmgpu_pt_flush(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long end)
 {
+	int ret;
+
 	mutex_lock(&mirror->mutex);
-	hmmgpu_pt_sync(mirror, start, end - start);
+	ret = hmmgpu_pt_sync(mirror, start, end - start);
 	mutex_unlock(&mirror->mutex);
+	return ret;
 }
 
 /* The leaf PTE of [va, va + size) leaves the table: unmapped at the next hmmgpu_pt_sync(). */
