@@ -11,7 +11,7 @@ host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced).
 Then a run with the guest kernel's function_graph tracer on the fault path
 (host/faultpath.py guest_breakdown): the guest's part split into the wait
-for the fault work, hmm_range_fault, the PTE writes and the REPLAY write.
+for the fault work, hmm_range_fault, the PTE writes and the REPLAY.
 Last, fault batching: a READ of 256 fresh pages (1 MiB) for each value of
 hmmgpu.ko's fault_granule_kb, with the faults the dmirror ABI counts.
 """

@@ -8,7 +8,9 @@ thread calls once the write's reply is sent: the vCPU that rang goes on at
 once, and the command runs without waking another thread (a wake-up costs
 ~35 us on a loaded host, as much as a small command). The MMIO thread runs
 for at most DEFER_BUDGET_NS, then hands what is left to the worker, so MMIO
-stays responsive while a long copy runs. `_busy` says who executes: one
+stays responsive while a long copy runs. With nothing to run it watches the
+replay words of stalled queues (below) until a message waits for it
+(`mmio_pending`), then the worker watches on. `_busy` says who executes: one
 thread at a time. `lock` protects queue registers, the fault unit and the
 error registers; the executing thread drops it while it moves data.
 `pause()`/`resume()` park execution between commands (libvfio-user quiesces
@@ -21,11 +23,25 @@ the queue STALLED with HEAD on the command until REPLAY (run it again) or
 CANCEL (complete it with FAULT_CANCELLED). A failed command completes with its
 error code; a malformed queue halts. Errors are recorded in the global and
 per-queue ERROR registers and raise the ERROR vector; other queues go on.
+
+DOC: replay words
+A queue that stalls while its poll word has POLL_FAULT (its driver polls,
+and will serve the fault at once) is watched for REPLAY_WATCH_NS: the
+device sets WATCH_ACTIVE in the queue's watch word, then polls the replay
+word, and a new count there is a REPLAY with no MMIO write, whose round
+trip through QEMU would hold the driver's CPU (~80 us) and cost the replay
+~30 us. When the window closes the device clears WATCH_ACTIVE, then (a
+full barrier between) looks once more; the driver stores its count, then
+(a full barrier) reads the watch word and writes REPLAY to CONTROL when
+the device no longer watches and took no count: one of the two sees the
+other's store. Both carry the count, so a REPLAY write whose count the
+device took already (the two crossed) is dropped (docs/hardware.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -50,12 +66,16 @@ _SANITIZED_ERRORS = {ErrorCode.DMA_UNMAPPED: SanCheck.DMA_UNMAPPED,
                      ErrorCode.BUS_MASTER_OFF: SanCheck.BUS_MASTER_OFF}
 BATCH = 16  # commands run from one queue before the next queue's turn
 DEFER_BUDGET_NS = 500_000  # the MMIO thread's share of deferred work per call
+# how long a stalled queue's replay word is watched: a fault served by a
+# polling driver is replayed within ~30 us under TCG
+REPLAY_WATCH_NS = 150_000
 _IRQ = int(hw.CmdFlags.IRQ)
 # plain ints on the per-command path: IntFlag arithmetic builds enum objects
 _STALLED = int(QueueStatus.STALLED)
 _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
 _POLL_COMPLETION, _POLL_FAULT = int(hw.PollWord.COMPLETION), int(hw.PollWord.FAULT)
+_REPLAY, _COUNT_SHIFT = int(hw.QueueControl.REPLAY), hw.REPLAY_COUNT_SHIFT
 _BARRIER = threading.Lock()  # taking a lock is an atomic read-modify-write
 _KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
 
@@ -89,6 +109,9 @@ class Engine:
         self._stop = False
         self.defer = False  # doorbells and REPLAYs left to run_deferred()
         self._deferred: list[Queue] = []
+        # the server's: a message waits for the MMIO thread (it stops watching)
+        self.mmio_pending: Callable[[], bool] | None = None
+        self._watched: list[Queue] = []  # stalled queues whose replay word is watched
         self.internal_errors = 0  # device bugs caught by the worker; must stay 0
         self.reset()
         self._thread: threading.Thread | None = None
@@ -118,6 +141,8 @@ class Engine:
             self.intr_status = hw.IntrStatus(0)
             self.poll_base = 0
             self.irq_held = 0
+            self.replays_watched = 0
+            self._watched = []
             self.mmu.flush()
             self.sanitizer.reset()
 
@@ -154,13 +179,25 @@ class Engine:
             self._kick(queue)
 
     def control(self, q: int, value: int) -> None:
+        count = 0
+        if value & hw.REPLAY_COUNT_MASK == _REPLAY:  # REPLAY, with a count or none
+            value, count = _REPLAY, value >> _COUNT_SHIFT
         with self.lock:
             queue = self.queues[q]
+            stale = bool(count) and count == queue.replay_seen
             if self.trace.on and value in (hw.QueueControl.REPLAY, hw.QueueControl.CANCEL):
                 ctx = q if q != hw.KERNEL_QUEUE else NONE
                 self.trace.emit(tr.REPLAY if value == hw.QueueControl.REPLAY else tr.CANCEL,
                                 q, ctx, queue.completed,
-                                flags=int(bool(queue.status & QueueStatus.STALLED)))
+                                flags=int(bool(queue.status & QueueStatus.STALLED)) |
+                                (tr.REPLAY_STALE if stale else 0))
+            if stale:
+                return  # its count came through the replay word first
+            if value in (hw.QueueControl.REPLAY, hw.QueueControl.CANCEL,
+                         hw.QueueControl.RESET):
+                if count:
+                    queue.replay_seen = count
+                self._unwatch(queue)
             if value == hw.QueueControl.REPLAY:
                 queue.status &= ~_STALLED
             elif value == hw.QueueControl.CANCEL:
@@ -188,20 +225,32 @@ class Engine:
 
     def run_deferred(self) -> None:
         """Execute the queues that doorbells and REPLAYs left (defer) on the
-        calling thread, for up to DEFER_BUDGET_NS; the worker gets the rest,
+        calling thread, for up to DEFER_BUDGET_NS, and with nothing to run
+        watch replay words until a message waits; the worker gets the rest,
         and all of it if it is executing already."""
         deadline = time.monotonic_ns() + DEFER_BUDGET_NS
+        pending = self.mmio_pending
         while True:
             with self.lock:
                 queue = next((q for q in self._deferred if q.runnable), None)
-                if (queue is None or self._busy or self._paused or self._stop
-                        or time.monotonic_ns() > deadline):
-                    if any(q.runnable for q in self._deferred):
+                if (self._busy or self._paused or self._stop
+                        or time.monotonic_ns() > deadline
+                        or queue is None and not (self._watched and pending)):
+                    if self._watched or any(q.runnable for q in self._deferred):
                         self._wake.notify_all()
                     self._deferred.clear()
                     return
-                self._deferred.remove(queue)
+                if queue is not None:
+                    self._deferred.remove(queue)
                 self._busy = True
+            if queue is None:
+                self._watch_and_release(pending)
+                with self.lock:  # what a replay word restarted runs here too
+                    self._deferred += [q for q in self.queues
+                                       if q.runnable and q not in self._deferred]
+                if pending is not None and pending():
+                    deadline = 0  # the MMIO thread is wanted: the worker goes on
+                continue
             self._run_batch(queue, deferred=True)
             if queue.runnable:
                 with self.lock:
@@ -254,15 +303,17 @@ class Engine:
         rr = 0
         while True:
             with self.lock:
-                while not self._stop and (self._paused or self._busy
-                                          or self._next_queue(rr) is None):
+                while not self._stop and (self._paused or self._busy or (
+                        self._next_queue(rr) is None and not self._watched)):
                     self._wake.wait()
                 if self._stop:
                     return
                 queue = self._next_queue(rr)
-                assert queue is not None
-                rr = queue.index + 1
                 self._busy = True
+            if queue is None:
+                self._watch_and_release(None)
+                continue
+            rr = queue.index + 1
             self._run_batch(queue)
 
     def _run_batch(self, queue: Queue, deferred: bool = False) -> None:
@@ -285,6 +336,99 @@ class Engine:
                 if not deferred or self._paused or self._stop or \
                         self._next_queue(0) is not None:
                     self._wake.notify_all()
+
+    # ---- replay words ------------------------------------------------------------------
+
+    def _poll_area(self, offset: int, q: int) -> int:
+        return self.poll_base + offset + 4 * q
+
+    def _watch_begin(self, queue: Queue) -> None:
+        """`queue` is about to stall: watch its replay word if its driver
+        polls for faults. Before the records are stored, so the count read
+        here is older than any REPLAY of this stall. Under lock."""
+        if not self.poll_base or queue.watch >= 0:
+            return
+        q, mem = queue.index, self.mem
+        try:
+            if not mem.read_u32(self._poll_area(hw.POLL_WORDS_OFFSET, q)) & _POLL_FAULT:
+                return
+            count = mem.read_u32(self._poll_area(hw.REPLAY_WORDS_OFFSET, q)) \
+                & hw.REPLAY_COUNT_MASK
+            mem.write_u32(self._poll_area(hw.WATCH_WORDS_OFFSET, q),
+                          queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE)
+        except DeviceError:
+            return  # the poll area is not in guest RAM: no watching
+        queue.watch, queue.watch_until = count, time.monotonic_ns() + REPLAY_WATCH_NS
+        self._watched.append(queue)
+
+    def _unwatch(self, queue: Queue, always: bool = False) -> None:
+        """Stop watching `queue`: its watch word says so, and which count
+        was taken last. `always`: write the word even if not watched. Under
+        lock."""
+        if queue.watch >= 0:
+            queue.watch = -1
+            self._watched.remove(queue)
+        elif not always or not self.poll_base:
+            return
+        try:
+            self.mem.write_u32(self._poll_area(hw.WATCH_WORDS_OFFSET, queue.index),
+                               queue.replay_seen << _COUNT_SHIFT)
+        except DeviceError:
+            pass
+
+    def _poll_replays(self) -> None:
+        """One look at each watched replay word: a new count replays its
+        queue; a window that closed ends the watch, after one more look
+        that follows the watch word's clearing. Under lock."""
+        now = time.monotonic_ns()
+        for queue in list(self._watched):
+            snapshot, addr = queue.watch, self._poll_area(hw.REPLAY_WORDS_OFFSET, queue.index)
+            try:
+                count = self.mem.read_u32(addr) & hw.REPLAY_COUNT_MASK
+                if count == snapshot:
+                    if now <= queue.watch_until:
+                        continue
+                    self._unwatch(queue)
+                    with _BARRIER:  # the clear before the last look: a full barrier
+                        pass
+                    count = self.mem.read_u32(addr) & hw.REPLAY_COUNT_MASK
+                    if count == snapshot:
+                        continue  # nothing yet: the driver will write CONTROL
+            except DeviceError:
+                self._unwatch(queue)
+                continue
+            self._take_replay(queue, count)
+
+    def _take_replay(self, queue: Queue, count: int) -> None:
+        """The driver's replay word says REPLAY. Under lock."""
+        if self.trace.on:
+            q = queue.index
+            self.trace.emit(tr.REPLAY, q, q if q != _KERNEL_QUEUE else NONE, queue.completed,
+                            flags=int(bool(queue.status & _STALLED)) | tr.REPLAY_WORD)
+        queue.replay_seen = count
+        self._unwatch(queue, always=True)  # the watch word says which count was taken
+        queue.status &= ~_STALLED
+        self.replays_watched += 1
+
+    def _watch_and_release(self, pending: Callable[[], bool] | None) -> None:
+        """Watch replay words until none is watched, a queue can run,
+        execution must stop, or pending() (a message for the MMIO thread);
+        then clear _busy, which the caller set."""
+        try:
+            while True:
+                with self.lock:
+                    self._poll_replays()
+                    if not self._watched or self._paused or self._stop or \
+                            self._next_queue(0) is not None:
+                        return
+                if pending is not None and pending():
+                    return
+                os.sched_yield()  # the GIL and the CPU for others between looks
+        finally:
+            with self.lock:
+                self._busy = False
+                if self._paused or self._stop:
+                    self._wake.notify_all()  # pause() waits for _busy
 
     def run_until_idle(self, limit: int = 100000) -> None:
         """Execute synchronously until no queue is runnable (tests, no thread)."""
@@ -417,7 +561,12 @@ class Engine:
         with self.lock:
             if self._gen != queue.generation:
                 raise faults[0]  # reset meanwhile: the command is gone, nothing to stall on
-            self.faults.record(queue.index, ctx, queue.completed, faults, access)
+            self._watch_begin(queue)
+            try:
+                self.faults.record(queue.index, ctx, queue.completed, faults, access)
+            except DeviceError:
+                self._unwatch(queue)  # no stall: the command fails
+                raise
             queue.status |= _STALLED
             self.intr_status |= hw.IntrStatus.FAULT
         if not self._held_off(queue.index, _POLL_FAULT, hw.IrqVector.FAULT):

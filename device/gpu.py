@@ -240,6 +240,7 @@ class Gpu:
             Reg.POLL_BASE_LO: lambda: _lo(e.poll_base),
             Reg.POLL_BASE_HI: lambda: _hi(e.poll_base),
             Reg.IRQ_HELD: lambda: _lo(e.irq_held),
+            Reg.REPLAYS_WATCHED: lambda: _lo(e.replays_watched),
         }
         self._writers: dict[int, Callable[[int], None]] = {
             Reg.SCRATCH: set_scratch,

@@ -44,7 +44,7 @@ VRAM_BAR = 4
 
 ID_MAGIC = 0x4D4D4748  # bytes "HGMM" in little-endian order
 VERSION_MAJOR = 0
-VERSION_MINOR = 4
+VERSION_MINOR = 5
 
 # ---- device geometry -------------------------------------------------------------
 PAGE_SHIFT = 12
@@ -99,11 +99,12 @@ class Reg(IntEnum):
     CAPS = 0x068  # Caps: what this device has
     FABRIC_ID = 0x06C  # this device's id on the device-to-device fabric
     PEER_LINKS = 0x070  # bit N: a link to the device with fabric id N
-    # poll words: NUM_QUEUES u32s in guest memory; while the driver polls a
-    # queue, its word holds off that queue's interrupts (PollWord)
+    # the poll area in guest memory (POLL_AREA_SIZE bytes): per queue a poll
+    # word, a replay word and a watch word (see below)
     POLL_BASE_LO = 0x074
     POLL_BASE_HI = 0x078
     IRQ_HELD = 0x07C  # read: interrupts held off by a poll word since reset
+    REPLAYS_WATCHED = 0x080  # read: REPLAYs taken from a replay word since reset
 
 
 class PollWord(IntFlag):
@@ -112,6 +113,20 @@ class PollWord(IntFlag):
 
     COMPLETION = 1 << 0  # the queue's fences: no COMPLETION interrupt
     FAULT = 1 << 1  # the fault buffer, for the queue's faults: no FAULT interrupt
+
+
+# The poll area: three arrays of NUM_QUEUES little-endian u32s. Poll words
+# (driver): PollWord. Replay words (driver): a count the driver bumps to
+# REPLAY its queue without an MMIO write, heeded while the device watches.
+# Watch words (device): WATCH_ACTIVE while the device watches the replay
+# word of its stalled queue; bits 31:16 the count it last took from it.
+POLL_WORDS_OFFSET = 0
+REPLAY_WORDS_OFFSET = 4 * NUM_QUEUES
+WATCH_WORDS_OFFSET = 8 * NUM_QUEUES
+POLL_AREA_SIZE = 12 * NUM_QUEUES
+WATCH_ACTIVE = 1 << 0
+REPLAY_COUNT_SHIFT = 16  # in a watch word, and in CONTROL with REPLAY
+REPLAY_COUNT_MASK = 0xFFFF
 
 
 class Caps(IntFlag):
@@ -149,7 +164,7 @@ class QueueStatus(IntFlag):
 class QueueControl(IntEnum):
     """Values written to a queue's CONTROL register."""
 
-    REPLAY = 1  # retry the faulted command
+    REPLAY = 1  # retry the faulted command; bits 31:16 may carry a replay count
     CANCEL = 2  # complete the faulted command with FAULT_CANCELLED
     RESET = 3  # HEAD = TAIL = 0, clear STATUS and ERROR
 
@@ -207,10 +222,12 @@ REGISTERS: tuple[Register, ...] = (
     Register(Reg.PEER_LINKS, "RO", 0,
              "bit N set: a link to the device with fabric id N (its VRAM by PEER PTEs)"),
     Register(Reg.POLL_BASE_LO, "RW", 0,
-             "poll words bus address, bits 31:0 (4-byte aligned; 0: none): one u32 per "
-             "queue, PollWord bits hold off that queue's interrupts"),
-    Register(Reg.POLL_BASE_HI, "RW", 0, "poll words bus address, bits 63:32"),
+             "poll area bus address, bits 31:0 (4-byte aligned; 0: none): per queue a "
+             "poll word (PollWord bits hold off its interrupts), a replay word and a "
+             "watch word"),
+    Register(Reg.POLL_BASE_HI, "RW", 0, "poll area bus address, bits 63:32"),
     Register(Reg.IRQ_HELD, "RO", 0, "interrupts held off by a poll word since reset"),
+    Register(Reg.REPLAYS_WATCHED, "RO", 0, "REPLAYs taken from a replay word since reset"),
 )
 
 def pt_level_shift(level: int) -> int:
@@ -452,6 +469,10 @@ def _defines() -> list[tuple[str, int]]:
         ("PTE_PEER_MASK", PTE_PEER_MASK),
         ("SAN_VRAM_ALLOC", SAN_VRAM_ALLOC), ("SAN_ORDER_SHIFT", SAN_ORDER_SHIFT),
         ("SAN_ORDER_MASK", SAN_ORDER_MASK), ("SAN_PAGE_SHIFT", SAN_PAGE_SHIFT),
+        ("POLL_WORDS_OFFSET", POLL_WORDS_OFFSET), ("REPLAY_WORDS_OFFSET", REPLAY_WORDS_OFFSET),
+        ("WATCH_WORDS_OFFSET", WATCH_WORDS_OFFSET), ("POLL_AREA_SIZE", POLL_AREA_SIZE),
+        ("WATCH_ACTIVE", WATCH_ACTIVE), ("REPLAY_COUNT_SHIFT", REPLAY_COUNT_SHIFT),
+        ("REPLAY_COUNT_MASK", REPLAY_COUNT_MASK),
     ]
     out += [(f"REG_{r.name}", int(r)) for r in Reg]
     out += [(f"QREG_{r.name}", int(r)) for r in QReg]

@@ -145,6 +145,9 @@ class GuestMemory:
     def write_u64(self, addr: int, value: int) -> None:
         _U64.pack_into(self.view(addr, 8, write=True), 0, value & 0xFFFF_FFFF_FFFF_FFFF)
 
+    def write_u32(self, addr: int, value: int) -> None:
+        _U32.pack_into(self.view(addr, 4, write=True), 0, value & 0xFFFF_FFFF)
+
 
 class Vram:
     """Device-local memory in a shared memory file (a memfd, or a file a peer

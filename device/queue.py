@@ -28,6 +28,13 @@ class Queue:
     # driver reset the queue belongs to the old ring and must not complete
     generation: int = 0
     hung: bool = False  # an injected hang: RUNNING, but nothing runs until RESET
+    # the replay count last honoured (replay word or CONTROL); a REPLAY
+    # write carrying it again is the second of two that crossed: dropped
+    replay_seen: int = 0
+    # while the device watches the replay word of this stalled queue: the
+    # count it held when the queue stalled (-1: not watched), and until when
+    watch: int = -1
+    watch_until: int = 0
 
     @property
     def runnable(self) -> bool:

@@ -170,7 +170,12 @@ class GpuServer:
     def stop(self) -> None:
         os.write(self._stop_w, b"x")
 
+    def _mmio_pending(self) -> bool:
+        """A message waits on the vfio-user socket (the engine stops watching)."""
+        return bool(select.select([self.ctx.poll_fd], [], [], 0)[0])
+
     def serve(self) -> None:
+        self.gpu.engine.mmio_pending = self._mmio_pending
         self.gpu.engine.start()
         if self.control:
             self.control.start()

@@ -54,6 +54,9 @@ NONE = 255
 # whole address space at exit) is recorded as this, "4 GiB or more"
 LENGTH_MAX = 0xFFFF_FFFF
 IRQ_HELD = 2  # an IRQ record's flags: held off by the driver's poll word
+# a REPLAY record's flags: bit 0 the queue was stalled; these say how it came
+REPLAY_WORD = 2  # taken from the queue's replay word, not a CONTROL write
+REPLAY_STALE = 4  # a CONTROL write whose count the replay word had brought: dropped
 
 
 class Kind(IntEnum):
@@ -68,7 +71,7 @@ class Kind(IntEnum):
     TLB_FILL = 4         # va of the page, addr = target, length = page size
     TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped
     FAULT = 6            # va, flags = access, aux = reason
-    REPLAY = 7
+    REPLAY = 7           # flags: 1 stalled, REPLAY_WORD, REPLAY_STALE
     CANCEL = 8
     MMIO_READ = 9        # addr = register offset, va = value, length = size
     MMIO_WRITE = 10

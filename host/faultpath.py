@@ -9,9 +9,11 @@ queue, and each segment between two events is a part of the round trip:
     fetch           the engine starts the command (CMD_START)
     fault           the walk found no PTE: fault record written (FAULT)
     fault irq       the FAULT interrupt raised (IRQ)
-    REPLAY write    the interrupt reached the guest, the fault work ran
-                    (records read, hmm_range_fault, PTEs written, TLB and
-                    sanitizer told) and restarted the queue (MMIO). The
+    REPLAY          the driver saw the records (a polling fence waiter, or
+                    the fault work after the interrupt), served them
+                    (hmm_range_fault, PTEs written, TLB and sanitizer told)
+                    and restarted the queue: the device took the count from
+                    the queue's replay word, or a CONTROL write came. The
                     driver's MMIO accesses in between are counted: each is a
                     round trip to the server while the guest CPU waits
     refetch         the engine starts the command again (CMD_START)
@@ -24,7 +26,7 @@ the guest's part (interrupt delivery, handler, work queue, the driver's code)
 and the trip of that access to the server. A READ without a fault is the
 same chain without the middle part.
 
-The guest's part (between the fault interrupt and the REPLAY write) is split
+The guest's part (between the fault interrupt and the REPLAY) is split
 further by guest_breakdown(), from the guest kernel's own function_graph
 trace of the interrupt handler, the fault work, the driver's fault-in and
 hmm_range_fault(); those durations are guest time, so they are not mixed
@@ -40,9 +42,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..device import hwdef as hw
-from ..device.trace import Kind, TraceFile
+from ..device.trace import REPLAY_STALE, Kind, TraceFile
 
-FAULT_EVENTS = ("doorbell", "fetch", "fault", "fault irq", "REPLAY write", "refetch", "done",
+FAULT_EVENTS = ("doorbell", "fetch", "fault", "fault irq", "REPLAY", "refetch", "done",
                 "completion irq")
 PLAIN_EVENTS = ("doorbell", "fetch", "done", "completion irq")
 
@@ -72,9 +74,9 @@ def chains(trace: TraceFile, queue: int) -> list[Chain]:
     control = hw.queue_reg(queue, hw.QReg.CONTROL)
     out: list[Chain] = []
     cur: Chain | None = None
-    for t, kind, q, addr, va, aux in zip(r["t_ns"].tolist(), r["kind"].tolist(),
-                                         r["queue"].tolist(), r["addr"].tolist(),
-                                         r["va"].tolist(), r["aux"].tolist(), strict=True):
+    for t, kind, q, addr, aux, flags in zip(
+            r["t_ns"].tolist(), r["kind"].tolist(), r["queue"].tolist(), r["addr"].tolist(),
+            r["aux"].tolist(), r["flags"].tolist(), strict=True):
         if kind == Kind.MMIO_WRITE and addr == tail:
             cur = Chain({"doorbell": t})
             out.append(cur)
@@ -83,7 +85,7 @@ def chains(trace: TraceFile, queue: int) -> list[Chain]:
             continue
         ev = cur.t
         if kind == Kind.CMD_START and q == queue:
-            ev.setdefault("refetch" if "REPLAY write" in ev else "fetch", t)
+            ev.setdefault("refetch" if "REPLAY" in ev else "fetch", t)
         elif kind == Kind.FAULT and q == queue:
             ev.setdefault("fault", t)
         elif kind == Kind.IRQ:
@@ -91,12 +93,12 @@ def chains(trace: TraceFile, queue: int) -> list[Chain]:
                 ev.setdefault("fault irq", t)
             elif aux == hw.IrqVector.COMPLETION and "done" in ev:
                 ev.setdefault("completion irq", t)
-        elif kind == Kind.MMIO_WRITE and addr == control and va == hw.QueueControl.REPLAY:
-            ev.setdefault("REPLAY write", t)
+        elif kind == Kind.REPLAY and q == queue and not flags & REPLAY_STALE:
+            ev.setdefault("REPLAY", t)
         elif kind == Kind.CMD_DONE and q == queue:
             ev.setdefault("done", t)
         if kind in (Kind.MMIO_READ, Kind.MMIO_WRITE) and "fault irq" in ev \
-                and "REPLAY write" not in ev and addr != control:
+                and "REPLAY" not in ev and addr != control:
             cur.mmio_in_driver += 1
     return out
 
@@ -165,7 +167,7 @@ GUEST_SERVERS = {"hmmgpu_fault_serve_inline": "the fence waiter",
 GUEST_WAIT = "interrupt -> fault work starts"  # the fault work's only
 GUEST_SEGMENTS = ("start -> hmm_range_fault", "hmm_range_fault",
                   "-> fault-in done (PTEs, DMA maps, TLB)",
-                  "-> done (REPLAY write, its MMIO round trip)")
+                  "-> done (the REPLAY: replay word, or CONTROL's MMIO round trip)")
 # "  101.234567 |   0) + 12.345 us   |      hmm_range_fault();"
 _GRAPH_LINE = re.compile(r"^\s*(\d+\.\d+)\s*\|\s*\d+\)\s*([!+#*@$ ]?\s*([\d.]+) us)?\s*\|\s*"
                          r"(.*)$")

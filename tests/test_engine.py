@@ -909,7 +909,7 @@ def test_deferred_work_waits_while_paused_and_the_worker_runs_it_after(rig: Rig,
 # ---- poll words ----------------------------------------------------------------------
 
 def _poll_words(rig: Rig) -> int:
-    words = rig.drv.alloc(4 * hw.NUM_QUEUES, 4)
+    words = rig.drv.alloc(hw.POLL_AREA_SIZE, 4)
     rig.gpu.mmio_write(Reg.POLL_BASE_LO, 4, words & 0xFFFFFFFF)
     rig.gpu.mmio_write(Reg.POLL_BASE_HI, 4, words >> 32)
     return words
@@ -959,3 +959,161 @@ def test_poll_words_never_hold_off_errors_and_outside_ram_are_none(rig: Rig) -> 
     assert rig.irqs[-1] == hw.IrqVector.COMPLETION and rig.reg(Reg.IRQ_HELD) == 0
     rig.gpu.mmio_write(Reg.DEVICE_RESET, 4, 1)
     assert rig.reg(Reg.POLL_BASE_LO) == rig.reg(Reg.POLL_BASE_HI) == 0
+
+
+# ---- replay words -------------------------------------------------------------------
+
+def _watch_word(rig: Rig, words: int, q: int) -> int:
+    return int.from_bytes(rig.drv.read(words + hw.WATCH_WORDS_OFFSET + 4 * q, 4), "little")
+
+
+def _set_replay_word(rig: Rig, words: int, q: int, count: int) -> None:
+    rig.drv.write(words + hw.REPLAY_WORDS_OFFSET + 4 * q, count.to_bytes(4, "little"))
+
+
+def _stall(rig: Rig, words: int, q: int, va: int, poll: int = hw.PollWord.FAULT) -> int:
+    """A READ of unmapped `va` on queue q, whose poll word is `poll`: stalled."""
+    _set_word(rig, words, q, poll)
+    status = rig.status_word()
+    rig.drv.set_u64(status, 0xDEAD)
+    rig.drv.submit(q, Opcode.READ, (va, rig.drv.alloc(8), 8), status=status)
+    rig.run()
+    assert rig.drv.qreg(q, QReg.STATUS) & hw.QueueStatus.STALLED
+    rig.drv.faults()
+    return status
+
+
+def _control_replay(rig: Rig, q: int, count: int) -> None:
+    rig.gpu.mmio_write(hw.queue_reg(q, QReg.CONTROL), 4,
+                       hw.QueueControl.REPLAY | count << hw.REPLAY_COUNT_SHIFT)
+
+
+def test_a_polling_drivers_fault_is_replayed_through_its_replay_word(rig: Rig,
+                                                                    deferred) -> None:
+    """The queue stalled while its poll word had POLL_FAULT: the device
+    watches its replay word (WATCH_ACTIVE); a new count there replays the
+    command with no CONTROL write, and the watch word then names the count
+    taken. A CONTROL REPLAY carrying that count crossed it and is dropped."""
+    import threading
+    import time
+
+    engine, _ = deferred
+    words = _poll_words(rig)
+    q, page = 3, rig.page(0x5A)
+    engine.mmio_pending = lambda: False  # as the server's MMIO thread, with no message
+    _set_word(rig, words, q, hw.PollWord.FAULT)
+    status = rig.status_word()
+    rig.drv.set_u64(status, 0xDEAD)
+    rig.drv.submit(q, Opcode.READ, (0x40_0000, rig.drv.alloc(8), 8), status=status)
+    watcher = threading.Thread(target=engine.run_deferred)
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while not _watch_word(rig, words, q) & hw.WATCH_ACTIVE:
+        assert time.monotonic() < deadline, "the device never watched"
+    (f,) = rig.drv.faults()
+    rig.drv.map(q, f.va, page, RW)
+    _set_replay_word(rig, words, q, 1)
+    assert _wait_status(rig, status) == 0
+    watcher.join(5)
+    assert rig.reg(Reg.REPLAYS_WATCHED) == 1
+    assert _watch_word(rig, words, q) == 1 << hw.REPLAY_COUNT_SHIFT  # took 1, not watching
+    # the next stall of the queue: a CONTROL write with the taken count is stale
+    status = _stall(rig, words, q, 0x60_0000, poll=0)
+    _control_replay(rig, q, 1)
+    rig.run()
+    assert rig.drv.qreg(q, QReg.STATUS) & hw.QueueStatus.STALLED
+    rig.drv.map(q, 0x60_0000, page, RW)
+    _control_replay(rig, q, 2)
+    rig.run()
+    assert rig.drv.u64(status) == 0 and rig.reg(Reg.REPLAYS_WATCHED) == 1
+
+
+def test_a_queue_whose_driver_does_not_poll_for_faults_is_not_watched(rig: Rig) -> None:
+    words = _poll_words(rig)
+    _stall(rig, words, 3, 0x40_0000, poll=hw.PollWord.COMPLETION)
+    assert _watch_word(rig, words, 3) == 0 and rig.gpu.engine._watched == []
+    _set_replay_word(rig, words, 3, 1)
+    rig.gpu.engine._poll_replays()
+    assert rig.drv.qreg(3, QReg.STATUS) & hw.QueueStatus.STALLED, "a count nobody watched"
+
+
+def test_when_the_watch_window_closes_the_replay_takes_a_control_write(rig: Rig,
+                                                                      monkeypatch) -> None:
+    from hmmgpu.device import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "REPLAY_WATCH_NS", 0)
+    words = _poll_words(rig)
+    status = _stall(rig, words, 3, 0x40_0000)
+    assert _watch_word(rig, words, 3) & hw.WATCH_ACTIVE
+    rig.gpu.engine._poll_replays()  # the window closed: the watch ends
+    assert _watch_word(rig, words, 3) == 0 and rig.gpu.engine._watched == []
+    rig.drv.map(3, 0x40_0000, rig.page(), RW)
+    _set_replay_word(rig, words, 3, 1)  # the driver: count, then the watch word says
+    rig.gpu.engine._poll_replays()      # not watching and 0 taken: CONTROL
+    rig.run()
+    assert rig.drv.u64(status) == 0xDEAD
+    _control_replay(rig, 3, 1)
+    rig.run()
+    assert rig.drv.u64(status) == 0 and rig.reg(Reg.REPLAYS_WATCHED) == 0
+
+
+def test_a_count_stored_as_the_window_closes_is_taken_by_the_last_look(rig: Rig,
+                                                                      monkeypatch) -> None:
+    """The driver stores its count just after the device's first look and
+    reads the watch word before the device clears it: it writes no CONTROL,
+    so the device's look after clearing WATCH_ACTIVE must take the count."""
+    from hmmgpu.device import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "REPLAY_WATCH_NS", 0)
+    words = _poll_words(rig)
+    status = _stall(rig, words, 3, 0x40_0000)
+    rig.drv.map(3, 0x40_0000, rig.page(), RW)
+    mem, looks = rig.gpu.engine.mem, []
+    read_u32 = mem.read_u32
+
+    def racing_read(addr: int) -> int:
+        value = read_u32(addr)
+        if addr == words + hw.REPLAY_WORDS_OFFSET + 12:
+            looks.append(value)
+            _set_replay_word(rig, words, 3, 7)  # the driver, between the two looks
+        return value
+
+    monkeypatch.setattr(mem, "read_u32", racing_read)
+    rig.gpu.engine._poll_replays()
+    monkeypatch.setattr(mem, "read_u32", read_u32)
+    assert looks == [0, 7]
+    assert _watch_word(rig, words, 3) == 7 << hw.REPLAY_COUNT_SHIFT
+    rig.run()
+    assert rig.drv.u64(status) == 0 and rig.reg(Reg.REPLAYS_WATCHED) == 1
+    _control_replay(rig, 3, 7)  # a driver that read the word cleared: dropped
+    assert rig.gpu.engine.queues[3].status == 0
+
+
+def test_cancel_and_reset_end_a_watch(rig: Rig) -> None:
+    words = _poll_words(rig)
+    status = _stall(rig, words, 3, 0x40_0000)
+    rig.drv.cancel(3)
+    rig.run()
+    assert rig.drv.u64(status) == ErrorCode.FAULT_CANCELLED
+    assert _watch_word(rig, words, 3) == 0 and rig.gpu.engine._watched == []
+    _stall(rig, words, 4, 0x40_0000)
+    rig.gpu.mmio_write(hw.queue_reg(4, QReg.CONTROL), 4, hw.QueueControl.RESET)
+    assert _watch_word(rig, words, 4) == 0 and rig.gpu.engine._watched == []
+    _stall(rig, words, 5, 0x40_0000)
+    rig.gpu.mmio_write(Reg.DEVICE_RESET, 4, 1)
+    assert rig.gpu.engine._watched == []
+
+
+def test_the_trace_says_how_a_replay_came(rig: Rig, tmp_path) -> None:
+    words = _poll_words(rig)
+    engine = rig.gpu.engine
+    engine.trace.start()
+    _stall(rig, words, 3, 0x40_0000)
+    rig.drv.map(3, 0x40_0000, rig.page(), RW)
+    _set_replay_word(rig, words, 3, 1)
+    engine._poll_replays()
+    _control_replay(rig, 3, 1)
+    rig.run()
+    engine.trace.dump(tmp_path / "t.hmmtrace")
+    records = trace.load(tmp_path / "t.hmmtrace").of_kind(Kind.REPLAY)
+    assert [int(f) for f in records["flags"]] == [1 | trace.REPLAY_WORD, trace.REPLAY_STALE]

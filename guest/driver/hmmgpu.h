@@ -91,6 +91,7 @@ struct hmmgpu_queue {
 	dma_addr_t words_dma;
 	u32 tail;
 	u64 seq;			/* last fence value submitted */
+	u32 replays;			/* last replay count (gpu->fault_lock) */
 };
 
 /* A part of the VRAM registered as one dev_pagemap, behind one /dev/hmm_dmirrorN. */
@@ -148,7 +149,7 @@ struct hmmgpu {
 	u32 fault_overflow;		/* FAULT_OVERFLOW when last looked at */
 	struct mutex fault_lock;	/* the fields above; serving the faults */
 	bool fault_taken;		/* a fence waiter took records an interrupt announced */
-	__le32 *poll;			/* poll words, one per queue: what its waiter polls for */
+	__le32 *poll;			/* the poll area: per queue a poll, replay and watch word */
 	dma_addr_t poll_dma;
 	struct work_struct fault_work;
 
@@ -218,6 +219,11 @@ static inline u32 hmmgpu_qread(struct hmmgpu_queue *q, u32 reg)
 	return hmmgpu_read(q->gpu, HMMGPU_QUEUE_REG(q->index, reg));
 }
 
+/* Queue @q's words in the poll area (docs/hardware.md, Poll words). */
+#define hmmgpu_poll_word(gpu, q)	((gpu)->poll[HMMGPU_POLL_WORDS_OFFSET / 4 + (q)])
+#define hmmgpu_replay_word(gpu, q)	((gpu)->poll[HMMGPU_REPLAY_WORDS_OFFSET / 4 + (q)])
+#define hmmgpu_watch_word(gpu, q)	((gpu)->poll[HMMGPU_WATCH_WORDS_OFFSET / 4 + (q)])
+
 /* hmmgpu_main.c */
 bool hmmgpu_dev_enter(struct hmmgpu *gpu, int *idx);
 void hmmgpu_dev_exit(int idx);
@@ -256,6 +262,7 @@ u64 hmmgpu_pt_lookup(struct hmmgpu_mirror *mirror, unsigned long va);
 /* hmmgpu_fault.c */
 void hmmgpu_fault_work(struct work_struct *work);
 bool hmmgpu_fault_pending(struct hmmgpu *gpu);
+void hmmgpu_replay(struct hmmgpu_queue *q);
 bool hmmgpu_fault_inline(void);
 void hmmgpu_fault_poll_end(struct hmmgpu *gpu);
 int hmmgpu_fault_serve_inline(struct hmmgpu *gpu);

@@ -301,8 +301,37 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va,
 		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_CANCEL);
 	} else {
 		hmmgpu_san_flush(mirror->gpu);	/* before the device walks the new PTEs */
-		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+		hmmgpu_replay(q);
 	}
+}
+
+/*
+ * REPLAY @q. While the device watches @q's replay word (it stalled while
+ * its waiter polled for faults) a new count there is enough: no MMIO
+ * write, whose round trip through the VMM holds this CPU (~80 us under
+ * TCG). Else CONTROL, with the same count, which the device drops if it
+ * took the word's meanwhile (docs/hardware.md, Poll words).
+ */
+void hmmgpu_replay(struct hmmgpu_queue *q)
+{
+	struct hmmgpu *gpu = q->gpu;
+	u32 count = q->replays % HMMGPU_REPLAY_COUNT_MASK + 1;	/* 1..0xffff: 0 is none */
+	u32 watch;
+
+	lockdep_assert_held(&gpu->fault_lock);
+	q->replays = count;
+	dma_wmb();	/* the PTEs before the count, as before a doorbell */
+	WRITE_ONCE(hmmgpu_replay_word(gpu, q->index), cpu_to_le32(count));
+	/*
+	 * The count's store before the watch word's load: the device clears
+	 * WATCH_ACTIVE, then (a full barrier) looks at the count once more,
+	 * so it takes the count or we see the word cleared.
+	 */
+	smp_mb();
+	watch = le32_to_cpu(READ_ONCE(hmmgpu_watch_word(gpu, q->index)));
+	if (!(watch & HMMGPU_WATCH_ACTIVE) && watch >> HMMGPU_REPLAY_COUNT_SHIFT != count)
+		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL,
+			      HMMGPU_QCTRL_REPLAY | count << HMMGPU_REPLAY_COUNT_SHIFT);
 }
 
 /*
@@ -320,9 +349,9 @@ static void hmmgpu_replay_lost(struct hmmgpu *gpu)
 	gpu->fault_overflow = overflow;
 	for (i = 0; i < HMMGPU_NUM_CONTEXTS; i++)
 		if (hmmgpu_qread(&gpu->cq[i], HMMGPU_QREG_STATUS) & HMMGPU_QSTATUS_STALLED)
-			hmmgpu_qwrite(&gpu->cq[i], HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+			hmmgpu_replay(&gpu->cq[i]);
 	if (hmmgpu_qread(&gpu->kq, HMMGPU_QREG_STATUS) & HMMGPU_QSTATUS_STALLED)
-		hmmgpu_qwrite(&gpu->kq, HMMGPU_QREG_CONTROL, HMMGPU_QCTRL_REPLAY);
+		hmmgpu_replay(&gpu->kq);
 }
 
 /*

@@ -18,6 +18,7 @@
  *   test_doorbell    WO  write N: the device raises MSI-X vector N
  *   irq_counts       RO  interrupts this driver received, per vector
  *   irq_held         RO  interrupts the device held off while we polled (IRQ_HELD)
+ *   replays_watched  RO  REPLAYs the device took from a replay word (REPLAYS_WATCHED)
  *
  * The interrupt handler counts per vector, wakes fence waiters on completion
  * and error, and schedules the fault work. Locking: see hmmgpu.h.
@@ -181,6 +182,14 @@ static ssize_t irq_held_show(struct device *dev, struct device_attribute *attr, 
 }
 static DEVICE_ATTR_RO(irq_held);
 
+static ssize_t replays_watched_show(struct device *dev, struct device_attribute *attr,
+				    char *buf)
+{
+	return sysfs_emit(buf, "%u\n",
+			  hmmgpu_read(dev_get_drvdata(dev), HMMGPU_REG_REPLAYS_WATCHED));
+}
+static DEVICE_ATTR_RO(replays_watched);
+
 /* "free total" device pages: a leak shows as free < total once nothing is migrated */
 static ssize_t vram_pages_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
@@ -199,6 +208,7 @@ static struct attribute *hmmgpu_attrs[] = {
 	&dev_attr_test_doorbell.attr,
 	&dev_attr_irq_counts.attr,
 	&dev_attr_irq_held.attr,
+	&dev_attr_replays_watched.attr,
 	&dev_attr_vram_pages.attr,
 	NULL,
 };
@@ -215,8 +225,8 @@ static void hmmgpu_engine_fini(struct hmmgpu *gpu)
 	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_LO, 0);
 	hmmgpu_write(gpu, HMMGPU_REG_POLL_BASE_HI, 0);
 	if (gpu->poll)
-		dma_free_coherent(&gpu->pdev->dev, HMMGPU_NUM_QUEUES * sizeof(*gpu->poll),
-				  gpu->poll, gpu->poll_dma);
+		dma_free_coherent(&gpu->pdev->dev, HMMGPU_POLL_AREA_SIZE, gpu->poll,
+				  gpu->poll_dma);
 	gpu->poll = NULL;
 	if (gpu->faults)
 		dma_free_coherent(&gpu->pdev->dev,
@@ -246,9 +256,9 @@ static int hmmgpu_engine_init(struct hmmgpu *gpu)
 	gpu->fault_get = 0;
 	gpu->fault_get_told = 0;
 	gpu->fault_overflow = hmmgpu_read(gpu, HMMGPU_REG_FAULT_OVERFLOW);
-	/* zeroed: nobody polls yet */
-	gpu->poll = dma_alloc_coherent(&gpu->pdev->dev, HMMGPU_NUM_QUEUES * sizeof(*gpu->poll),
-				       &gpu->poll_dma, GFP_KERNEL);
+	/* zeroed: nobody polls, no replay count, nothing watched */
+	gpu->poll = dma_alloc_coherent(&gpu->pdev->dev, HMMGPU_POLL_AREA_SIZE, &gpu->poll_dma,
+				       GFP_KERNEL);
 	if (!gpu->poll) {
 		hmmgpu_engine_fini(gpu);
 		return -ENOMEM;

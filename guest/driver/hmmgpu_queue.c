@@ -87,6 +87,7 @@ int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int i
 		return -ENOMEM;
 	}
 	q->seq = 0;
+	q->replays = 0;		/* as the zeroed replay word */
 	WRITE_ONCE(q->words[0], 0);
 	hmmgpu_queue_program(q);
 	return 0;
@@ -182,7 +183,7 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 	if (done)
 		return true;
 	/* interrupts again */
-	WRITE_ONCE(gpu->poll[q->index], 0);
+	WRITE_ONCE(hmmgpu_poll_word(gpu, q->index), 0);
 	/*
 	 * The word's store before the fence and fault-buffer reads that follow:
 	 * the device stores those before it reads the word, so one of us sees
@@ -262,7 +263,7 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
 	/* polled from the start: a quick command then sends no interrupt */
 	poll = hmmgpu_poll_bits(q);
-	WRITE_ONCE(q->gpu->poll[q->index], cpu_to_le32(poll));
+	WRITE_ONCE(hmmgpu_poll_word(q->gpu, q->index), cpu_to_le32(poll));
 	/* the commands and the poll word must be visible before the doorbell */
 	dma_wmb();
 	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);

@@ -28,7 +28,7 @@
 #define HMMGPU_VRAM_BAR                 0x4
 #define HMMGPU_ID_MAGIC                 0x4d4d4748
 #define HMMGPU_VERSION_MAJOR            0x0
-#define HMMGPU_VERSION_MINOR            0x4
+#define HMMGPU_VERSION_MINOR            0x5
 #define HMMGPU_PAGE_SHIFT               0xc
 #define HMMGPU_LARGE_PAGE_SHIFT         0x15
 #define HMMGPU_NUM_CONTEXTS             0x10
@@ -61,6 +61,13 @@
 #define HMMGPU_SAN_ORDER_SHIFT          0x1
 #define HMMGPU_SAN_ORDER_MASK           0xf
 #define HMMGPU_SAN_PAGE_SHIFT           0x5
+#define HMMGPU_POLL_WORDS_OFFSET        0x0
+#define HMMGPU_REPLAY_WORDS_OFFSET      0x44
+#define HMMGPU_WATCH_WORDS_OFFSET       0x88
+#define HMMGPU_POLL_AREA_SIZE           0xcc
+#define HMMGPU_WATCH_ACTIVE             0x1
+#define HMMGPU_REPLAY_COUNT_SHIFT       0x10
+#define HMMGPU_REPLAY_COUNT_MASK        0xffff
 #define HMMGPU_REG_ID                   0x0
 #define HMMGPU_REG_VERSION              0x4
 #define HMMGPU_REG_SCRATCH              0x8
@@ -92,6 +99,7 @@
 #define HMMGPU_REG_POLL_BASE_LO         0x74
 #define HMMGPU_REG_POLL_BASE_HI         0x78
 #define HMMGPU_REG_IRQ_HELD             0x7c
+#define HMMGPU_REG_REPLAYS_WATCHED      0x80
 #define HMMGPU_QREG_RING_BASE_LO        0x0
 #define HMMGPU_QREG_RING_BASE_HI        0x4
 #define HMMGPU_QREG_RING_SIZE           0x8
