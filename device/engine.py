@@ -76,6 +76,9 @@ _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
 _POLL_COMPLETION, _POLL_FAULT = int(hw.PollWord.COMPLETION), int(hw.PollWord.FAULT)
 _REPLAY, _COUNT_SHIFT = int(hw.QueueControl.REPLAY), hw.REPLAY_COUNT_SHIFT
+# a queue's words in the poll area, indexes of u32s
+_POLL_WORD, _REPLAY_WORD, _WATCH_WORD = (o // 4 for o in (
+    hw.POLL_WORDS_OFFSET, hw.REPLAY_WORDS_OFFSET, hw.WATCH_WORDS_OFFSET))
 _BARRIER = threading.Lock()  # taking a lock is an atomic read-modify-write
 _KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
 
@@ -138,7 +141,7 @@ class Engine:
             self.error_queue = 0xFFFFFFFF
             self.error_addr = 0
             self.error_count = 0
-            self.intr_status = hw.IntrStatus(0)
+            self.intr_status = 0  # IntrStatus bits, a plain int on the per-command path
             self.poll_base = 0
             self.irq_held = 0
             self.replays_watched = 0
@@ -244,13 +247,10 @@ class Engine:
                     self._deferred.remove(queue)
                 self._busy = True
             if queue is None:
-                self._watch_and_release(pending)
-                with self.lock:  # what a replay word restarted runs here too
-                    self._deferred += [q for q in self.queues
-                                       if q.runnable and q not in self._deferred]
-                if pending is not None and pending():
-                    deadline = 0  # the MMIO thread is wanted: the worker goes on
-                continue
+                queue = self._watch(pending)
+                if queue is None:  # the MMIO thread is wanted: the worker goes on
+                    deadline = 0
+                    continue
             self._run_batch(queue, deferred=True)
             if queue.runnable:
                 with self.lock:
@@ -267,7 +267,7 @@ class Engine:
             self.error_count += 1
             if queue is not None:
                 self.queues[queue].error = code
-            self.intr_status |= hw.IntrStatus.ERROR
+            self.intr_status |= int(hw.IntrStatus.ERROR)
         if self.trace.on:
             self.trace.emit(tr.ERROR, NONE if queue is None else queue, self._cur[1],
                             cmd=self._cur[2], addr=addr, aux=int(code))
@@ -310,8 +310,7 @@ class Engine:
                     return
                 queue = self._next_queue(rr)
                 self._busy = True
-            if queue is None:
-                self._watch_and_release(None)
+            if queue is None and (queue := self._watch(None)) is None:
                 continue
             rr = queue.index + 1
             self._run_batch(queue)
@@ -348,16 +347,15 @@ class Engine:
         here is older than any REPLAY of this stall. Under lock."""
         if not self.poll_base or queue.watch >= 0:
             return
-        q, mem = queue.index, self.mem
-        try:
-            if not mem.read_u32(self._poll_area(hw.POLL_WORDS_OFFSET, q)) & _POLL_FAULT:
-                return
-            count = mem.read_u32(self._poll_area(hw.REPLAY_WORDS_OFFSET, q)) \
-                & hw.REPLAY_COUNT_MASK
-            mem.write_u32(self._poll_area(hw.WATCH_WORDS_OFFSET, q),
-                          queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE)
+        q = queue.index
+        try:  # the area's three words of q, as little-endian u32s
+            area = self.mem.view(self.poll_base, hw.POLL_AREA_SIZE, True).view("<u4")
         except DeviceError:
             return  # the poll area is not in guest RAM: no watching
+        if not area[_POLL_WORD + q] & _POLL_FAULT:
+            return
+        count = int(area[_REPLAY_WORD + q]) & hw.REPLAY_COUNT_MASK
+        area[_WATCH_WORD + q] = queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE
         queue.watch, queue.watch_until = count, time.monotonic_ns() + REPLAY_WATCH_NS
         self._watched.append(queue)
 
@@ -376,10 +374,12 @@ class Engine:
         except DeviceError:
             pass
 
-    def _poll_replays(self) -> None:
+    def _poll_replays(self) -> Queue | None:
         """One look at each watched replay word: a new count replays its
         queue; a window that closed ends the watch, after one more look
-        that follows the watch word's clearing. Under lock."""
+        that follows the watch word's clearing. Returns a queue replayed.
+        Under lock."""
+        replayed = None
         now = time.monotonic_ns()
         for queue in list(self._watched):
             snapshot, addr = queue.watch, self._poll_area(hw.REPLAY_WORDS_OFFSET, queue.index)
@@ -398,6 +398,8 @@ class Engine:
                 self._unwatch(queue)
                 continue
             self._take_replay(queue, count)
+            replayed = queue
+        return replayed
 
     def _take_replay(self, queue: Queue, count: int) -> None:
         """The driver's replay word says REPLAY. Under lock."""
@@ -410,25 +412,35 @@ class Engine:
         queue.status &= ~_STALLED
         self.replays_watched += 1
 
-    def _watch_and_release(self, pending: Callable[[], bool] | None) -> None:
-        """Watch replay words until none is watched, a queue can run,
-        execution must stop, or pending() (a message for the MMIO thread);
-        then clear _busy, which the caller set."""
+    def _watch(self, pending: Callable[[], bool] | None) -> Queue | None:
+        """Watch replay words (the caller set _busy) until one restarts its
+        queue, which is returned with _busy still set for the caller to run
+        it at once; else, with _busy cleared, None when none is watched any
+        more, another queue can run, execution must stop, or pending() (a
+        message for the MMIO thread)."""
+        replayed, wake = None, False
         try:
             while True:
                 with self.lock:
-                    self._poll_replays()
-                    if not self._watched or self._paused or self._stop or \
-                            self._next_queue(0) is not None:
-                        return
+                    replayed = self._poll_replays()
+                    if self._paused or self._stop:
+                        replayed, wake = None, True  # pause() waits for _busy
+                        break
+                    if replayed is not None or not self._watched:
+                        break
+                    if self._next_queue(0) is not None:
+                        wake = True  # its doorbell found us busy: the worker's
+                        break
                 if pending is not None and pending():
-                    return
+                    break
                 os.sched_yield()  # the GIL and the CPU for others between looks
         finally:
-            with self.lock:
-                self._busy = False
-                if self._paused or self._stop:
-                    self._wake.notify_all()  # pause() waits for _busy
+            if replayed is None:
+                with self.lock:
+                    self._busy = False
+                    if wake:
+                        self._wake.notify_all()
+        return replayed
 
     def run_until_idle(self, limit: int = 100000) -> None:
         """Execute synchronously until no queue is runnable (tests, no thread)."""
@@ -568,6 +580,6 @@ class Engine:
                 self._unwatch(queue)  # no stall: the command fails
                 raise
             queue.status |= _STALLED
-            self.intr_status |= hw.IntrStatus.FAULT
+            self.intr_status |= int(hw.IntrStatus.FAULT)
         if not self._held_off(queue.index, _POLL_FAULT, hw.IrqVector.FAULT):
             self._raise_irq(hw.IrqVector.FAULT)

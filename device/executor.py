@@ -149,11 +149,29 @@ class Executor:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
         ctx = self.context(queue, cmd)
         root = self._queues()[ctx].pt_base
+        translate = self.mmu.translate
+        if not tracing and not self.inject.active:  # one page holds it all: no runs
+            try:
+                t = translate(ctx, root, addr, access)
+            except Fault as f:
+                if (addr ^ (addr + length - 1)) < hw.PAGE_SIZE:  # its one page: the batch
+                    self._report_faults(queue, ctx, [f], access)
+                    raise
+                # else the loop below collects it with the others
+            else:
+                if addr + length <= t.va + t.size:
+                    target = t.addr + (addr - t.va)
+                    if t.vram:
+                        return [self.vram.view(target, length) if t.peer < 0
+                                else self._peer_vram(t.peer).view(target, length)]
+                    try:
+                        return [self.mem.view(target, length, write)]
+                    except DeviceError:
+                        pass  # across two regions, or an error: the general path says
         # [(vram, peer), target, length, va]: contiguous pages of one memory merge
         runs: list[list] = []
         faults: list[Fault] = []
         va, end = addr, addr + length
-        translate = self.mmu.translate
         while va < end:
             try:
                 t = translate(ctx, root, va, access)
@@ -178,7 +196,7 @@ class Executor:
             self._report_faults(queue, ctx, faults, access)
             raise faults[0]
         views: list[np.ndarray] = []
-        command = self._where()[2]
+        command = self._where()[2] if tracing else 0
         for (vram, peer), target, n, run_va in runs:
             if tracing:
                 self.trace.emit(kind, queue.index, ctx, command, dma_flags(vram, peer),

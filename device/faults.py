@@ -10,9 +10,8 @@ faults).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
-
-import numpy as np
 
 from . import hwdef as hw
 from . import trace as tr
@@ -22,6 +21,8 @@ from .memory import DeviceError, GuestMemory
 from .mmu import Fault
 from .sanitizer import Sanitizer
 from .trace import Recorder
+
+_U32 = struct.Struct("<I")
 
 
 class FaultUnit:
@@ -89,18 +90,17 @@ class FaultUnit:
         last = kept[-1] if kept else None
         for f in kept:
             flags = int(access) | (hw.FAULT_LAST if f is last else 0)
-            rec = hw.FAULT_RECORD.pack(f.va, self.clock(), ctx, flags, queue, int(f.reason))
             slot = self.base + (self.put % size) * hw.FAULT_RECORD_SIZE
             if self.trace.on:  # the fault, and the record's DMA write
                 self.trace.emit(tr.FAULT, queue, ctx, command, flags=int(access), va=f.va,
                                 addr=slot, length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
             try:
                 view = self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)
-                view[:] = np.frombuffer(rec, dtype=np.uint8)
+                hw.FAULT_RECORD.pack_into(view, 0, f.va, self.clock(), ctx, flags, queue,
+                                          int(f.reason))
                 # VALID last: a driver that sees it sees the whole record
                 # (x86-TSO on the host keeps the stores in order)
-                view[hw.FAULT_ACCESS_OFFSET:hw.FAULT_ACCESS_OFFSET + 4].view(np.uint32)[0] = \
-                    flags | hw.FAULT_VALID
+                _U32.pack_into(view, hw.FAULT_ACCESS_OFFSET, flags | hw.FAULT_VALID)
             except DeviceError as e:
                 raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
                                   "fault buffer not in guest memory") from e

@@ -192,7 +192,7 @@ class Gpu:
                 e.error = hw.ErrorCode.NONE
 
         def clear_intr(v: int) -> None:
-            e.intr_status &= ~hw.IntrStatus(v & 0x7)
+            e.intr_status &= ~(v & 0x7)
 
         def set_fault_base_lo(v: int) -> None:
             f.base = _set_lo(f.base, v)

@@ -49,6 +49,11 @@ module_param(fault_inline, bool, 0644);
 MODULE_PARM_DESC(fault_inline,
 		 "a context queue's polling fence waiter serves the faults it sees (default on); off: the fault work always does");
 
+static bool replay_word = true;
+module_param(replay_word, bool, 0644);
+MODULE_PARM_DESC(replay_word,
+		 "REPLAY through the queue's replay word while the device watches it (default on); off: always a CONTROL write");
+
 static unsigned int fault_granule_kb;
 module_param(fault_granule_kb, uint, 0644);
 MODULE_PARM_DESC(fault_granule_kb,
@@ -320,6 +325,11 @@ void hmmgpu_replay(struct hmmgpu_queue *q)
 
 	lockdep_assert_held(&gpu->fault_lock);
 	q->replays = count;
+	if (!READ_ONCE(replay_word)) {
+		hmmgpu_qwrite(q, HMMGPU_QREG_CONTROL,
+			      HMMGPU_QCTRL_REPLAY | count << HMMGPU_REPLAY_COUNT_SHIFT);
+		return;
+	}
 	dma_wmb();	/* the PTEs before the count, as before a doorbell */
 	WRITE_ONCE(hmmgpu_replay_word(gpu, q->index), cpu_to_le32(count));
 	/*
