@@ -117,6 +117,35 @@ def test_a_polling_driver_holds_off_the_interrupts_it_does_not_need(lab: Lab) ->
     assert h2 == h1 and c2 - c1 >= 100 and f2 - f1 >= 50, (c2 - c1, f2 - f1)
 
 
+def test_a_polling_driver_replays_its_faults_through_the_replay_word(lab: Lab) -> None:
+    """Replay words (docs/hardware.md): a fault served by a polling fence
+    waiter is replayed by a count in guest memory the device watches, not a
+    CONTROL write (REPLAYS_WATCHED counts them); with hmmgpu.ko's replay_word
+    off every replay is a CONTROL write. fault_bench N: N faulting READs."""
+    d = load_driver(lab)
+    spin = "/sys/module/hmmgpu/parameters/fence_spin_us"
+    word = "/sys/module/hmmgpu/parameters/replay_word"
+    bench = f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 50"
+
+    def watched() -> int:
+        return int(lab.ssh(f"cat {d}/replays_watched").stdout)
+
+    old = lab.ssh(f"cat {spin}").stdout.strip()
+    try:
+        lab.ssh(f"echo 20000 > {spin}")
+        w0 = watched()
+        lab.ssh(bench)
+        w1 = watched()
+        lab.ssh(f"echo 0 > {word}")
+        lab.ssh(bench)
+        w2 = watched()
+    finally:
+        lab.ssh(f"echo {old} > {spin}; echo 1 > {word}")
+    # a replay the device's watch window missed goes by CONTROL: a few may
+    assert w1 - w0 >= 40, w1 - w0
+    assert w2 == w1
+
+
 def test_every_vector_with_msix_disabled_is_counted_and_the_guest_runs_on(lab: Lab) -> None:
     """No driver, so MSI-X never enabled: the manual says an interrupt is then
     counted in IRQ_COUNT and lost. Vector 0 used to reach QEMU's error
