@@ -80,7 +80,7 @@ _REPLAY, _COUNT_SHIFT = int(hw.QueueControl.REPLAY), hw.REPLAY_COUNT_SHIFT
 _POLL_WORD, _REPLAY_WORD, _WATCH_WORD = (o // 4 for o in (
     hw.POLL_WORDS_OFFSET, hw.REPLAY_WORDS_OFFSET, hw.WATCH_WORDS_OFFSET))
 _BARRIER = threading.Lock()  # taking a lock is an atomic read-modify-write
-_KERNEL_QUEUE, _COMMAND_SIZE = hw.KERNEL_QUEUE, hw.COMMAND_SIZE
+_KERNEL_QUEUE, _COMMAND = hw.KERNEL_QUEUE, hw.COMMAND
 
 
 class Engine:
@@ -471,12 +471,11 @@ class Engine:
             return
         slot = queue.slot()
         try:
-            raw = self.mem.view(slot, _COMMAND_SIZE)
+            cmd = Command.of(self.mem.unpack(_COMMAND, slot))
         except DeviceError as e:
             with self.lock:
                 self._halt(queue, e.code, e.addr, "command ring not in guest memory")
             return
-        cmd = Command.unpack(raw)
         if self.trace.on:
             self.trace.emit(tr.CMD_START, *self._cur, addr=slot, length=hw.COMMAND_SIZE,
                             aux=cmd.opcode)

@@ -136,6 +136,19 @@ class GuestMemory:
             addr, length = addr + n, length - n
         return out
 
+    def unpack(self, layout: struct.Struct, addr: int) -> tuple:
+        """layout.unpack() of the bytes at addr (in one region), with no view
+        made: a command's fetch."""
+        size = layout.size
+        with self._lock:
+            i = bisect.bisect(self._starts, addr) - 1
+            if i >= 0:
+                r = self._regions[i]
+                off = addr - r.iova
+                if 0 <= off <= r.length - size:
+                    return layout.unpack_from(r.array, off)
+        raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{size} bytes")
+
     def read_u64(self, addr: int) -> int:
         return _U64.unpack_from(self.view(addr, 8))[0]
 

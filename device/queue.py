@@ -67,8 +67,12 @@ class Command:
 
     @classmethod
     def unpack(cls, raw: bytes | memoryview | np.ndarray) -> Command:
-        op, flags, ctx, res, a0, a1, a2, a3, a4, status = hw.COMMAND.unpack(raw)
-        return cls(op, flags, ctx, res, (a0, a1, a2, a3, a4), status)
+        return cls.of(hw.COMMAND.unpack(raw))
+
+    @classmethod
+    def of(cls, f: tuple) -> Command:
+        """From the fields of hw.COMMAND, in order."""
+        return cls(f[0], f[1], f[2], f[3], f[4:9], f[9])
 
     def aperture(self, shift: int) -> int:
         return (self.flags >> shift) & hw.APERTURE_MASK
