@@ -150,16 +150,22 @@ class Executor:
         ctx = self.context(queue, cmd)
         root = self._queues()[ctx].pt_base
         translate = self.mmu.translate
+        va, end = addr, addr + length
+        mmu = self.mmu
+        faults: list[Fault] = []
+        ahead: list = []  # translations of va and on, walked already (Mmu.walk_ahead)
+        k = 0
         if not tracing and not self.inject.active:  # one page holds it all: no runs
             try:
                 t = translate(ctx, root, addr, access)
             except Fault as f:
-                if (addr ^ (addr + length - 1)) < hw.PAGE_SIZE:  # its one page: the batch
+                if (addr ^ (end - 1)) < hw.PAGE_SIZE:  # its one page: the batch
                     self._report_faults(queue, ctx, [f], access)
                     raise
-                # else the loop below collects it with the others
+                faults.append(f)  # the loop below collects the others
+                va = (addr & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
             else:
-                if addr + length <= t.va + t.size:
+                if end <= t.va + t.size:
                     target = t.addr + (addr - t.va)
                     if t.vram:
                         return [self.vram.view(target, length) if t.peer < 0
@@ -168,19 +174,24 @@ class Executor:
                         return [self.mem.view(target, length, write)]
                     except DeviceError:
                         pass  # across two regions, or an error: the general path says
+                ahead = [t, *mmu.walk_ahead(ctx, t, end, access)] if mmu.walked else [t]
         # [(vram, peer), target, length, va]: contiguous pages of one memory merge
         runs: list[list] = []
-        faults: list[Fault] = []
-        va, end = addr, addr + length
         while va < end:
-            try:
-                t = translate(ctx, root, va, access)
-            except Fault as f:
-                faults.append(f)
-                if len(faults) >= MAX_FAULTS_PER_COMMAND:
-                    break
-                va = (va & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
-                continue
+            if k < len(ahead):
+                t = ahead[k]
+                k += 1
+            else:
+                try:
+                    t = translate(ctx, root, va, access)
+                except Fault as f:
+                    faults.append(f)
+                    if len(faults) >= MAX_FAULTS_PER_COMMAND:
+                        break
+                    va = (va & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
+                    continue
+                if mmu.walked and t.va + t.size < end:
+                    ahead, k = mmu.walk_ahead(ctx, t, end, access), 0
             n = min(end, t.va + t.size) - va
             assert n > 0, f"translation {t} does not cover {va:#x}"
             if not faults:
