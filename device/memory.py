@@ -150,10 +150,10 @@ class GuestMemory:
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{size} bytes")
 
     def read_u64(self, addr: int) -> int:
-        return _U64.unpack_from(self.view(addr, 8))[0]
+        return self.unpack(_U64, addr)[0]
 
     def read_u32(self, addr: int) -> int:
-        return _U32.unpack_from(self.view(addr, 4))[0]
+        return self.unpack(_U32, addr)[0]
 
     def write_u64(self, addr: int, value: int) -> None:
         _U64.pack_into(self.view(addr, 8, write=True), 0, value & 0xFFFF_FFFF_FFFF_FFFF)
