@@ -60,9 +60,10 @@ class GuestMemory:
     """Guest system memory as the device sees it: a set of DMA regions."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._starts: list[int] = []
-        self._regions: list[Region] = []
+        self._lock = threading.Lock()  # writers only
+        # (region starts, regions), sorted: replaced whole under _lock, read
+        # with no lock (one attribute load sees one consistent map)
+        self._map: tuple[tuple[int, ...], tuple[Region, ...]] = ((), ())
 
     def add(self, iova: int, length: int, vaddr: int, writable: bool = True) -> None:
         array = np.ctypeslib.as_array((ctypes.c_uint8 * length).from_address(vaddr))
@@ -70,34 +71,37 @@ class GuestMemory:
 
     def add_array(self, iova: int, array: np.ndarray, writable: bool = True) -> None:
         with self._lock:
-            i = bisect.bisect(self._starts, iova)
-            self._starts.insert(i, iova)
-            self._regions.insert(i, Region(iova, array.nbytes, array.reshape(-1).view(np.uint8),
-                                           writable))
+            starts, regions = map(list, self._map)
+            i = bisect.bisect(starts, iova)
+            starts.insert(i, iova)
+            regions.insert(i, Region(iova, array.nbytes, array.reshape(-1).view(np.uint8),
+                                     writable))
+            self._map = (tuple(starts), tuple(regions))
 
     def remove(self, iova: int) -> None:
         with self._lock:
-            i = bisect.bisect_left(self._starts, iova)
-            if i < len(self._starts) and self._starts[i] == iova:
-                del self._starts[i]
-                del self._regions[i]
+            starts, regions = map(list, self._map)
+            i = bisect.bisect_left(starts, iova)
+            if i < len(starts) and starts[i] == iova:
+                del starts[i]
+                del regions[i]
+                self._map = (tuple(starts), tuple(regions))
 
     def clear(self) -> None:
         with self._lock:
-            self._starts.clear()
-            self._regions.clear()
+            self._map = ((), ())
 
     def view(self, addr: int, length: int, write: bool = False) -> np.ndarray:
         """uint8 view of [addr, addr+length); DeviceError(DMA_UNMAPPED) if any
         byte lies outside a single mapped region."""
-        with self._lock:
-            i = bisect.bisect(self._starts, addr) - 1
-            if i >= 0:
-                r = self._regions[i]
-                off = addr - r.iova  # in_range(), inline: this runs for every DMA
-                if 0 <= length <= r.length and 0 <= off <= r.length - length and \
-                        (r.writable or not write):
-                    return r.array[off:off + length]
+        starts, regions = self._map
+        i = bisect.bisect(starts, addr) - 1
+        if i >= 0:
+            r = regions[i]
+            off = addr - r.iova  # in_range(), inline: this runs for every DMA
+            if 0 <= length <= r.length and 0 <= off <= r.length - length and \
+                    (r.writable or not write):
+                return r.array[off:off + length]
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
 
     def page_rows(self, addrs: np.ndarray,
@@ -108,11 +112,11 @@ class GuestMemory:
         if not addrs.size or (addrs % PAGE).any():
             return None
         lo = int(addrs.min())
-        with self._lock:
-            i = bisect.bisect(self._starts, lo) - 1
-            if i < 0:
-                return None
-            r = self._regions[i]
+        starts, regions = self._map
+        i = bisect.bisect(starts, lo) - 1
+        if i < 0:
+            return None
+        r = regions[i]
         if (write and not r.writable) or r.iova % PAGE:
             return None
         rows = r.length // PAGE
@@ -126,9 +130,9 @@ class GuestMemory:
         the next where they touch; DeviceError(DMA_UNMAPPED) at the first gap."""
         out = []
         while length > 0:
-            with self._lock:
-                i = bisect.bisect(self._starts, addr) - 1
-                r = self._regions[i] if i >= 0 else None
+            starts, regions = self._map
+            i = bisect.bisect(starts, addr) - 1
+            r = regions[i] if i >= 0 else None
             if r is None or not in_range(addr, 1, r.iova, r.length) or (write and not r.writable):
                 raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
             n = min(length, r.iova + r.length - addr)
@@ -140,13 +144,13 @@ class GuestMemory:
         """layout.unpack() of the bytes at addr (in one region), with no view
         made: a command's fetch."""
         size = layout.size
-        with self._lock:
-            i = bisect.bisect(self._starts, addr) - 1
-            if i >= 0:
-                r = self._regions[i]
-                off = addr - r.iova
-                if 0 <= off <= r.length - size:
-                    return layout.unpack_from(r.array, off)
+        starts, regions = self._map
+        i = bisect.bisect(starts, addr) - 1
+        if i >= 0:
+            r = regions[i]
+            off = addr - r.iova
+            if 0 <= off <= r.length - size:
+                return layout.unpack_from(r.array, off)
         raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{size} bytes")
 
     def read_u64(self, addr: int) -> int:
