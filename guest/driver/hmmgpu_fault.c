@@ -315,7 +315,7 @@ static void hmmgpu_serve_faults(struct hmmgpu_mirror *mirror, unsigned long va,
  * its waiter polled for faults) a new count there is enough: no MMIO
  * write, whose round trip through the VMM holds this CPU (~80 us under
  * TCG). Else CONTROL, with the same count, which the device drops if it
- * took the word's meanwhile (docs/hardware.md, Poll words).
+ * took the word's meanwhile (docs/hardware.md, Replay words).
  */
 void hmmgpu_replay(struct hmmgpu_queue *q)
 {
