@@ -149,13 +149,15 @@ class Executor:
             raise DeviceError(ErrorCode.BAD_COMMAND, addr, "VA range past 2^48")
         ctx = self.context(queue, cmd)
         root = self._queues()[ctx].pt_base
-        translate = self.mmu.translate
-        va, end = addr, addr + length
         mmu = self.mmu
+        translate = mmu.translate
+        va, end = addr, addr + length
         faults: list[Fault] = []
         ahead: list = []  # translations of va and on, walked already (Mmu.walk_ahead)
         k = 0
-        if not tracing and not self.inject.active:  # one page holds it all: no runs
+        # untraced: a range in one page needs no runs; a longer one starts the
+        # loop below with its first page's translation (and those walked ahead)
+        if not tracing and not self.inject.active:
             try:
                 t = translate(ctx, root, addr, access)
             except Fault as f:

@@ -216,10 +216,7 @@ class Mmu:
                 rec.emit(tr.WALK, NONE, ctx, flags=t.flags, va=va, addr=t.pte_addr,
                          aux=t.pte & 0xFFFFFFFF)
             raise Fault(va, hw.FaultReason.PERMISSION)
-        tlb = self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb
-        if len(tlb) >= TLB_ENTRIES:
-            tlb.popitem(last=False)  # the oldest goes
-        tlb[(ctx, t.va)] = t
+        _fill(self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb, ctx, t)
         return t
 
     def walk_ahead(self, ctx: int, t: Translation, end: int,
@@ -255,9 +252,7 @@ class Mmu:
             nt = Translation(va, page, addr, vram, pte & _PERMS, first + 8 * k, pte, -1)
             if checks is not None:
                 checks.walk(ctx, nt)
-            if len(tlb) >= TLB_ENTRIES:
-                tlb.popitem(last=False)
-            tlb[(ctx, va)] = nt
+            _fill(tlb, ctx, nt)
             out.append(nt)
             va += page
         return out
@@ -280,6 +275,13 @@ class Mmu:
         self.tlb.clear()
         self.tlb_large.clear()
         self.pwc.clear()
+
+
+def _fill(tlb: OrderedDict, ctx: int, t: Translation) -> None:
+    """Cache ctx's translation t; a full TLB lets its oldest entry go."""
+    if len(tlb) >= TLB_ENTRIES:
+        tlb.popitem(last=False)
+    tlb[(ctx, t.va)] = t
 
 
 def _drop_range(cache: dict, ctx: int, start: int, length: int, step: int) -> int:
