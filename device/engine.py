@@ -533,7 +533,7 @@ class Engine:
         with _BARRIER:  # a locked instruction: x86's full barrier
             pass
         try:
-            word = self.mem.read_u32(base + 4 * q)
+            word = self.mem.read_u32(base + 4 * (_POLL_WORD + q))
         except DeviceError:
             return False  # not in guest RAM: as if nobody polled
         if not word & bit:

@@ -170,8 +170,7 @@ class Executor:
                 if end <= t.va + t.size:
                     target = t.addr + (addr - t.va)
                     if t.vram:
-                        return [self.vram.view(target, length) if t.peer < 0
-                                else self._peer_vram(t.peer).view(target, length)]
+                        return [self._vram_of(t.peer).view(target, length)]
                     try:
                         return [self.mem.view(target, length, write)]
                     except DeviceError:
@@ -217,10 +216,8 @@ class Executor:
             if not vram:
                 self._dma_error(queue, cmd, target, n)
                 views.extend(self.mem.views(target, n, write))
-            elif peer < 0:
-                views.append(self.vram.view(target, n))
             else:
-                views.append(self._peer_vram(peer).view(target, n))
+                views.append(self._vram_of(peer).view(target, n))
         return views
 
     def _dma_error(self, queue: Queue, cmd: Command, addr: int, length: int) -> None:
@@ -230,7 +227,10 @@ class Executor:
                                                   addr, length):
             raise InjectedError(ErrorCode.DMA_UNMAPPED, addr, "injected DMA error")
 
-    def _peer_vram(self, peer: int) -> Vram:
+    def _vram_of(self, peer: int) -> Vram:
+        """This device's VRAM (peer -1), or the VRAM of fabric id `peer`."""
+        if peer < 0:
+            return self.vram
         vram = self.mmu.fabric.peer(peer) if self.mmu.fabric is not None else None
         if vram is None:  # the walk saw the link; it cannot go down while the device runs
             raise DeviceError(ErrorCode.PTE_INVALID, peer, f"no link to fabric id {peer}")

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .hwdef import PAGE_SIZE as PAGE
 from .hwdef import ErrorCode
 
 _U64 = struct.Struct("<Q")
-PAGE = 4096
 _U32 = struct.Struct("<I")
 
 
@@ -91,14 +91,21 @@ class GuestMemory:
         with self._lock:
             self._map = ((), ())
 
+    def _region(self, addr: int) -> Region | None:
+        """The region with the highest start at or below addr (it may end
+        before addr), from the map as it is now."""
+        starts, regions = self._map
+        i = bisect.bisect(starts, addr) - 1
+        return regions[i] if i >= 0 else None
+
     def view(self, addr: int, length: int, write: bool = False) -> np.ndarray:
         """uint8 view of [addr, addr+length); DeviceError(DMA_UNMAPPED) if any
         byte lies outside a single mapped region."""
-        starts, regions = self._map
+        starts, regions = self._map  # _region(), inline: this runs for every DMA
         i = bisect.bisect(starts, addr) - 1
         if i >= 0:
             r = regions[i]
-            off = addr - r.iova  # in_range(), inline: this runs for every DMA
+            off = addr - r.iova
             if 0 <= length <= r.length and 0 <= off <= r.length - length and \
                     (r.writable or not write):
                 return r.array[off:off + length]
@@ -111,13 +118,8 @@ class GuestMemory:
         scatter of them all; None otherwise (the caller goes page by page)."""
         if not addrs.size or (addrs % PAGE).any():
             return None
-        lo = int(addrs.min())
-        starts, regions = self._map
-        i = bisect.bisect(starts, lo) - 1
-        if i < 0:
-            return None
-        r = regions[i]
-        if (write and not r.writable) or r.iova % PAGE:
+        r = self._region(int(addrs.min()))
+        if r is None or (write and not r.writable) or r.iova % PAGE:
             return None
         rows = r.length // PAGE
         index = (addrs - r.iova) // PAGE
@@ -130,9 +132,7 @@ class GuestMemory:
         the next where they touch; DeviceError(DMA_UNMAPPED) at the first gap."""
         out = []
         while length > 0:
-            starts, regions = self._map
-            i = bisect.bisect(starts, addr) - 1
-            r = regions[i] if i >= 0 else None
+            r = self._region(addr)
             if r is None or not in_range(addr, 1, r.iova, r.length) or (write and not r.writable):
                 raise DeviceError(ErrorCode.DMA_UNMAPPED, addr, f"{length} bytes")
             n = min(length, r.iova + r.length - addr)
@@ -144,7 +144,7 @@ class GuestMemory:
         """layout.unpack() of the bytes at addr (in one region), with no view
         made: a command's fetch."""
         size = layout.size
-        starts, regions = self._map
+        starts, regions = self._map  # _region(), inline: every fetch and PTE read
         i = bisect.bisect(starts, addr) - 1
         if i >= 0:
             r = regions[i]
