@@ -14,7 +14,8 @@ invalidates it with TLB_INVALIDATE, as on real hardware.
 
 A page-walk cache remembers, per (context, 2 MiB region), the level-0 table
 the last walk went through, so walking the next 4 KiB page of that region
-reads one PTE instead of four. TLB_INVALIDATE drops it with the TLB: a driver
+reads one PTE instead of four; a walk that found the level-0 PTE invalid
+keeps its table too, so the walk after the fault's REPLAY reads one PTE. TLB_INVALIDATE drops it with the TLB: a driver
 that frees or moves a page table must invalidate, as it must for a PTE.
 
 A walk that ends in a 4 KiB leaf for a multi-page range walks ahead: the
@@ -141,6 +142,8 @@ class Mmu:
             pte_addr = table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8
             pte = self.mem.read_u64(pte_addr)
             if not pte & _VALID:
+                if level == 0 and ctx is not None:  # the path is good: the REPLAY's walk
+                    self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)  # reads one PTE
                 return None
             if pte & _RESERVED:
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, f"reserved bits {pte:#x}")

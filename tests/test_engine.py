@@ -168,6 +168,28 @@ def test_the_page_walk_cache_keeps_a_replaced_table_until_invalidated(rig: Rig) 
     assert mmu.walk(root, 0x20_1000, ctx=5).addr == new
 
 
+
+def test_a_walk_that_misses_at_level_0_keeps_its_table_for_the_replay(rig: Rig,
+                                                                      monkeypatch) -> None:
+    """The fault's walk reached the level-0 table and found the PTE invalid:
+    the walk after the driver writes it (the REPLAY's) reads that one PTE."""
+    mmu, root = rig.gpu.engine.mmu, rig.drv.context(6)
+    rig.drv.map(6, 0x60_0000, rig.page(0x11), RW)  # the tables of 0x60_0000's 2 MiB
+    mmu.invalidate(6)  # as after a munmap: nothing cached
+    assert mmu.walk(root, 0x60_1000, ctx=6) is None
+    reads: list[int] = []
+    real = mmu.mem.read_u64
+    monkeypatch.setattr(mmu.mem, "read_u64", lambda addr: reads.append(addr) or real(addr))
+    page = rig.page(0x22)
+    rig.drv.map(6, 0x60_1000, page, RW)
+    assert mmu.walk(root, 0x60_1000, ctx=6).addr == page
+    assert reads == [rig.drv.pte_slot(6, 0x60_1000, 0)]
+    # an invalid upper level leaves nothing cached: the next walk is a full one
+    reads.clear()
+    assert mmu.walk(root, 0x1_0000_0000, ctx=6) is None
+    assert mmu.walk(root, 0x1_0000_0000, ctx=6) is None
+    assert len(reads) == 2 * len(set(reads))
+
 # ---- commands ----------------------------------------------------------------------
 
 def test_copy_between_system_memory_and_vram_round_trips(rig: Rig) -> None:
