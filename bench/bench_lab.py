@@ -76,6 +76,7 @@ def bench_mmio(count: int, rounds: int) -> None:
                         extra_qemu_args=["-device", "edu", *anchor.qemu_args()])
         with anchor, Lab(cfg, paths) as lab:
             lab.boot()
+            lab.pin_servers((anchor.proc.pid,))  # the anchor placed as our server is
             slots = {(d["vendor"], d["device"]): d["slot"] for d in lab.guest_pci_devices()}
             vendor = f"{hw.PCI_VENDOR_ID:04x}"
             devs = {name: f"/sys/bus/pci/devices/{slots[ids]}" for name, ids in (

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import affinity
 from .accel import kvm_works
 from .child import start_serving
 from .child import stop as stop_child
@@ -95,6 +96,9 @@ class LabConfig:
     # end the run as soon as the console shows an Oops, BUG, panic, hung task
     # or WARNING (CI): the command in flight fails at once with the excerpt
     fail_fast: bool = False
+    # device servers on one CPU, QEMU's vfio-user I/O threads on the others
+    # (host/affinity.py: each MMIO reply otherwise preempts the server)
+    separate_cpus: bool = True
 
 
 SHM = Path("/dev/shm")
@@ -336,6 +340,7 @@ class Lab:
                           self.qemu_log) from e
         self.boot_seconds = time.monotonic() - t0
         self.check_console()
+        self.pin_servers()
         if c.share is not None:
             self.ssh(f"mkdir -p {SHARE_MOUNT} && mount -t virtiofs {SHARE_TAG} {SHARE_MOUNT}")
         for name, m in user:
@@ -530,6 +535,17 @@ class Lab:
         if not g.alive:
             g.start()
         self.qmp.cmd("device_add", **g.qmp_device())
+        self.pin_servers()  # a new server, and a new I/O thread for it
+
+    def pin_servers(self, extra_servers: tuple[int, ...] = ()) -> None:
+        """host/affinity.py, for the GPUs' servers and `extra_servers`
+        (pids of other vfio-user servers this QEMU talks to)."""
+        if not self.config.separate_cpus or self.qemu is None:
+            return
+        servers = [g.proc.pid for g in self.gpus if g.alive and g.proc is not None]
+        done = affinity.separate([*servers, *extra_servers], self.qemu.pid)
+        if done and self.config.verbose:
+            self.say(done)
 
     def reset(self, timeout: float | None = None) -> None:
         """System reset (like pressing the reset button), then wait for SSH again.

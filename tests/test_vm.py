@@ -5,11 +5,13 @@ conftest fails any test after which the guest console shows an Oops/WARNING."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import pytest
 
 from hmmgpu.device import hwdef as hw
+from hmmgpu.host import affinity
 from hmmgpu.host.errors import GuestKernelError, VmError
 from hmmgpu.host.lab import Lab, LabConfig
 
@@ -145,6 +147,21 @@ def test_a_polling_driver_replays_its_faults_through_the_replay_word(lab: Lab) -
     assert w1 - w0 >= 40, w1 - w0
     assert w2 == w1
 
+
+
+def test_the_device_server_and_qemus_vfio_user_io_thread_run_on_different_cpus(
+        lab: Lab) -> None:
+    """host/affinity.py: every thread of the GPU's server on one CPU, QEMU's
+    vfio-user I/O thread on the others (on a host with one CPU, nothing)."""
+    parts = affinity.split(os.sched_getaffinity(0))
+    if parts is None:
+        pytest.skip("one CPU: nothing to separate")
+    mine, theirs = parts
+    io = [t for t, n in affinity.threads(lab.qemu.pid) if n.startswith(affinity.IO_THREAD_PREFIX)]
+    assert io, "QEMU has no vfio-user I/O thread"
+    assert all(os.sched_getaffinity(t) == theirs for t in io)
+    server = affinity.threads(lab.gpus[0].proc.pid)
+    assert server and all(os.sched_getaffinity(t) == mine for t, _ in server)
 
 def test_every_vector_with_msix_disabled_is_counted_and_the_guest_runs_on(lab: Lab) -> None:
     """No driver, so MSI-X never enabled: the manual says an interrupt is then
