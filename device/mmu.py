@@ -15,8 +15,9 @@ invalidates it with TLB_INVALIDATE, as on real hardware.
 A page-walk cache remembers, per (context, 2 MiB region), the level-0 table
 the last walk went through, so walking the next 4 KiB page of that region
 reads one PTE instead of four; a walk that found the level-0 PTE invalid
-keeps its table too, so the walk after the fault's REPLAY reads one PTE. TLB_INVALIDATE drops it with the TLB: a driver
-that frees or moves a page table must invalidate, as it must for a PTE.
+keeps its table too, so the walk after the fault's REPLAY reads one PTE.
+TLB_INVALIDATE drops it with the TLB: a driver that frees or moves a page
+table must invalidate, as it must for a PTE.
 
 A walk that ends in a 4 KiB leaf for a multi-page range walks ahead: the
 leaf's neighbours in the same level-0 table, up to the range's end, are read
