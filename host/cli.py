@@ -107,6 +107,7 @@ def lab_config(args: argparse.Namespace, **kw: object):
         gdb = args.gdb or free_port()
     return LabConfig(accel=args.accel, verbose=args.verbose, kernel=kernel, modules=modules,
                      share=share, gdb_port=gdb, fail_fast=not args.no_fail_fast,
+                     separate_cpus=not args.no_cpu_placement,
                      kernel_args=args.append,
                      **extra, **kw)
 
@@ -418,6 +419,10 @@ def build_parser() -> ArgumentParser:
     kern.add_argument("--no-fail-fast", action="store_true",
                       help="keep the VM running after a guest Oops/panic/hung task instead "
                            "of ending the run at once")
+    kern.add_argument("--no-cpu-placement", action="store_true",
+                      help="leave the device servers and QEMU's vfio-user I/O threads where "
+                           "the scheduler puts them (default: servers on the last CPU, the "
+                           "I/O threads on the others)")
 
     s = sub.add_parser("boot", parents=[kern],
                        help="boot the lab VM, print its PCI devices, run a command")

@@ -71,3 +71,11 @@ def test_print_versions_of_the_provisioned_cache_are_the_pins(paths: Paths) -> N
 def test_unknown_pin_mode_is_one_line() -> None:
     r = hmmgpu("setup", "--pins", "newest")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("flags", "separate"), [([], True), (["--no-cpu-placement"], False)])
+def test_cpu_placement_is_on_unless_switched_off(flags: list[str], separate: bool) -> None:
+    from hmmgpu.host.cli import build_parser, lab_config
+    for command in ("boot", "selftest", "demo"):
+        args = build_parser().parse_args([command, *flags])
+        assert lab_config(args).separate_cpus is separate
