@@ -148,7 +148,6 @@ def test_a_polling_driver_replays_its_faults_through_the_replay_word(lab: Lab) -
     assert w2 == w1
 
 
-
 def test_the_device_server_and_qemus_vfio_user_io_thread_run_on_different_cpus(
         lab: Lab) -> None:
     """host/affinity.py: every thread of the GPU's server on one CPU, QEMU's
@@ -162,6 +161,7 @@ def test_the_device_server_and_qemus_vfio_user_io_thread_run_on_different_cpus(
     assert all(os.sched_getaffinity(t) == theirs for t in io)
     server = affinity.threads(lab.gpus[0].proc.pid)
     assert server and all(os.sched_getaffinity(t) == mine for t, _ in server)
+
 
 def test_every_vector_with_msix_disabled_is_counted_and_the_guest_runs_on(lab: Lab) -> None:
     """No driver, so MSI-X never enabled: the manual says an interrupt is then
