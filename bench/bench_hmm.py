@@ -48,10 +48,10 @@ MODES = ("hmmgpu", "reference")
 BENCHMARK = " ".join(f"-r hmm.{v}.benchmark_thp_migration" for v in VARIANTS)
 
 
-def thp_table(tap: str, variant: str = "hmm_device_private") -> list[tuple[str, str, str]]:
+def thp_table(tap: str, variant: str = "hmm_device_private") -> list[tuple[str, float, float]]:
     """(size, sys->dev GB/s with THP, dev->sys GB/s with THP) per size, from
     `variant`'s benchmark_thp_migration."""
-    rows, size, s2d, inside = [], "", "", False
+    rows, size, s2d, inside = [], "", 0.0, False
     for line in tap.splitlines():
         if m := RUN.match(line.strip()):
             inside = m.groups() == (variant, "benchmark_thp_migration")
@@ -61,9 +61,9 @@ def thp_table(tap: str, variant: str = "hmm_device_private") -> list[tuple[str, 
             size = m.group(2)
         elif (m := THP_ROW.match(line.strip())) and m.group(1).endswith("Throughput"):
             if m.group(1).startswith("S->D"):
-                s2d = m.group(2)
+                s2d = gb_per_s(m.group(2))
             else:
-                rows.append((size, s2d, m.group(2)))
+                rows.append((size, s2d, gb_per_s(m.group(2))))
     return rows
 
 
@@ -72,7 +72,7 @@ def thp_medians(taps: list[str], variant: str) -> dict[str, tuple[float, float]]
     runs: dict[str, list[tuple[float, float]]] = {}
     for tap in taps:
         for size, s2d, d2s in thp_table(tap, variant):
-            runs.setdefault(size, []).append((gb_per_s(s2d), gb_per_s(d2s)))
+            runs.setdefault(size, []).append((s2d, d2s))
     return {size: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
             for size, v in runs.items()}
 

@@ -14,8 +14,8 @@ invalidates it with TLB_INVALIDATE, as on real hardware.
 
 A page-walk cache remembers, per (context, 2 MiB region), the level-0 table
 the last walk went through, so walking the next 4 KiB page of that region
-reads one PTE instead of four; a walk that found the level-0 PTE invalid
-keeps its table too, so the walk after the fault's REPLAY reads one PTE.
+reads one PTE instead of four; a walk keeps the table whatever the PTE it
+reads there holds, so the walk after a fault's REPLAY reads one PTE.
 TLB_INVALIDATE drops it with the TLB: a driver that frees or moves a page
 table must invalidate, as it must for a PTE.
 
@@ -129,10 +129,11 @@ class Mmu:
             return None
         table = root
         levels: tuple[int, ...] = (3, 2, 1, 0)
-        if ctx is not None:
-            cached = self.pwc.get((ctx, va >> LEVEL_SHIFT[1]))
+        key = None if ctx is None else (ctx, va >> LEVEL_SHIFT[1])
+        if key is not None:
+            cached = self.pwc.get(key)
             if cached is not None and cached[0] == root:
-                table, levels = cached[1], (0,)
+                table, levels, key = cached[1], (0,), None  # cached: nothing to fill
         visited: set[int] = set()
         for level in levels:
             if table % hw.PAGE_SIZE:
@@ -140,11 +141,13 @@ class Mmu:
             if table in visited:
                 raise DeviceError(ErrorCode.PT_LOOP, table, f"level {level}")
             visited.add(table)
+            if level == 0 and key is not None:
+                # the path to this table is good whatever its PTE holds: a
+                # walk after the fault's REPLAY (the PTE filled in) reads one PTE
+                self.pwc[key] = (root, table)
             pte_addr = table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8
             pte = self.mem.read_u64(pte_addr)
             if not pte & _VALID:
-                if level == 0 and ctx is not None:  # the path is good: the REPLAY's walk
-                    self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)  # reads one PTE
                 return None
             if pte & _RESERVED:
                 raise DeviceError(ErrorCode.PTE_INVALID, pte_addr, f"reserved bits {pte:#x}")
@@ -162,8 +165,6 @@ class Mmu:
                 if vram and addr + size > limit:
                     raise DeviceError(ErrorCode.VRAM_RANGE, pte_addr,
                                       f"PTE maps VRAM offset {addr:#x}")
-                if level == 0 and ctx is not None:
-                    self.pwc[(ctx, va >> LEVEL_SHIFT[1])] = (root, table)
                 return Translation(va & ~(size - 1), size, addr, vram, pte & _PERMS, pte_addr,
                                    pte, peer)
             if pte & (_VRAM | _PEER | _PEER_ID):
