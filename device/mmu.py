@@ -17,7 +17,10 @@ the last walk went through, so walking the next 4 KiB page of that region
 reads one PTE instead of four; a walk keeps the table whatever the PTE it
 reads there holds, so the walk after a fault's REPLAY reads one PTE.
 TLB_INVALIDATE drops it with the TLB: a driver that frees or moves a page
-table must invalidate, as it must for a PTE.
+table must invalidate, as it must for a PTE. Each context's span (the
+lowest and highest VA of what it has cached) bounds the work of a range
+invalidation: a range outside it drops nothing without a lookup, as after a
+migration of pages the device never reached by VA.
 
 A walk that ends in a 4 KiB leaf for a multi-page range walks ahead: the
 leaf's neighbours in the same level-0 table, up to the range's end, are read
@@ -117,6 +120,9 @@ class Mmu:
         self.tlb_large: OrderedDict[tuple[int, int], Translation] = OrderedDict()
         # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
+        # ctx -> [lo, hi): every VA the context has in the TLBs or the walk
+        # cache lies in it (evictions do not shrink it)
+        self.spans: dict[int, list[int]] = {}
         self.walked = False  # the last translate() walked (a TLB miss)
 
     # ---- walking ---------------------------------------------------------------
@@ -145,6 +151,8 @@ class Mmu:
                 # the path to this table is good whatever its PTE holds: a
                 # walk after the fault's REPLAY (the PTE filled in) reads one PTE
                 self.pwc[key] = (root, table)
+                region = va & _LARGE_MASK
+                self._cached(key[0], region, region + hw.LARGE_PAGE_SIZE)
             pte_addr = table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8
             pte = self.mem.read_u64(pte_addr)
             if not pte & _VALID:
@@ -222,7 +230,19 @@ class Mmu:
                          aux=t.pte & 0xFFFFFFFF)
             raise Fault(va, hw.FaultReason.PERMISSION)
         _fill(self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb, ctx, t)
+        self._cached(ctx, t.va, t.va + t.size)
         return t
+
+    def _cached(self, ctx: int, lo: int, hi: int) -> None:
+        """ctx now caches something in [lo, hi): widen its span."""
+        span = self.spans.get(ctx)
+        if span is None:
+            self.spans[ctx] = [lo, hi]
+            return
+        if lo < span[0]:
+            span[0] = lo
+        if hi > span[1]:
+            span[1] = hi
 
     def walk_ahead(self, ctx: int, t: Translation, end: int,
                    access: hw.Access) -> list[Translation]:
@@ -260,26 +280,42 @@ class Mmu:
             _fill(tlb, ctx, nt)
             out.append(nt)
             va += page
+        if out:
+            self._cached(ctx, t.va, va)
         return out
 
     def invalidate(self, ctx: int, va: int = 0, length: int = 0) -> int:
         """Drop ctx's cached translations (and walk-cache entries) overlapping
         [va, va+length); length 0 drops all of ctx's. Returns how many
         translations were dropped."""
+        span = self.spans.get(ctx)
+        if span is None:
+            return 0  # nothing cached since the context's last flush
+        end = va + length
+        whole = not length
+        if length:
+            if end <= span[0] or va >= span[1]:
+                return 0
+            whole = va <= span[0] and end >= span[1]
+            va, end = max(va, span[0]), min(end, span[1])  # the rest holds nothing of ctx
+            length = end - va
         dropped = 0
         for tlb, size in ((self.tlb, hw.PAGE_SIZE), (self.tlb_large, hw.LARGE_PAGE_SIZE)):
             dropped += _drop_range(tlb, ctx, va, length, size)
         if length:
-            first, last = va >> LEVEL_SHIFT[1], (va + length - 1) >> LEVEL_SHIFT[1]
+            first, last = va >> LEVEL_SHIFT[1], (end - 1) >> LEVEL_SHIFT[1]
             _drop_range(self.pwc, ctx, first, last - first + 1, 1)
         else:
             _drop_range(self.pwc, ctx, 0, 0, 1)
+        if whole:
+            del self.spans[ctx]  # nothing of ctx is left cached
         return dropped
 
     def flush(self) -> None:
         self.tlb.clear()
         self.tlb_large.clear()
         self.pwc.clear()
+        self.spans.clear()
 
 
 def _fill(tlb: OrderedDict, ctx: int, t: Translation) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engine_rig import BUS, RW, Rig
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hmmgpu.device import hwdef as hw
 from hmmgpu.device import trace
@@ -133,6 +135,56 @@ def test_invalidating_a_large_range_probes_the_same_entries_as_a_scan(rig: Rig) 
     # a range far larger than the TLB: the invalidation scans instead of probing
     assert mmu.invalidate(2, 0x40_3000, 1 << 40) == 5
     assert {va for _, va in mmu.tlb} == set(vas[:3])
+
+
+# 4 KiB pages in two 2 MiB regions of ctx 3, a 2 MiB page in a third, and ctx 4
+_SPAN_PAGES = [(3, 0x40_0000 + i * hw.PAGE_SIZE) for i in (0, 1, 7, 511)] + \
+    [(3, 0x80_0000 + i * hw.PAGE_SIZE) for i in (3, 4)] + [(4, 0x40_1000)]
+_SPAN_LARGE = (3, 0x100_0000)
+# where ranges start: around the pages, the regions and the spans they make
+_SPAN_EDGES = sorted({max(0, va + d) for _, va in [*_SPAN_PAGES, _SPAN_LARGE]
+                      for d in (-0x20_0000, -0x1000, -1, 0, 1, 0x1000, 0x20_0000)})
+_SPAN_LENGTHS = (0, 1, 0x1000, 0x2000, 0x10_0000, 0x20_0000, 0x40_0000, 0x100_0000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("touch"), st.integers(0, len(_SPAN_PAGES))),
+    st.tuples(st.just("inval"), st.sampled_from(_SPAN_EDGES), st.sampled_from(_SPAN_LENGTHS))),
+    max_size=25))
+def test_invalidation_bounded_by_the_span_drops_what_a_full_probe_would(ops) -> None:
+    """A range invalidation looks only inside the context's span of cached
+    VAs; TLB and walk cache after any mix of walks and invalidations are
+    what dropping every overlapping entry gives (the model)."""
+    rig = Rig()
+    mmu = rig.gpu.engine.mmu
+    for ctx, va in _SPAN_PAGES:
+        rig.drv.map(ctx, va, rig.page(), RW)
+    large = rig.drv.alloc(2 * hw.LARGE_PAGE_SIZE)
+    large += -large % hw.LARGE_PAGE_SIZE
+    rig.drv.map(*_SPAN_LARGE, large, RW, large=True)
+    tlb: set[tuple[int, int, int]] = set()  # (ctx, va, size)
+    pwc: set[tuple[int, int]] = set()  # (ctx, 2 MiB region)
+    for op in ops:
+        if op[0] == "touch":
+            ctx, va = ([*_SPAN_PAGES, _SPAN_LARGE])[op[1]]
+            mmu.translate(ctx, rig.drv.roots[ctx], va, Access.READ)
+            large_page = (ctx, va) == _SPAN_LARGE
+            entry = (ctx, va, hw.LARGE_PAGE_SIZE if large_page else hw.PAGE_SIZE)
+            if not large_page and entry not in tlb:  # a walk, through the level-0 table
+                pwc.add((ctx, va >> 21))
+            tlb.add(entry)
+        else:
+            _, va, length = op
+            mmu.invalidate(3, va, length)
+            va, end = (va, va + length) if length else (0, 1 << 64)  # 0: all of ctx 3
+            tlb = {e for e in tlb if e[0] != 3 or e[1] + e[2] <= va or e[1] >= end}
+            pwc = {e for e in pwc if e[0] != 3 or (e[1] + 1) << 21 <= va or e[1] << 21 >= end}
+        assert {(c, v) for c, v, size in tlb if size == hw.PAGE_SIZE} == set(mmu.tlb)
+        assert {(c, v) for c, v, size in tlb if size != hw.PAGE_SIZE} == set(mmu.tlb_large)
+        assert pwc == set(mmu.pwc)
+        for c, v, size in tlb:  # the span holds all the context caches
+            assert mmu.spans[c][0] <= v and v + size <= mmu.spans[c][1]
 
 
 def test_the_tlb_is_bounded_and_the_oldest_entry_leaves_first(rig: Rig,
