@@ -75,9 +75,12 @@ class Fault(Exception):
     """A device-virtual access the page table does not allow (replayable)."""
 
     def __init__(self, va: int, reason: hw.FaultReason) -> None:
-        super().__init__(f"{reason.name} at {va:#x}")
+        super().__init__(va, reason)  # the text only when shown: faults are the hot path
         self.va = va
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason.name} at {self.va:#x}"
 
 
 def needed_flags(access: hw.Access) -> int:
