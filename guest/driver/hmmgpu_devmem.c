@@ -276,6 +276,26 @@ unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
 }
 
 /*
+ * The system side's bus addresses as a COPY_PAGES list, made when the first
+ * short run needs one: a copy whose runs are all long enough for COPY (a
+ * migration between contiguous blocks) allocates none. NULL: COPY per page.
+ */
+static __le64 *hmmgpu_copy_list(struct hmmgpu *gpu, __le64 **list, dma_addr_t *list_dma,
+				const u64 *sys, int n)
+{
+	int i;
+
+	if (*list || !sys || n < 2)
+		return *list;
+	*list = dma_alloc_coherent(&gpu->pdev->dev, n * sizeof(**list), list_dma,
+				   GFP_KERNEL | __GFP_NOWARN);
+	if (*list)
+		for (i = 0; i < n; i++)
+			(*list)[i] = cpu_to_le64(sys[i]);
+	return *list;
+}
+
+/*
  * Copy @n pages with the device: page i moves from src[i] to dst[i] (bus
  * addresses or VRAM offsets per aperture); a src of U64_MAX means "no source
  * page" and zero-fills the destination. Runs in batches on the kernel queue:
@@ -305,13 +325,6 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 		ret = -ENOMEM;
 		goto out;
 	}
-	/* the system side's bus addresses, for COPY_PAGES lists (none: COPY only) */
-	if (gather && n > 1)
-		list = dma_alloc_coherent(&gpu->pdev->dev, n * sizeof(*list), &list_dma,
-					  GFP_KERNEL | __GFP_NOWARN);
-	if (list)
-		for (i = 0; i < n; i++)
-			list[i] = cpu_to_le64(sys[i]);
 	for (done = 0; done < n; ) {
 		/* the owed flush runs before any copy: one round trip for both */
 		bool synced = flush && hmmgpu_pt_sync_begin(flush, &cmds[0]);
@@ -326,7 +339,8 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 				run++;
 			if (s == U64_MAX) {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
-			} else if (run < MIN_COPY_RUN && list) {
+			} else if (run < MIN_COPY_RUN &&
+				   hmmgpu_copy_list(gpu, &list, &list_dma, gather ? sys : NULL, n)) {
 				/*
 				 * contiguous in VRAM only, or in both for a few pages
 				 * (the page allocator hands out pairs and triples):
