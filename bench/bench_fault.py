@@ -85,6 +85,7 @@ def main() -> None:
           f"ratio {f50 / n50:.2f} (goal <= {GOAL})")
     print(f"traced run: fault median {traced[0]:.0f} us, without {traced[2]:.0f} us")
     print(b.table())
+    print(b.budget(n50, GOAL))
     print(guest.table())
     print(batches)
 

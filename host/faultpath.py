@@ -127,6 +127,22 @@ class Breakdown:
             f"; doorbell -> completion irq {total_p:.1f} us")
         return "\n".join(lines)
 
+    def budget(self, anchor_us: float, goal: float) -> str:
+        """What a fault may add for the round trip to stay within `goal`
+        times the anchor (the untraced READ without a fault), next to the
+        guest's share (fault irq -> REPLAY: the driver's service, its
+        kernel's hmm_range_fault) and what the device adds besides, both
+        from this trace."""
+        allowed = (goal - 1) * anchor_us
+        guest = self.fault_us.get("fault irq -> REPLAY", 0.0)
+        device = self.fault_total_us - self.plain_total_us - guest
+        return (f"budget: {goal}x the {anchor_us:.0f} us anchor lets a fault add "
+                f"{allowed:.0f} us; the guest's share (fault irq -> REPLAY) is {guest:.1f} us, "
+                f"leaving the device {allowed - guest:.1f} us to find the fault, record it, "
+                f"take the replay and run the command again; it spends {device:.1f} us "
+                f"(traced: the faulting chain's {self.fault_total_us:.1f} us less the plain "
+                f"one's {self.plain_total_us:.1f} and the guest's share)")
+
 
 def breakdown(trace: TraceFile, queue: int | None = None) -> Breakdown:
     """Medians per segment over the complete chains of `queue` (default: the

@@ -240,6 +240,11 @@ def test_the_fault_breakdown_times_each_segment_of_a_faulting_read(rig: Rig, tmp
     assert b.mmio_in_driver >= 2
     assert b.fault_total_us >= b.fault_us["fault irq -> REPLAY"]
     assert "refetch -> done" in b.table()
+    # what a fault may add at 1.5x a 40 us anchor, less the guest's share
+    guest = b.fault_us["fault irq -> REPLAY"]
+    assert f"lets a fault add 20 us; the guest's share (fault irq -> REPLAY) is {guest:.1f}" \
+        in b.budget(40.0, 1.5)
+    assert f"leaving the device {20 - guest:.1f} us" in b.budget(40.0, 1.5)
 
 
 # A guest's function_graph trace of two fault works (captured from the lab,
