@@ -8,7 +8,9 @@ same page again (no fault), ITERATIONS times. Figure: the faulting READ's
 median ioctl time; anchor in the same run: the READ without a fault (goal:
 ratio <= 1.5). Then the same run again with the device trace on, and
 host/faultpath.py's breakdown of the round trip into its segments (tracing
-adds its own cost to each event; the first run's figures are untraced).
+adds its own cost to each event; the first run's figures are untraced),
+and the budget: what the goal lets a fault add to the untraced anchor, the
+guest's share of it, and what is left for the device against what it spends.
 Then a run with the guest kernel's function_graph tracer on the fault path
 (host/faultpath.py guest_breakdown): the guest's part split into the wait
 for the fault work, hmm_range_fault, the PTE writes and the REPLAY.
