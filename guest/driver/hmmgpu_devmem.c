@@ -377,35 +377,71 @@ out:
 	return ret;
 }
 
-/* Map system pages for the device; U64_MAX for a missing page. */
+/*
+ * The physically contiguous run of system pages from @i, at most @max: one
+ * DMA mapping covers it (pages[i] must be there).
+ */
+static int hmmgpu_sys_run(struct page **pages, int i, int n, int max)
+{
+	unsigned long pfn = page_to_pfn(pages[i]);
+	int run = 1;
+
+	while (i + run < n && run < max && pages[i + run] &&
+	       page_to_pfn(pages[i + run]) == pfn + run)
+		run++;
+	return run;
+}
+
+/* The most pages one mapping of hmmgpu_map_pages() covers. */
+static int hmmgpu_sys_run_max(struct hmmgpu *gpu)
+{
+	return min_t(size_t, dma_max_mapping_size(&gpu->pdev->dev), SZ_2M) >> PAGE_SHIFT;
+}
+
+static void hmmgpu_unmap_pages(struct hmmgpu *gpu, struct page **pages, const u64 *dma,
+			       int n)
+{
+	int i, run, max = hmmgpu_sys_run_max(gpu);
+
+	for (i = 0; i < n; i += run) {
+		run = 1;
+		if (dma[i] == U64_MAX)
+			continue;
+		/* the runs hmmgpu_map_pages() mapped, found the same way */
+		run = hmmgpu_sys_run(pages, i, n, max);
+		dma_unmap_page(&gpu->pdev->dev, dma[i], (size_t)run << PAGE_SHIFT,
+			       DMA_BIDIRECTIONAL);
+	}
+}
+
+/*
+ * Map system pages for the device, one mapping per physically contiguous
+ * run (a 256 KiB block of a migration, a THP): each dma_map_page() is a
+ * call the guest pays for, 256 of them for a 0.5 MiB migration mapped page
+ * by page. dma[i] is page i's bus address, U64_MAX for a missing page.
+ */
 static int hmmgpu_map_pages(struct hmmgpu *gpu, struct page **pages, u64 *dma, int n)
 {
-	int i;
+	int i, k, run, max = hmmgpu_sys_run_max(gpu);
+	dma_addr_t addr;
 
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n; i += run) {
+		run = 1;
 		if (!pages[i]) {
 			dma[i] = U64_MAX;
 			continue;
 		}
-		dma[i] = dma_map_page(&gpu->pdev->dev, pages[i], 0, PAGE_SIZE, DMA_BIDIRECTIONAL);
-		if (dma_mapping_error(&gpu->pdev->dev, dma[i])) {
-			while (--i >= 0)
-				if (dma[i] != U64_MAX)
-					dma_unmap_page(&gpu->pdev->dev, dma[i], PAGE_SIZE,
-						       DMA_BIDIRECTIONAL);
+		run = hmmgpu_sys_run(pages, i, n, max);
+		addr = dma_map_page(&gpu->pdev->dev, pages[i], 0, (size_t)run << PAGE_SHIFT,
+				    DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(&gpu->pdev->dev, addr)) {
+			hmmgpu_unmap_pages(gpu, pages, dma, i);
 			return -ENOMEM;
 		}
+		for (k = 0; k < run; k++)
+			dma[i + k] = addr + ((u64)k << PAGE_SHIFT);
 	}
 	return 0;
-}
-
-static void hmmgpu_unmap_pages(struct hmmgpu *gpu, const u64 *dma, int n)
-{
-	int i;
-
-	for (i = 0; i < n; i++)
-		if (dma[i] != U64_MAX)
-			dma_unmap_page(&gpu->pdev->dev, dma[i], PAGE_SIZE, DMA_BIDIRECTIONAL);
 }
 
 /* Map the system pages, copy m pages between them and VRAM, unmap. */
@@ -422,7 +458,7 @@ static int hmmgpu_copy_sys_vram(struct hmmgpu *gpu, struct page **sys, u64 *sys_
 	else
 		ret = hmmgpu_copy_pages(gpu, vram, sys_dma, HMMGPU_APERTURE_VRAM,
 					HMMGPU_APERTURE_SYS, m, flush);
-	hmmgpu_unmap_pages(gpu, sys_dma, m);
+	hmmgpu_unmap_pages(gpu, sys, sys_dma, m);
 	return ret;
 }
 
