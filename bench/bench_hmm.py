@@ -9,8 +9,9 @@
   rounds run just those, alternating which driver goes first: the figure is
   the median of the rounds' ratios (this host is noisy).
 - benchmark_thp_migration's table (sys->dev and dev->sys GB/s) for both, in
-  the device-private and the device-coherent variant: --thp-rounds runs of
-  each, alternating which driver goes first, the median per size. The order
+  the device-private and the device-coherent variant: --thp-rounds (5) runs
+  of each, alternating which driver goes first, the median per size (one
+  run's figure at a size strays by 25 % on this host, either driver). The order
   matters: a first run touches guest pages that neither QEMU nor the device
   server has mapped yet (287,766 host page faults in the server in a fresh
   VM's first run, 2,615 in its second; dev->sys at 0.5 MB 0.23 -> 0.43
@@ -90,7 +91,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fault-iterations", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--thp-rounds", type=int, default=3)
+    p.add_argument("--thp-rounds", type=int, default=5)
     args = p.parse_args()
     paths = Paths.default()
     Provisioner(paths).ensure()
