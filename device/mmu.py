@@ -7,7 +7,8 @@ because it is certainly a driver bug. Every table read goes through
 GuestMemory.view, so a walk never leaves guest RAM.
 
 The TLB caches successful translations per (context, page), at most
-TLB_ENTRIES of each page size, the oldest leaving first. Missing or forbidden
+TLB_ENTRIES of each page size in all; when it is full the filling
+context's oldest entry leaves (another context's when it has none). Missing or forbidden
 translations are never cached: after the driver fixes a PTE, a REPLAY walks
 again. A changed PTE of a cached translation is NOT seen until the driver
 invalidates it with TLB_INVALIDATE, as on real hardware.
@@ -18,9 +19,11 @@ reads one PTE instead of four; a walk keeps the table whatever the PTE it
 reads there holds, so the walk after a fault's REPLAY reads one PTE.
 TLB_INVALIDATE drops it with the TLB: a driver that frees or moves a page
 table must invalidate, as it must for a PTE. Each context's span (the
-lowest and highest VA of what it has cached) bounds the work of a range
-invalidation: a range outside it drops nothing without a lookup, as after a
-migration of pages the device never reached by VA.
+lowest and highest VA of the translations it has cached) bounds the work
+of a range invalidation: a range outside it drops no translation without a
+lookup (a migration of pages the device never reached by VA), and one that
+covers it drops the context's map whole (a migration back of all a READ
+reached).
 
 A walk that ends in a 4 KiB leaf for a multi-page range walks ahead: the
 leaf's neighbours in the same level-0 table, up to the range's end, are read
@@ -34,6 +37,7 @@ line of PTEs per memory read for the same reason.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
 from . import hwdef as hw
@@ -114,17 +118,13 @@ class Mmu:
         self.fabric = fabric
         self.trace = trace
         self.checks = checks
-        # (ctx, first VA of the page) -> translation; 4 KiB and 2 MiB pages
-        # live in separate maps so a 2 MiB-aligned 4 KiB page never answers
-        # for the rest of its 2 MiB.
-        # OrderedDicts: popping the oldest is O(1) (a dict's first key is not, once
-        # many keys were deleted from its front)
-        self.tlb: OrderedDict[tuple[int, int], Translation] = OrderedDict()
-        self.tlb_large: OrderedDict[tuple[int, int], Translation] = OrderedDict()
+        # 4 KiB and 2 MiB pages live in separate TLBs so a 2 MiB-aligned
+        # 4 KiB page never answers for the rest of its 2 MiB
+        self.tlb, self.tlb_large = Tlb(), Tlb()
         # (ctx, VA >> 21) -> (root, level-0 table): the page-walk cache
         self.pwc: dict[tuple[int, int], tuple[int, int]] = {}
-        # ctx -> [lo, hi): every VA the context has in the TLBs or the walk
-        # cache lies in it (evictions do not shrink it)
+        # ctx -> [lo, hi): every page the context has in the TLBs lies in it
+        # (evictions do not shrink it)
         self.spans: dict[int, list[int]] = {}
         self.walked = False  # the last translate() walked (a TLB miss)
 
@@ -154,8 +154,6 @@ class Mmu:
                 # the path to this table is good whatever its PTE holds: a
                 # walk after the fault's REPLAY (the PTE filled in) reads one PTE
                 self.pwc[key] = (root, table)
-                region = va & _LARGE_MASK
-                self._cached(key[0], region, region + hw.LARGE_PAGE_SIZE)
             pte_addr = table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8
             pte = self.mem.read_u64(pte_addr)
             if not pte & _VALID:
@@ -202,7 +200,11 @@ class Mmu:
 
     def translate(self, ctx: int, root: int, va: int, access: hw.Access) -> Translation:
         """Translation of `va` allowing `access`, else Fault."""
-        t = self.tlb.get((ctx, va & _PAGE_MASK)) or self.tlb_large.get((ctx, va & _LARGE_MASK))
+        # the TLBs' maps read in line: this is every translated page's path
+        pages = self.tlb.ctxs.get(ctx)
+        t = pages.get(va & _PAGE_MASK) if pages is not None else None
+        if t is None and (pages := self.tlb_large.ctxs.get(ctx)) is not None:
+            t = pages.get(va & _LARGE_MASK)
         checks = self.checks
         if t is not None:
             if checks is not None and checks.enabled:
@@ -232,7 +234,7 @@ class Mmu:
                 rec.emit(tr.WALK, NONE, ctx, flags=t.flags, va=va, addr=t.pte_addr,
                          aux=t.pte & 0xFFFFFFFF)
             raise Fault(va, hw.FaultReason.PERMISSION)
-        _fill(self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb, ctx, t)
+        (self.tlb_large if t.size == hw.LARGE_PAGE_SIZE else self.tlb).fill(ctx, t)
         self._cached(ctx, t.va, t.va + t.size)
         return t
 
@@ -265,14 +267,15 @@ class Mmu:
             ptes = self.mem.view(first, 8 * n).view("<u8").tolist()
         except DeviceError:
             return []  # each page's own walk reports it
-        need, tlb, large = _NEEDED[int(access)], self.tlb, self.tlb_large
+        need, tlb = _NEEDED[int(access)], self.tlb
+        small, large = tlb.ctxs.get(ctx, {}), self.tlb_large.ctxs.get(ctx, {})
         checks = self.checks if self.checks is not None and self.checks.enabled else None
         out: list[Translation] = []
         va = t.va + page
         for k, pte in enumerate(ptes):
             # a plain leaf: valid, allowed, no reserved/LARGE/peer bits, in VRAM if VRAM
-            if pte & _AHEAD_STOP != _VALID or pte & need != need or (ctx, va) in tlb or \
-                    (ctx, va & _LARGE_MASK) in large:
+            if pte & _AHEAD_STOP != _VALID or pte & need != need or va in small or \
+                    va & _LARGE_MASK in large:
                 break
             addr, vram = pte & _ADDR, bool(pte & _VRAM)
             if vram and addr + page > self.vram_size:
@@ -280,7 +283,7 @@ class Mmu:
             nt = Translation(va, page, addr, vram, pte & _PERMS, first + 8 * k, pte, -1)
             if checks is not None:
                 checks.walk(ctx, nt)
-            _fill(tlb, ctx, nt)
+            tlb.fill(ctx, nt)
             out.append(nt)
             va += page
         if out:
@@ -291,28 +294,24 @@ class Mmu:
         """Drop ctx's cached translations (and walk-cache entries) overlapping
         [va, va+length); length 0 drops all of ctx's. Returns how many
         translations were dropped."""
-        span = self.spans.get(ctx)
-        if span is None:
-            return 0  # nothing cached since the context's last flush
         end = va + length
-        whole = not length
-        if length:
-            if end <= span[0] or va >= span[1]:
-                return 0
-            whole = va <= span[0] and end >= span[1]
-            va, end = max(va, span[0]), min(end, span[1])  # the rest holds nothing of ctx
-            length = end - va
-        dropped = 0
-        for tlb, size in ((self.tlb, hw.PAGE_SIZE), (self.tlb_large, hw.LARGE_PAGE_SIZE)):
-            dropped += _drop_range(tlb, ctx, va, length, size)
-        if length:
+        if length:  # the walk cache by 2 MiB region: few entries
             first, last = va >> LEVEL_SHIFT[1], (end - 1) >> LEVEL_SHIFT[1]
             _drop_range(self.pwc, ctx, first, last - first + 1, 1)
         else:
             _drop_range(self.pwc, ctx, 0, 0, 1)
-        if whole:
-            del self.spans[ctx]  # nothing of ctx is left cached
-        return dropped
+        span = self.spans.get(ctx)
+        if span is None:
+            return 0  # no translation cached since the context's last flush
+        if length:
+            if end <= span[0] or va >= span[1]:
+                return 0
+            if va > span[0] or end < span[1]:  # part of ctx's: look inside the span only
+                va, end = max(va, span[0]), min(end, span[1])
+                return self.tlb.drop(ctx, va, end, hw.PAGE_SIZE) + \
+                    self.tlb_large.drop(ctx, va, end, hw.LARGE_PAGE_SIZE)
+        del self.spans[ctx]  # all of ctx's: its maps go at once
+        return self.tlb.drop_all(ctx) + self.tlb_large.drop_all(ctx)
 
     def flush(self) -> None:
         self.tlb.clear()
@@ -321,11 +320,69 @@ class Mmu:
         self.spans.clear()
 
 
-def _fill(tlb: OrderedDict, ctx: int, t: Translation) -> None:
-    """Cache ctx's translation t; a full TLB lets its oldest entry go."""
-    if len(tlb) >= TLB_ENTRIES:
-        tlb.popitem(last=False)
-    tlb[(ctx, t.va)] = t
+class Tlb:
+    """The translations of one page size, a map per context (VA of the page
+    -> translation), each oldest first: a context's entries go at once.
+    OrderedDicts: popping the oldest is O(1) (a dict's first key is not,
+    once many keys were deleted from its front)."""
+
+    def __init__(self) -> None:
+        self.ctxs: dict[int, OrderedDict[int, Translation]] = {}
+        self.count = 0
+
+    def fill(self, ctx: int, t: Translation) -> None:
+        """Cache ctx's translation t; a full TLB lets ctx's oldest entry go,
+        another context's when ctx has none."""
+        pages = self.ctxs.get(ctx)
+        if pages is None:
+            pages = self.ctxs[ctx] = OrderedDict()
+        if t.va not in pages:
+            if self.count >= TLB_ENTRIES:
+                (pages or max(self.ctxs.values(), key=len)).popitem(last=False)
+                self.count -= 1
+            self.count += 1
+        pages[t.va] = t
+
+    def drop(self, ctx: int, start: int, end: int, step: int) -> int:
+        """Drop ctx's pages (VAs on a `step` grid) overlapping [start, end),
+        probing the range or scanning ctx's map, whichever is fewer lookups;
+        how many went."""
+        pages = self.ctxs.get(ctx)
+        if not pages:
+            return 0
+        first = start - start % step
+        before = len(pages)
+        if (end - first) // step < before:
+            pop = pages.pop
+            for va in range(first, end, step):
+                pop(va, None)
+        else:
+            for va in [va for va in pages if first <= va < end]:
+                del pages[va]
+        self.count -= before - len(pages)
+        return before - len(pages)
+
+    def drop_all(self, ctx: int) -> int:
+        pages = self.ctxs.pop(ctx, None)
+        n = len(pages) if pages else 0
+        self.count -= n
+        return n
+
+    def clear(self) -> None:
+        self.ctxs.clear()
+        self.count = 0
+
+    def items(self) -> Iterator[tuple[tuple[int, int], Translation]]:
+        """((ctx, va), translation) of every entry, each context's oldest first."""
+        for ctx, pages in self.ctxs.items():
+            for va, t in pages.items():
+                yield (ctx, va), t
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return (key for key, _ in self.items())
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def _drop_range(cache: dict, ctx: int, start: int, length: int, step: int) -> int:

@@ -202,6 +202,28 @@ def test_the_tlb_is_bounded_and_the_oldest_entry_leaves_first(rig: Rig,
     assert [va for _, va in mmu.tlb] == [i * hw.PAGE_SIZE for i in (3, 4, 5, 6)]
 
 
+def test_a_full_tlb_lets_the_filling_contexts_oldest_entry_go(rig: Rig, monkeypatch) -> None:
+    """Another context's when the filling one has none: the largest's oldest."""
+    from hmmgpu.device import mmu as mmu_mod
+    monkeypatch.setattr(mmu_mod, "TLB_ENTRIES", 4)
+    mmu = rig.gpu.engine.mmu
+
+    def touch(ctx: int, page: int) -> None:
+        rig.drv.map(ctx, page * hw.PAGE_SIZE, rig.page(), RW)
+        mmu.translate(ctx, rig.drv.roots[ctx], page * hw.PAGE_SIZE, Access.READ)
+
+    for ctx, page in ((1, 1), (1, 2), (1, 3), (2, 1)):
+        touch(ctx, page)
+    touch(2, 2)  # full: ctx 2's own oldest goes, not ctx 1's older one
+    assert sorted(mmu.tlb) == [(1, 0x1000), (1, 0x2000), (1, 0x3000), (2, 0x2000)]
+    touch(3, 1)  # ctx 3 holds nothing: the largest context gives up its oldest
+    assert sorted(mmu.tlb) == [(1, 0x2000), (1, 0x3000), (2, 0x2000), (3, 0x1000)]
+    assert len(mmu.tlb) == 4
+    # a range covering all ctx 1 holds drops its map whole, and says how much
+    assert mmu.invalidate(1, 0, 1 << 30) == 2
+    assert sorted(mmu.tlb) == [(2, 0x2000), (3, 0x1000)] and len(mmu.tlb) == 2
+
+
 def test_the_page_walk_cache_keeps_a_replaced_table_until_invalidated(rig: Rig) -> None:
     """Like the TLB, the walk cache is only coherent through TLB_INVALIDATE: a
     driver that swaps a level-0 table must invalidate the range."""

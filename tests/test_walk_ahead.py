@@ -59,7 +59,8 @@ def build(seed: int) -> tuple[Rig, list[str]]:
     return rig, kinds
 
 
-def segments(rig: Rig, first: int, count: int, access: Access, ahead: bool):
+def segments(rig: Rig, first: int, count: int, access: Access, ahead: bool,
+             invalidate: tuple[int, int] = (0, 0)):
     engine = rig.gpu.engine
     if not ahead:
         engine.trace.start()  # the flight recorder: the general path, page by page
@@ -78,7 +79,10 @@ def segments(rig: Rig, first: int, count: int, access: Access, ahead: bool):
     tlb = [(k, t.va, t.addr, t.vram, t.flags, t.pte_addr, t.pte) for k, t in
            engine.mmu.tlb.items()]
     reports = [(r.check, r.addr) for r in engine.sanitizer.reports]
-    return out, tlb, reports
+    # then a TLB_INVALIDATE of (first page, pages): what stays cached
+    engine.mmu.invalidate(Q, BASE + invalidate[0] * hw.PAGE_SIZE,
+                          invalidate[1] * hw.PAGE_SIZE)
+    return out, tlb, reports, sorted(engine.mmu.tlb)
 
 
 @pytest.mark.parametrize("seed", range(200))
@@ -87,8 +91,10 @@ def test_walking_ahead_ends_as_walking_page_by_page(seed: int) -> None:
     first = rnd.randrange(PAGES - 1)
     count = rnd.randrange(1, PAGES - first + 1)
     access = rnd.choice([Access.READ, Access.WRITE])
-    page_by_page = segments(build(seed)[0], first, count, access, ahead=False)
-    assert segments(build(seed)[0], first, count, access, ahead=True) == page_by_page
+    start = rnd.randrange(PAGES)
+    inval = (start, rnd.randrange(1, PAGES - start + 1))
+    page_by_page = segments(build(seed)[0], first, count, access, False, inval)
+    assert segments(build(seed)[0], first, count, access, True, inval) == page_by_page
 
 
 def test_a_clean_range_is_walked_once_and_its_bytes_are_right(rig: Rig) -> None:
@@ -98,7 +104,7 @@ def test_a_clean_range_is_walked_once_and_its_bytes_are_right(rig: Rig) -> None:
     mmu, walks = rig.gpu.engine.mmu, []
     walk = mmu.walk
     mmu.walk = lambda *a, **kw: walks.append(a[1]) or walk(*a, **kw)
-    out, _, _ = segments(rig, 0, 40, Access.READ, ahead=True)
+    out, *_ = segments(rig, 0, 40, Access.READ, ahead=True)
     assert out[0] == "ok" and out[1] == b"".join(bytes([i + 1]) * hw.PAGE_SIZE
                                                  for i in range(40))[8:-8]
     # one walk per level-0 table the range touches (it crosses one boundary)
