@@ -8,10 +8,11 @@ GuestMemory.view, so a walk never leaves guest RAM.
 
 The TLB caches successful translations per (context, page), at most
 TLB_ENTRIES of each page size in all; when it is full the filling
-context's oldest entry leaves (another context's when it has none). Missing or forbidden
-translations are never cached: after the driver fixes a PTE, a REPLAY walks
-again. A changed PTE of a cached translation is NOT seen until the driver
-invalidates it with TLB_INVALIDATE, as on real hardware.
+context's oldest entry leaves (another context's when it has none).
+Missing or forbidden translations are never cached: after the driver fixes
+a PTE, a REPLAY walks again. A changed PTE of a cached translation is NOT
+seen until the driver invalidates it with TLB_INVALIDATE, as on real
+hardware.
 
 A page-walk cache remembers, per (context, 2 MiB region), the level-0 table
 the last walk went through, so walking the next 4 KiB page of that region
