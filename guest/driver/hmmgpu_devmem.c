@@ -278,15 +278,17 @@ unsigned long hmmgpu_vram_free_pages(struct hmmgpu *gpu)
 /*
  * The system side's bus addresses as a COPY_PAGES list, made when the first
  * short run needs one: a copy whose runs are all long enough for COPY (a
- * migration between contiguous blocks) allocates none. NULL: COPY per page.
+ * migration between contiguous blocks) allocates none. NULL: COPY per page
+ * (and no other try after a failed allocation, @tried).
  */
 static __le64 *hmmgpu_copy_list(struct hmmgpu *gpu, __le64 **list, dma_addr_t *list_dma,
-				const u64 *sys, int n)
+				bool *tried, const u64 *sys, int n)
 {
 	int i;
 
-	if (*list || !sys || n < 2)
+	if (*tried || !sys || n < 2)
 		return *list;
+	*tried = true;
 	*list = dma_alloc_coherent(&gpu->pdev->dev, n * sizeof(**list), list_dma,
 				   GFP_KERNEL | __GFP_NOWARN);
 	if (*list)
@@ -317,6 +319,7 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 	int i, done, batch, ret = 0;
 	dma_addr_t list_dma = 0;
 	__le64 *list = NULL;
+	bool list_tried = false;
 	u64 *status;
 
 	cmds = kmalloc_array(HMMGPU_MAX_BATCH, sizeof(*cmds), GFP_KERNEL);
@@ -340,7 +343,8 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 			if (s == U64_MAX) {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
 			} else if (run < MIN_COPY_RUN &&
-				   hmmgpu_copy_list(gpu, &list, &list_dma, gather ? sys : NULL, n)) {
+				   hmmgpu_copy_list(gpu, &list, &list_dma, &list_tried,
+						    gather ? sys : NULL, n)) {
 				/*
 				 * contiguous in VRAM only, or in both for a few pages
 				 * (the page allocator hands out pairs and triples):
