@@ -286,7 +286,7 @@ static __le64 *hmmgpu_copy_list(struct hmmgpu *gpu, __le64 **list, dma_addr_t *l
 {
 	int i;
 
-	if (*tried || !sys || n < 2)
+	if (*tried || n < 2)
 		return *list;
 	*tried = true;
 	*list = dma_alloc_coherent(&gpu->pdev->dev, n * sizeof(**list), list_dma,
@@ -342,9 +342,8 @@ static int hmmgpu_copy_pages(struct hmmgpu *gpu, const u64 *src, const u64 *dst,
 				run++;
 			if (s == U64_MAX) {
 				hmmgpu_cmd(&cmds[batch], HMMGPU_OP_FILL, to, 0, d, PAGE_SIZE, 0);
-			} else if (run < MIN_COPY_RUN &&
-				   hmmgpu_copy_list(gpu, &list, &list_dma, &list_tried,
-						    gather ? sys : NULL, n)) {
+			} else if (run < MIN_COPY_RUN && gather &&
+				   hmmgpu_copy_list(gpu, &list, &list_dma, &list_tried, sys, n)) {
 				/*
 				 * contiguous in VRAM only, or in both for a few pages
 				 * (the page allocator hands out pairs and triples):
