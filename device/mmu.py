@@ -24,7 +24,8 @@ lowest and highest VA of the translations it has cached) bounds the work
 of a range invalidation: a range outside it drops no translation without a
 lookup (a migration of pages the device never reached by VA), and one that
 covers it drops the context's map whole (a migration back of all a READ
-reached).
+reached). A span starts afresh once invalidations left its context nothing,
+so the pages of a freed buffer do not widen the next one's.
 
 A walk that ends in a 4 KiB leaf for a multi-page range walks ahead: the
 leaf's neighbours in the same level-0 table, up to the range's end, are read
@@ -309,8 +310,13 @@ class Mmu:
                 return 0
             if va > span[0] or end < span[1]:  # part of ctx's: look inside the span only
                 va, end = max(va, span[0]), min(end, span[1])
-                return self.tlb.drop(ctx, va, end, hw.PAGE_SIZE) + \
+                dropped = self.tlb.drop(ctx, va, end, hw.PAGE_SIZE) + \
                     self.tlb_large.drop(ctx, va, end, hw.LARGE_PAGE_SIZE)
+                if not self.tlb.ctxs.get(ctx) and not self.tlb_large.ctxs.get(ctx):
+                    # nothing left: the span starts afresh, so that the next
+                    # invalidation of what is cached after this covers it
+                    del self.spans[ctx]
+                return dropped
         del self.spans[ctx]  # all of ctx's: its maps go at once
         return self.tlb.drop_all(ctx) + self.tlb_large.drop_all(ctx)
 

@@ -187,6 +187,25 @@ def test_invalidation_bounded_by_the_span_drops_what_a_full_probe_would(ops) -> 
             assert mmu.spans[c][0] <= v and v + size <= mmu.spans[c][1]
 
 
+def test_a_span_starts_afresh_once_invalidations_empty_its_context(rig: Rig) -> None:
+    """A freed buffer's pages leave no trace in the span: the next buffer's
+    span is its own, so its invalidation drops the context's map whole."""
+    mmu = rig.gpu.engine.mmu
+    old, new = 0x7F00_0000_0000, 0x1000_0000
+    for va in (old, old + hw.PAGE_SIZE, new, new + hw.PAGE_SIZE):
+        rig.drv.map(5, va, rig.page(), RW)
+    mmu.translate(5, rig.drv.roots[5], old, Access.READ)
+    mmu.translate(5, rig.drv.roots[5], new, Access.READ)
+    assert mmu.invalidate(5, new, hw.PAGE_SIZE) == 1  # part of the span: ctx keeps `old`
+    assert mmu.spans[5] == [new, old + hw.PAGE_SIZE]
+    assert mmu.invalidate(5, old, 2 * hw.PAGE_SIZE) == 1  # part of it again: now empty
+    assert 5 not in mmu.spans
+    for va in (new, new + hw.PAGE_SIZE):
+        mmu.translate(5, rig.drv.roots[5], va, Access.READ)
+    assert mmu.spans[5] == [new, new + 2 * hw.PAGE_SIZE]
+    assert mmu.invalidate(5, new, 2 * hw.PAGE_SIZE) == 2 and not mmu.tlb.ctxs.get(5)
+
+
 def test_the_tlb_is_bounded_and_the_oldest_entry_leaves_first(rig: Rig,
                                                                monkeypatch) -> None:
     from hmmgpu.device import mmu as mmu_mod
