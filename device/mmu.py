@@ -144,7 +144,21 @@ class Mmu:
         if key is not None:
             cached = self.pwc.get(key)
             if cached is not None and cached[0] == root:
-                table, levels, key = cached[1], (0,), None  # cached: nothing to fill
+                # cached: one PTE to read; a plain 4 KiB leaf (or none) is
+                # answered here, anything else by the loop's checks
+                pte_addr = cached[1] + ((va >> LEVEL_SHIFT[0]) & INDEX_MASK) * 8
+                pte = self.mem.read_u64(pte_addr)
+                if not pte & _VALID:
+                    return None
+                if pte & _AHEAD_STOP == _VALID:
+                    addr = pte & _ADDR
+                    if not pte & _VRAM:
+                        return Translation(va & _PAGE_MASK, hw.PAGE_SIZE, addr, False,
+                                           pte & _PERMS, pte_addr, pte, -1)
+                    if addr + hw.PAGE_SIZE <= self.vram_size:
+                        return Translation(va & _PAGE_MASK, hw.PAGE_SIZE, addr, True,
+                                           pte & _PERMS, pte_addr, pte, -1)
+                table, levels, key = cached[1], (0,), None  # nothing to fill
         visited: set[int] = set()
         for level in levels:
             if table % hw.PAGE_SIZE:

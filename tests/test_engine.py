@@ -283,6 +283,31 @@ def test_a_walk_that_misses_at_level_0_keeps_its_table_for_the_replay(rig: Rig,
     assert mmu.walk(root, 0x1_0000_0000, ctx=6) is None
     assert len(reads) == 2 * len(set(reads))
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(0, (1 << 64) - 1),  # reserved bits, mostly
+                 st.integers(0, (1 << 64) - 1).map(lambda b: b & ~hw.PTE_RESERVED_MASK),
+                 st.integers(0, 16 << 20).map(  # a plain VRAM leaf, in VRAM or past it
+                     lambda b: b & ~(Pte.LARGE | Pte.PEER | hw.PTE_PEER_MASK << hw.PTE_PEER_SHIFT)
+                     | Pte.VRAM)),
+       st.sampled_from([0, int(Pte.VALID)]))
+def test_a_walk_through_the_walk_cache_agrees_with_a_full_walk(bits: int, valid: int) -> None:
+    """Any leaf PTE (flags, reserved bits, LARGE, VRAM past the end, peer
+    bits): the walk that reads it from the cached level-0 table returns or
+    raises what a walk from the root does."""
+    rig = Rig()
+    mmu, root = rig.gpu.engine.mmu, rig.drv.context(4)
+    rig.drv.map(4, 0x40_0000, rig.page(), RW)
+    assert mmu.walk(root, 0x40_0000, ctx=4) is not None  # the walk cache has the table
+    rig.drv.set_u64(rig.drv.pte_slot(4, 0x40_1000, 0), bits | valid)
+
+    def outcome(ctx: int | None) -> object:
+        try:
+            return mmu.walk(root, 0x40_1234, ctx)
+        except DeviceError as e:
+            return (e.code, e.addr)
+    assert outcome(4) == outcome(None)
+
+
 # ---- commands ----------------------------------------------------------------------
 
 def test_copy_between_system_memory_and_vram_round_trips(rig: Rig) -> None:
