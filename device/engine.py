@@ -226,13 +226,16 @@ class Engine:
         else:
             self._wake.notify_all()
 
-    def run_deferred(self) -> None:
+    def run_deferred(self) -> bool:
         """Execute the queues that doorbells and REPLAYs left (defer) on the
         calling thread, for up to DEFER_BUDGET_NS, and with nothing to run
         watch replay words until a message waits; the worker gets the rest,
-        and all of it if it is executing already."""
+        and all of it if it is executing already. True when a doorbell or
+        REPLAY had left work (the driver is submitting)."""
         deadline = time.monotonic_ns() + DEFER_BUDGET_NS
         pending = self.mmio_pending
+        with self.lock:
+            submitted = bool(self._deferred)
         while True:
             with self.lock:
                 queue = next((q for q in self._deferred if q.runnable), None)
@@ -242,7 +245,7 @@ class Engine:
                     if self._watched or any(q.runnable for q in self._deferred):
                         self._wake.notify_all()
                     self._deferred.clear()
-                    return
+                    return submitted
                 if queue is not None:
                     self._deferred.remove(queue)
                 self._busy = True

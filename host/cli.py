@@ -98,6 +98,9 @@ def lab_config(args: argparse.Namespace, **kw: object):
         if not share.is_dir():
             raise HmmgpuError(f"--share {args.share}: no such directory (create it first)")
     extra: dict[str, object] = {}
+    if args.server_poll_us is not None and args.server_poll_us < 0:
+        raise HmmgpuError(f"--server-poll-us {args.server_poll_us}: give 0 or more "
+                          "microseconds (0: the servers never poll)")
     if args.timeout is not None:
         if args.timeout <= 0:
             raise HmmgpuError(f"--timeout {args.timeout:g}: give the run's limit in seconds")
@@ -108,6 +111,7 @@ def lab_config(args: argparse.Namespace, **kw: object):
     return LabConfig(accel=args.accel, verbose=args.verbose, kernel=kernel, modules=modules,
                      share=share, gdb_port=gdb, fail_fast=not args.no_fail_fast,
                      separate_cpus=not args.no_cpu_placement,
+                     server_poll_us=args.server_poll_us,
                      kernel_args=args.append,
                      **extra, **kw)
 
@@ -423,6 +427,9 @@ def build_parser() -> ArgumentParser:
                       help="leave the device servers and QEMU's vfio-user I/O threads where "
                            "the scheduler puts them (default: servers on the last CPU, the "
                            "I/O threads on the others)")
+    kern.add_argument("--server-poll-us", type=int, metavar="US",
+                      help="how long each device server busy-polls for the next message "
+                           "before it sleeps (default: the server's, 200; 0: never)")
 
     s = sub.add_parser("boot", parents=[kern],
                        help="boot the lab VM, print its PCI devices, run a command")

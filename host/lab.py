@@ -99,6 +99,9 @@ class LabConfig:
     # device servers on one CPU, QEMU's vfio-user I/O threads on the others
     # (host/affinity.py: each MMIO reply otherwise preempts the server)
     separate_cpus: bool = True
+    # how long each device server busy-polls its socket after a message
+    # before it sleeps (device/server.py; None: the server's default, 0: never)
+    server_poll_us: int | None = None
 
 
 SHM = Path("/dev/shm")
@@ -125,8 +128,9 @@ class GpuProcess:
 
     def __init__(self, index: int, run_dir: Path, library: Path, msix: bool = True,
                  vram_mb: int = 1024, trace: bool = False, vram_dir: Path | None = None,
-                 vram_bar: bool = True) -> None:
+                 vram_bar: bool = True, poll_us: int | None = None) -> None:
         self.index = index
+        self.poll_us = poll_us
         self.vram_file = (vram_dir or run_dir) / f"gpu{index}.vram"
         self.vram_bar = vram_bar
         self.peers: dict[int, Path] = {}  # fabric id -> VRAM file: the links
@@ -154,6 +158,8 @@ class GpuProcess:
             cmd += ["--trace", str(self.trace_file)]
         if not self.msix:
             cmd.append("--no-msix")
+        if self.poll_us is not None:
+            cmd.append(f"--poll-us={self.poll_us}")
         self.proc = start_serving(cmd, self.socket, self.log, f"device server {self.id}", 20)
 
     def stop(self) -> None:
@@ -192,7 +198,7 @@ class Lab:
         self.vram_dir = vram_dir(self.run_dir)
         self.gpus = [GpuProcess(i, self.run_dir, self.paths.libvfio_user, self.config.msix,
                                 self.config.vram_mb, self.config.trace, self.vram_dir,
-                                self.config.vram_bar)
+                                self.config.vram_bar, self.config.server_poll_us)
                      for i in range(self.config.gpus)]
         for g in self.gpus:  # every GPU links to every other one
             g.peers = {p.index: p.vram_file for p in self.gpus if p is not g}

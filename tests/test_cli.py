@@ -79,3 +79,18 @@ def test_cpu_placement_is_on_unless_switched_off(flags: list[str], separate: boo
     for command in ("boot", "selftest", "demo"):
         args = build_parser().parse_args([command, *flags])
         assert lab_config(args).separate_cpus is separate
+
+
+@pytest.mark.parametrize(("flags", "poll"), [([], None), (["--server-poll-us", "0"], 0),
+                                            (["--server-poll-us", "500"], 500)])
+def test_server_poll_us_reaches_the_lab(flags: list[str], poll: int | None) -> None:
+    from hmmgpu.host.cli import build_parser, lab_config
+    for command in ("boot", "selftest", "demo"):
+        args = build_parser().parse_args([command, *flags])
+        assert lab_config(args).server_poll_us == poll
+
+
+def test_a_negative_server_poll_is_one_line() -> None:
+    r = hmmgpu("boot", "--server-poll-us", "-5")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--server-poll-us" in r.stderr, r.stderr

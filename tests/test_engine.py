@@ -1015,6 +1015,32 @@ def test_with_defer_a_replay_runs_on_the_thread_that_calls_run_deferred(rig: Rig
     assert seen == [threading.current_thread().name] * 2
 
 
+def test_run_deferred_says_whether_a_submission_left_work(rig: Rig, deferred) -> None:
+    """The server polls its socket after a call that ran submitted work (the
+    driver is busy with the device), and sleeps after one that did not."""
+    engine, _ = deferred
+    assert engine.run_deferred() is False  # nothing rang
+    status = _nop(rig)
+    assert engine.run_deferred() is True
+    assert rig.drv.u64(status) == 0
+    assert engine.run_deferred() is False
+
+
+def test_the_server_polls_until_a_message_or_the_end_of_its_window() -> None:
+    import os
+
+    from hmmgpu.device.server import poll_readable
+
+    r, w = os.pipe()
+    try:
+        assert poll_readable(r, 2_000_000) is False  # nothing came: back to select()
+        os.write(w, b"x")
+        assert poll_readable(r, 10**12) is True  # returns at once, not at the window's end
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_deferred_work_past_its_budget_goes_to_the_worker(rig: Rig, deferred,
                                                           monkeypatch) -> None:
     """The MMIO thread gives run_deferred() DEFER_BUDGET_NS: what is left after
