@@ -112,6 +112,7 @@ class Engine:
         self._stop = False
         self.defer = False  # doorbells and REPLAYs left to run_deferred()
         self._deferred: list[Queue] = []
+        self._kicks = 0  # TAIL and CONTROL writes: the replay watch looks for work after one
         # the server's: a message waits for the MMIO thread (it stops watching)
         self.mmio_pending: Callable[[], bool] | None = None
         self._watched: list[Queue] = []  # stalled queues whose replay word is watched
@@ -216,10 +217,12 @@ class Engine:
             if value == hw.QueueControl.REPLAY:
                 self._kick(queue)
             else:
+                self._kicks += 1  # a CANCEL moved HEAD: what follows may run
                 self._wake.notify_all()
 
     def _kick(self, queue: Queue) -> None:
         """`queue` may have work: the worker's, or run_deferred()'s. Under lock."""
+        self._kicks += 1
         if self.defer and not self._busy:
             if queue not in self._deferred:
                 self._deferred.append(queue)
@@ -422,6 +425,7 @@ class Engine:
         more, another queue can run, execution must stop, or pending() (a
         message for the MMIO thread)."""
         replayed, wake = None, False
+        kicks = -1  # the first look checks every queue
         try:
             while True:
                 with self.lock:
@@ -431,9 +435,14 @@ class Engine:
                         break
                     if replayed is not None or not self._watched:
                         break
-                    if self._next_queue(0) is not None:
-                        wake = True  # its doorbell found us busy: the worker's
-                        break
+                    # a queue becomes runnable only by a TAIL or CONTROL
+                    # write (they count _kicks): look at the queues (1.6
+                    # us) only after one
+                    if kicks != self._kicks:
+                        kicks = self._kicks
+                        if self._next_queue(0) is not None:
+                            wake = True  # its doorbell found us busy: the worker's
+                            break
                 if pending is not None and pending():
                     break
                 os.sched_yield()  # the GIL and the CPU for others between looks

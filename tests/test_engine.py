@@ -1194,6 +1194,48 @@ def test_a_polling_drivers_fault_is_replayed_through_its_replay_word(rig: Rig,
     assert rig.drv.u64(status) == 0 and rig.reg(Reg.REPLAYS_WATCHED) == 1
 
 
+@pytest.mark.parametrize("how", ["doorbell", "cancel"])
+def test_work_on_another_queue_ends_a_watch_and_runs(rig: Rig, deferred, monkeypatch,
+                                                     how: str) -> None:
+    """While the MMIO thread watches queue 3's replay word, a doorbell on
+    queue 4, or a CANCEL of stalled queue 5 with a command queued behind the
+    cancelled one, is new work: the watch hands over (the window here is far
+    longer than the test) and the worker runs it, then watches on."""
+    import threading
+    import time
+
+    from hmmgpu.device import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "REPLAY_WATCH_NS", 60 * 10**9)
+    engine, _ = deferred
+    words = _poll_words(rig)
+    engine.mmio_pending = lambda: False  # as the server's MMIO thread, with no message
+    status = rig.status_word()
+    rig.drv.set_u64(status, 0xDEAD)
+    if how == "cancel":  # stalled and not watched (its driver does not poll)
+        _set_word(rig, words, 5, 0)
+        rig.drv.submit(5, Opcode.READ, (0x70_0000, rig.drv.alloc(8), 8))
+        engine.run_deferred()
+        assert rig.drv.qreg(5, QReg.STATUS) & hw.QueueStatus.STALLED
+        rig.drv.submit(5, Opcode.NOP, status=status)  # waits behind the stalled READ
+    _set_word(rig, words, 3, hw.PollWord.FAULT)
+    rig.drv.submit(3, Opcode.READ, (0x40_0000, rig.drv.alloc(8), 8))
+    watcher = threading.Thread(target=engine.run_deferred)
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while not _watch_word(rig, words, 3) & hw.WATCH_ACTIVE:
+        assert time.monotonic() < deadline, "the device never watched"
+    assert rig.drv.u64(status) == 0xDEAD
+    if how == "doorbell":
+        rig.drv.submit(4, Opcode.NOP, status=status)
+    else:
+        rig.drv.cancel(5)
+    assert _wait_status(rig, status) == 0
+    watcher.join(5)
+    assert not watcher.is_alive()
+    assert rig.gpu.engine.queues[3] in rig.gpu.engine._watched  # the worker watches on
+
+
 def test_a_queue_whose_driver_does_not_poll_for_faults_is_not_watched(rig: Rig) -> None:
     words = _poll_words(rig)
     _stall(rig, words, 3, 0x40_0000, poll=hw.PollWord.COMPLETION)
