@@ -150,14 +150,11 @@ class Mmu:
                 pte = self.mem.read_u64(pte_addr)
                 if not pte & _VALID:
                     return None
-                if pte & _AHEAD_STOP == _VALID:
-                    addr = pte & _ADDR
-                    if not pte & _VRAM:
-                        return Translation(va & _PAGE_MASK, hw.PAGE_SIZE, addr, False,
-                                           pte & _PERMS, pte_addr, pte, -1)
-                    if addr + hw.PAGE_SIZE <= self.vram_size:
-                        return Translation(va & _PAGE_MASK, hw.PAGE_SIZE, addr, True,
-                                           pte & _PERMS, pte_addr, pte, -1)
+                addr, vram = pte & _ADDR, bool(pte & _VRAM)
+                if pte & _AHEAD_STOP == _VALID and \
+                        (not vram or addr + hw.PAGE_SIZE <= self.vram_size):
+                    return Translation(va & _PAGE_MASK, hw.PAGE_SIZE, addr, vram,
+                                       pte & _PERMS, pte_addr, pte, -1)
                 table, levels, key = cached[1], (0,), None  # nothing to fill
         visited: set[int] = set()
         for level in levels:
