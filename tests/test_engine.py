@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engine_rig import BUS, RW, Rig
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hmmgpu.device import hwdef as hw
@@ -290,6 +290,8 @@ def test_a_walk_that_misses_at_level_0_keeps_its_table_for_the_replay(rig: Rig,
                      lambda b: b & ~(Pte.LARGE | Pte.PEER | hw.PTE_PEER_MASK << hw.PTE_PEER_SHIFT)
                      | Pte.VRAM)),
        st.sampled_from([0, int(Pte.VALID)]))
+@example(bits=(12 << 20) | Pte.VRAM | Pte.READ, valid=int(Pte.VALID))  # past the 8 MiB VRAM
+@example(bits=(4 << 20) | Pte.VRAM | Pte.READ, valid=int(Pte.VALID))
 def test_a_walk_through_the_walk_cache_agrees_with_a_full_walk(bits: int, valid: int) -> None:
     """Any leaf PTE (flags, reserved bits, LARGE, VRAM past the end, peer
     bits): the walk that reads it from the cached level-0 table returns or
