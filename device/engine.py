@@ -54,6 +54,7 @@ from .hwdef import Access, ErrorCode, QueueStatus, SanCheck
 from .inject import Injection, InjectKind, Injector
 from .memory import DeviceError, Fabric, GuestMemory, InjectedError, Vram
 from .mmu import Fault, Mmu
+from .pollarea import PollArea
 from .queue import Command, Queue
 from .sanitizer import Sanitizer
 from .trace import NONE, Recorder
@@ -76,9 +77,9 @@ _HALTED = int(QueueStatus.HALTED)
 _INTR_COMPLETION = int(hw.IntrStatus.COMPLETION)
 _POLL_COMPLETION, _POLL_FAULT = int(hw.PollWord.COMPLETION), int(hw.PollWord.FAULT)
 _REPLAY, _COUNT_SHIFT = int(hw.QueueControl.REPLAY), hw.REPLAY_COUNT_SHIFT
-# a queue's words in the poll area, indexes of u32s
-_POLL_WORD, _REPLAY_WORD, _WATCH_WORD = (o // 4 for o in (
-    hw.POLL_WORDS_OFFSET, hw.REPLAY_WORDS_OFFSET, hw.WATCH_WORDS_OFFSET))
+# byte offsets of queue 0's words in the poll area (queue q's: + 4q)
+_POLL_WORDS, _REPLAY_WORDS, _WATCH_WORDS = (
+    hw.POLL_WORDS_OFFSET, hw.REPLAY_WORDS_OFFSET, hw.WATCH_WORDS_OFFSET)
 _BARRIER = threading.Lock()  # taking a lock is an atomic read-modify-write
 _KERNEL_QUEUE, _COMMAND = hw.KERNEL_QUEUE, hw.COMMAND
 
@@ -101,6 +102,7 @@ class Engine:
         self.inject = Injector()
         self.inject.on_hit = self._injected
         self.faults = FaultUnit(mem, self.trace, self.sanitizer, self.now, self.inject)
+        self.poll = PollArea(mem)
         self.executor = Executor(mem, vram, self.mmu, self.trace, self.sanitizer,
                                  lambda: self.queues, self.where, self._report_faults,
                                  self.inject)
@@ -143,7 +145,7 @@ class Engine:
             self.error_addr = 0
             self.error_count = 0
             self.intr_status = 0  # IntrStatus bits, a plain int on the per-command path
-            self.poll_base = 0
+            self.poll.base = 0
             self.irq_held = 0
             self.replays_watched = 0
             self._watched = []
@@ -344,24 +346,29 @@ class Engine:
 
     # ---- replay words ------------------------------------------------------------------
 
-    def _poll_area(self, offset: int, q: int) -> int:
-        return self.poll_base + offset + 4 * q
+    @property
+    def poll_base(self) -> int:
+        return self.poll.base
+
+    @poll_base.setter
+    def poll_base(self, value: int) -> None:
+        self.poll.base = value
 
     def _watch_begin(self, queue: Queue) -> None:
         """`queue` is about to stall: watch its replay word if its driver
         polls for faults. Before the records are stored, so the count read
         here is older than any REPLAY of this stall. Under lock."""
-        if not self.poll_base or queue.watch >= 0:
+        poll = self.poll
+        if not poll.base or queue.watch >= 0:
             return
-        q = queue.index
-        try:  # the area's three words of q, as little-endian u32s
-            area = self.mem.view(self.poll_base, hw.POLL_AREA_SIZE, True).view("<u4")
+        q4 = 4 * queue.index
+        try:
+            if not poll.read(_POLL_WORDS + q4) & _POLL_FAULT:
+                return
+            count = poll.read(_REPLAY_WORDS + q4) & hw.REPLAY_COUNT_MASK
+            poll.write(_WATCH_WORDS + q4, queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE)
         except DeviceError:
-            return  # the poll area is not in guest RAM: no watching
-        if not area[_POLL_WORD + q] & _POLL_FAULT:
-            return
-        count = int(area[_REPLAY_WORD + q]) & hw.REPLAY_COUNT_MASK
-        area[_WATCH_WORD + q] = queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE
+            return  # q's words are not in guest RAM: no watching
         queue.watch, queue.watch_until = count, time.monotonic_ns() + REPLAY_WATCH_NS
         self._watched.append(queue)
 
@@ -372,11 +379,10 @@ class Engine:
         if queue.watch >= 0:
             queue.watch = -1
             self._watched.remove(queue)
-        elif not always or not self.poll_base:
+        elif not always or not self.poll.base:
             return
         try:
-            self.mem.write_u32(self._poll_area(hw.WATCH_WORDS_OFFSET, queue.index),
-                               queue.replay_seen << _COUNT_SHIFT)
+            self.poll.write(_WATCH_WORDS + 4 * queue.index, queue.replay_seen << _COUNT_SHIFT)
         except DeviceError:
             pass
 
@@ -387,17 +393,18 @@ class Engine:
         Under lock."""
         replayed = None
         now = time.monotonic_ns()
+        read = self.poll.read
         for queue in list(self._watched):
-            snapshot, addr = queue.watch, self._poll_area(hw.REPLAY_WORDS_OFFSET, queue.index)
+            snapshot, offset = queue.watch, _REPLAY_WORDS + 4 * queue.index
             try:
-                count = self.mem.read_u32(addr) & hw.REPLAY_COUNT_MASK
+                count = read(offset) & hw.REPLAY_COUNT_MASK
                 if count == snapshot:
                     if now <= queue.watch_until:
                         continue
                     self._unwatch(queue)
                     with _BARRIER:  # the clear before the last look: a full barrier
                         pass
-                    count = self.mem.read_u32(addr) & hw.REPLAY_COUNT_MASK
+                    count = read(offset) & hw.REPLAY_COUNT_MASK
                     if count == snapshot:
                         continue  # nothing yet: the driver will write CONTROL
             except DeviceError:
@@ -539,13 +546,12 @@ class Engine:
         before; a full barrier orders them before the word's read, so a
         driver that clears the word, then (full barrier) looks once more,
         misses neither (docs/hardware.md, Poll words)."""
-        base = self.poll_base
-        if not base:
+        if not self.poll.base:
             return False
         with _BARRIER:  # a locked instruction: x86's full barrier
             pass
         try:
-            word = self.mem.read_u32(base + 4 * (_POLL_WORD + q))
+            word = self.poll.read(_POLL_WORDS + 4 * q)
         except DeviceError:
             return False  # not in guest RAM: as if nobody polled
         if not word & bit:

@@ -64,6 +64,7 @@ class GuestMemory:
         # (region starts, regions), sorted: replaced whole under _lock, read
         # with no lock (one attribute load sees one consistent map)
         self._map: tuple[tuple[int, ...], tuple[Region, ...]] = ((), ())
+        self.epoch = 0  # moves on every change of the map (PollArea's cache)
 
     def add(self, iova: int, length: int, vaddr: int, writable: bool = True) -> None:
         array = np.ctypeslib.as_array((ctypes.c_uint8 * length).from_address(vaddr))
@@ -77,6 +78,7 @@ class GuestMemory:
             regions.insert(i, Region(iova, array.nbytes, array.reshape(-1).view(np.uint8),
                                      writable))
             self._map = (tuple(starts), tuple(regions))
+            self.epoch += 1
 
     def remove(self, iova: int) -> None:
         with self._lock:
@@ -86,10 +88,12 @@ class GuestMemory:
                 del starts[i]
                 del regions[i]
                 self._map = (tuple(starts), tuple(regions))
+                self.epoch += 1
 
     def clear(self) -> None:
         with self._lock:
             self._map = ((), ())
+            self.epoch += 1
 
     def _region(self, addr: int) -> Region | None:
         """The region with the highest start at or below addr (it may end

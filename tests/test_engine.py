@@ -1283,19 +1283,19 @@ def test_a_count_stored_as_the_window_closes_is_taken_by_the_last_look(rig: Rig,
     words = _poll_words(rig)
     status = _stall(rig, words, 3, 0x40_0000)
     rig.drv.map(3, 0x40_0000, rig.page(), RW)
-    mem, looks = rig.gpu.engine.mem, []
-    read_u32 = mem.read_u32
+    poll, looks = rig.gpu.engine.poll, []
+    read = poll.read
 
-    def racing_read(addr: int) -> int:
-        value = read_u32(addr)
-        if addr == words + hw.REPLAY_WORDS_OFFSET + 12:
+    def racing_read(offset: int) -> int:
+        value = read(offset)
+        if offset == hw.REPLAY_WORDS_OFFSET + 12:
             looks.append(value)
             _set_replay_word(rig, words, 3, 7)  # the driver, between the two looks
         return value
 
-    monkeypatch.setattr(mem, "read_u32", racing_read)
+    monkeypatch.setattr(poll, "read", racing_read)
     rig.gpu.engine._poll_replays()
-    monkeypatch.setattr(mem, "read_u32", read_u32)
+    monkeypatch.setattr(poll, "read", read)
     assert looks == [0, 7]
     assert _watch_word(rig, words, 3) == 7 << hw.REPLAY_COUNT_SHIFT
     rig.run()
