@@ -28,7 +28,7 @@ from .trace import DMA_VRAM, Recorder, dma_flags
 MAX_FAULTS_PER_COMMAND = 64
 _FLAGS_VALID = {int(op): int(mask) for op, mask in hw.CMD_FLAGS_VALID.items()}
 _VA_END = 1 << hw.VA_BITS
-_TO_SYS = int(hw.CmdFlags.TO_SYS)
+_TO_SYS, _LEAF = int(hw.CmdFlags.TO_SYS), int(hw.CmdFlags.LEAF)
 _OP_COPY = int(Opcode.COPY)
 _SYS, _VA = int(Aperture.SYS), int(Aperture.VA)
 _AP_MASK = hw.APERTURE_MASK
@@ -101,11 +101,13 @@ class Executor:
                 self._atomic(queue, cmd)
             case Opcode.TLB_INVALIDATE:
                 ctx = self.context(queue, cmd)
-                dropped = self.mmu.invalidate(ctx, a[0], a[1])
+                leaf = bool(cmd.flags & _LEAF)
+                dropped = self.mmu.invalidate(ctx, a[0], a[1], leaf)
                 self.sanitizer.invalidated(ctx)
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,
-                                    va=a[0], length=min(a[1], tr.LENGTH_MAX), aux=dropped)
+                                    flags=tr.INVALIDATE_LEAF if leaf else 0, va=a[0],
+                                    length=min(a[1], tr.LENGTH_MAX), aux=dropped)
             case Opcode.COPY_PAGES:
                 self._copy_pages(queue, cmd, a[0], a[1], a[2],
                                  bool(cmd.flags & _TO_SYS))

@@ -278,6 +278,7 @@ class SanCheck(IntEnum):
     VRAM_PTE = 3  # a PTE past the end of VRAM, or at a VRAM page the driver freed
     FAULT_OVERFLOW = 4  # a fault found the fault buffer full
     BUS_MASTER_OFF = 5  # a command after the driver disabled bus mastering
+    STALE_PATH = 6  # a LEAF TLB_INVALIDATE kept a cached path the driver had changed
 
 
 SAN_VRAM_ALLOC = 1 << 0  # else: free
@@ -321,6 +322,9 @@ class Aperture(IntEnum):
 class CmdFlags(IntFlag):
     IRQ = 1 << 0  # raise the COMPLETION vector when this command completes
     TO_SYS = 1 << 12  # COPY_PAGES: VRAM -> the listed pages (else the pages -> VRAM)
+    # TLB_INVALIDATE: only leaf PTEs changed (no page table freed or
+    # replaced): cached paths to level-0 tables may stay (Arm's last-level TLBI)
+    LEAF = 1 << 13
     # bits 8-9: source aperture, bits 10-11: destination aperture
 
 
@@ -350,7 +354,7 @@ CMD_FLAGS_VALID: dict[Opcode, int] = {
     Opcode.READ: CmdFlags.IRQ,
     Opcode.WRITE: CmdFlags.IRQ,
     Opcode.ATOMIC: CmdFlags.IRQ | (ATOMIC_OP_MASK << ATOMIC_OP_SHIFT),
-    Opcode.TLB_INVALIDATE: CmdFlags.IRQ,
+    Opcode.TLB_INVALIDATE: CmdFlags.IRQ | CmdFlags.LEAF,
     Opcode.FENCE: CmdFlags.IRQ,
     Opcode.COPY_PAGES: CmdFlags.IRQ | CmdFlags.TO_SYS,
 }
@@ -484,8 +488,8 @@ def _defines() -> list[tuple[str, int]]:
     out += [(f"ERR_{e.name}", int(e)) for e in ErrorCode]
     out += [(f"OP_{o.name}", int(o)) for o in Opcode]
     out += [(f"APERTURE_{a.name}", int(a)) for a in Aperture]
-    out += [("CMD_IRQ", int(CmdFlags.IRQ)), ("CMD_TO_SYS", int(CmdFlags.TO_SYS)),
-            ("MAX_COPY_PAGES", MAX_COPY_PAGES)]
+    out += [(f"CMD_{f.name}", int(f)) for f in CmdFlags]
+    out.append(("MAX_COPY_PAGES", MAX_COPY_PAGES))
     out += [(f"ATOMIC_{a.name}", int(a)) for a in AtomicOp]
     out += [(f"PTE_{p.name}", int(p)) for p in Pte]
     out += [(f"CAPS_{c.name}", int(c)) for c in Caps]

@@ -110,6 +110,7 @@ class Checks(Protocol):
 
     def tlb_hit(self, ctx: int, t: Translation) -> None: ...
     def walk(self, ctx: int, t: Translation) -> None: ...
+    def stale_path(self, ctx: int, va: int, cached: int, now: int | None) -> None: ...
 
 
 class Mmu:
@@ -303,16 +304,19 @@ class Mmu:
             self._cached(ctx, t.va, va)
         return out
 
-    def invalidate(self, ctx: int, va: int = 0, length: int = 0) -> int:
-        """Drop ctx's cached translations (and walk-cache entries) overlapping
-        [va, va+length); length 0 drops all of ctx's. Returns how many
-        translations were dropped."""
+    def invalidate(self, ctx: int, va: int = 0, length: int = 0, leaf: bool = False) -> int:
+        """Drop ctx's cached translations (and, unless `leaf`, walk-cache
+        entries) overlapping [va, va+length); length 0 drops all of ctx's.
+        Returns how many translations were dropped."""
         end = va + length
-        if length:  # the walk cache by 2 MiB region: few entries
-            first, last = va >> LEVEL_SHIFT[1], (end - 1) >> LEVEL_SHIFT[1]
-            _drop_range(self.pwc, ctx, first, last - first + 1, 1)
-        else:
-            _drop_range(self.pwc, ctx, 0, 0, 1)
+        first = count = 0  # the walk cache's 2 MiB regions in the range (0: all)
+        if length:
+            first = va >> LEVEL_SHIFT[1]
+            count = ((end - 1) >> LEVEL_SHIFT[1]) - first + 1
+        if not leaf:
+            _drop_range(self.pwc, ctx, first, count, 1)
+        elif self.checks is not None and self.checks.enabled:
+            self._check_paths(ctx, first, count)
         span = self.spans.get(ctx)
         if span is None:
             return 0  # no translation cached since the context's last flush
@@ -330,6 +334,35 @@ class Mmu:
                 return dropped
         del self.spans[ctx]  # all of ctx's: its maps go at once
         return self.tlb.drop_all(ctx) + self.tlb_large.drop_all(ctx)
+
+    def _check_paths(self, ctx: int, first: int, count: int) -> None:
+        """A LEAF invalidation keeps the walk cache: each kept path (of the
+        2 MiB regions first.. first+count, all of ctx's when count is 0)
+        must still lead to the level-0 table it cached."""
+        if count and count <= len(self.pwc):
+            keys = [(ctx, r) for r in range(first, first + count) if (ctx, r) in self.pwc]
+        else:
+            keys = [k for k in self.pwc if k[0] == ctx and
+                    (not count or first <= k[1] < first + count)]
+        for key in keys:
+            root, table = self.pwc[key]
+            va = key[1] << LEVEL_SHIFT[1]
+            now = self._table(root, va)
+            if now != table:
+                self.checks.stale_path(ctx, va, table, now)
+
+    def _table(self, root: int, va: int) -> int | None:
+        """The level-0 table the upper levels lead `va` to now; None if none."""
+        table = root
+        try:
+            for level in (3, 2, 1):
+                pte = self.mem.read_u64(table + ((va >> LEVEL_SHIFT[level]) & INDEX_MASK) * 8)
+                if pte & (_AHEAD_STOP | _VRAM) != _VALID:  # not a plain table
+                    return None
+                table = pte & _ADDR
+        except DeviceError:
+            return None
+        return table
 
     def flush(self) -> None:
         self.tlb.clear()

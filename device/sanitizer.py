@@ -158,6 +158,16 @@ class Sanitizer:
                         f"PTE at {t.pte_addr:#x} maps va {t.va:#x} to VRAM offset {t.addr:#x}, "
                         "a page the driver freed", once_key=t.va)
 
+    def stale_path(self, ctx: int, va: int, cached: int, now: int | None) -> None:
+        """STALE_PATH: a LEAF TLB_INVALIDATE keeps the walk cache, so the
+        driver changed no path to a level-0 table in its range."""
+        queue, _, command = self.where()
+        self.report(SanCheck.STALE_PATH, queue, ctx, command, va,
+                    f"TLB_INVALIDATE with LEAF kept the cached level-0 table {cached:#x} of the "
+                    f"2 MiB at va {va:#x}, but the page table now leads to "
+                    f"{'no table' if now is None else f'{now:#x}'}: a freed or replaced table "
+                    "needs TLB_INVALIDATE without LEAF", once_key=va)
+
     def invalidated(self, ctx: int) -> None:
         """TLB_INVALIDATE: the context's stale-TLB state starts over."""
         self._seen = {k for k in self._seen if not (k[0] == SanCheck.STALE_TLB and k[1] == ctx)}

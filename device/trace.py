@@ -57,6 +57,7 @@ IRQ_HELD = 2  # an IRQ record's flags: held off by the driver's poll word
 # a REPLAY record's flags: bit 0 the queue was stalled; these say how it came
 REPLAY_WORD = 2  # taken from the queue's replay word, not a CONTROL write
 REPLAY_STALE = 4  # a CONTROL write whose count the replay word had brought: dropped
+INVALIDATE_LEAF = 1  # a TLB_INVALIDATE record's flags: LEAF, the walk cache kept
 
 
 class Kind(IntEnum):
@@ -69,7 +70,8 @@ class Kind(IntEnum):
                          # addr = PTE address, aux = PTE bits 31:0) a PTE without the access;
                          # a successful walk is a TLB_FILL
     TLB_FILL = 4         # va of the page, addr = target, length = page size
-    TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped
+    TLB_INVALIDATE = 5   # va, length (0 = whole context), aux = entries dropped,
+                         # flags: INVALIDATE_LEAF
     FAULT = 6            # va, flags = access, aux = reason
     REPLAY = 7           # flags: 1 stalled, REPLAY_WORD, REPLAY_STALE
     CANCEL = 8

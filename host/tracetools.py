@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..device import hwdef as hw
-from ..device.trace import DMA_VRAM, NONE, Kind, TraceFile
+from ..device.trace import DMA_VRAM, INVALIDATE_LEAF, NONE, Kind, TraceFile
 from .cputrace import BarAccess
 
 PAGE = hw.PAGE_SIZE
@@ -161,7 +161,8 @@ def perfetto(traces: list[tuple[str, TraceFile]],
                 events.append({"ph": "i", "s": "p", "pid": pid, "tid": MMU_TID, "ts": ts,
                                "name": "TLB invalidate",
                                "args": {"ctx": ctx, "va": hex(va), "length": length,
-                                        "dropped": aux}})
+                                        "dropped": aux,
+                                        "leaf": bool(flags & INVALIDATE_LEAF)}})
             elif kind in (Kind.WALK, Kind.TLB_FILL):
                 events.append({"ph": "i", "s": "t", "pid": pid, "tid": MMU_TID, "ts": ts,
                                "name": "walk" if kind == Kind.WALK else "TLB fill",

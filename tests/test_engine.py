@@ -150,12 +150,14 @@ _SPAN_LENGTHS = (0, 1, 0x1000, 0x2000, 0x10_0000, 0x20_0000, 0x40_0000, 0x100_00
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(
     st.tuples(st.just("touch"), st.integers(0, len(_SPAN_PAGES))),
-    st.tuples(st.just("inval"), st.sampled_from(_SPAN_EDGES), st.sampled_from(_SPAN_LENGTHS))),
+    st.tuples(st.just("inval"), st.sampled_from(_SPAN_EDGES), st.sampled_from(_SPAN_LENGTHS),
+              st.booleans())),
     max_size=25))
 def test_invalidation_bounded_by_the_span_drops_what_a_full_probe_would(ops) -> None:
     """A range invalidation looks only inside the context's span of cached
-    VAs; TLB and walk cache after any mix of walks and invalidations are
-    what dropping every overlapping entry gives (the model)."""
+    VAs; TLB and walk cache after any mix of walks and invalidations (LEAF
+    ones keep the walk cache) are what dropping every overlapping entry
+    gives (the model)."""
     rig = Rig()
     mmu = rig.gpu.engine.mmu
     for ctx, va in _SPAN_PAGES:
@@ -175,11 +177,13 @@ def test_invalidation_bounded_by_the_span_drops_what_a_full_probe_would(ops) -> 
                 pwc.add((ctx, va >> 21))
             tlb.add(entry)
         else:
-            _, va, length = op
-            mmu.invalidate(3, va, length)
+            _, va, length, leaf = op
+            mmu.invalidate(3, va, length, leaf)
             va, end = (va, va + length) if length else (0, 1 << 64)  # 0: all of ctx 3
             tlb = {e for e in tlb if e[0] != 3 or e[1] + e[2] <= va or e[1] >= end}
-            pwc = {e for e in pwc if e[0] != 3 or (e[1] + 1) << 21 <= va or e[1] << 21 >= end}
+            if not leaf:
+                pwc = {e for e in pwc
+                       if e[0] != 3 or (e[1] + 1) << 21 <= va or e[1] << 21 >= end}
         assert {(c, v) for c, v, size in tlb if size == hw.PAGE_SIZE} == set(mmu.tlb)
         assert {(c, v) for c, v, size in tlb if size != hw.PAGE_SIZE} == set(mmu.tlb_large)
         assert pwc == set(mmu.pwc)
@@ -257,8 +261,38 @@ def test_the_page_walk_cache_keeps_a_replaced_table_until_invalidated(rig: Rig) 
     rig.drv.set_u64(l1_slot, table | Pte.VALID)
     assert mmu.walk(root, 0x20_1000, ctx=5) is None  # the cached old table
     assert mmu.walk(root, 0x20_1000).addr == new  # a full walk sees the new one
+    mmu.invalidate(5, 0x20_1000, hw.PAGE_SIZE, leaf=True)  # LEAF: the path stays cached
+    assert mmu.walk(root, 0x20_1000, ctx=5) is None
     mmu.invalidate(5, 0x20_1000, hw.PAGE_SIZE)
     assert mmu.walk(root, 0x20_1000, ctx=5).addr == new
+
+
+def test_a_leaf_invalidation_keeps_the_path_a_fault_walks_again(rig: Rig, monkeypatch) -> None:
+    """After a LEAF TLB_INVALIDATE (a munmap: PTEs cleared, tables kept) a
+    command that faults on the range reads one PTE, the level-0 table's,
+    where one without LEAF walks from the root."""
+    mmu, va = rig.gpu.engine.mmu, 0x60_0000
+    rig.drv.enable_faults()
+    rig.drv.map(3, va, rig.page(0x11), RW)
+    out = rig.drv.alloc(8)
+    reads: list[int] = []
+    real = mmu.mem.read_u64
+    monkeypatch.setattr(mmu.mem, "read_u64", lambda addr: reads.append(addr) or real(addr))
+    for flags, walked in ((hw.CmdFlags.LEAF, 1), (0, 4)):
+        rig.drv.submit(3, Opcode.READ, (va, out, 8))  # the TLB and walk cache hold the page
+        rig.run()
+        rig.drv.unmap(3, va)
+        rig.drv.submit(3, Opcode.TLB_INVALIDATE, (va, hw.PAGE_SIZE), flags=flags)
+        rig.run()
+        reads.clear()
+        rig.drv.submit(3, Opcode.READ, (va, out, 8))
+        rig.run()
+        assert rig.drv.faults()[0].va == va
+        assert len(reads) == walked, (flags, reads)
+        rig.drv.map(3, va, rig.page(0x11), RW)
+        rig.drv.replay(3)
+        rig.run()
+    assert rig.gpu.engine.sanitizer.count == 0
 
 
 

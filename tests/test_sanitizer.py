@@ -217,9 +217,19 @@ def _bus_master_off(rig: Rig) -> None:
     rig.run()
 
 
+def _stale_path(rig: Rig) -> None:
+    """A driver frees a level-0 table (clears the level-1 entry to it) and
+    invalidates with LEAF, which keeps the device's cached path to it."""
+    rig.drv.map(3, VA, rig.page(1), RW)
+    read_va(rig, 3, VA)
+    rig.drv.set_u64(rig.drv.pte_slot(3, VA, 1), 0)
+    rig.drv.submit(3, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), flags=hw.CmdFlags.LEAF)
+    rig.run()
+
+
 BUGS = {SanCheck.STALE_TLB: _stale_tlb, SanCheck.DMA_UNMAPPED: _dma_unmapped,
         SanCheck.VRAM_PTE: _vram_pte, SanCheck.FAULT_OVERFLOW: _fault_overflow,
-        SanCheck.BUS_MASTER_OFF: _bus_master_off}
+        SanCheck.BUS_MASTER_OFF: _bus_master_off, SanCheck.STALE_PATH: _stale_path}
 
 
 @pytest.mark.parametrize("check", list(SanCheck), ids=lambda c: c.name)

@@ -239,7 +239,7 @@ void hmmgpu_cmd(struct hmmgpu_command *c, u32 opcode, u32 flags, u32 ctx,
 		u64 a0, u64 a1, u64 a2);
 bool hmmgpu_dead(struct hmmgpu *gpu);
 int hmmgpu_tlb_invalidate(struct hmmgpu *gpu, unsigned int ctx, unsigned long start,
-			  unsigned long len);
+			  unsigned long len, u32 flags);
 
 /* hmmgpu_pt.c */
 struct hmmgpu_pt;

@@ -164,6 +164,19 @@ static void pt_unmap_retired(struct hmmgpu_mirror *mirror)
  * unmap, nor forget, what an unfinished fault-in replaced elsewhere). Called
  * with mirror->mutex held; sleeps.
  */
+/*
+ * The TLB_INVALIDATE flags of a sync of @len bytes (0: the whole context).
+ * While a mirror lives only its leaf PTEs change: tables are freed by
+ * hmmgpu_pt_destroy() alone, after PT_BASE is cleared and the whole context
+ * invalidated. So a range sync is LEAF, and the device keeps its cached paths
+ * to the level-0 tables (a fault after a munmap then reads one PTE); a
+ * whole-context one drops them (docs/hardware.md, TLB).
+ */
+static u32 pt_invalidate_flags(unsigned long len)
+{
+	return len ? HMMGPU_CMD_LEAF : 0;
+}
+
 /* After the TLB invalidation that covers the retired PTEs, with its result. */
 static int pt_synced(struct hmmgpu_mirror *mirror, int ret)
 {
@@ -196,7 +209,8 @@ int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned l
 		start = min(start, mirror->stale_start);
 		len = end - start;
 	}
-	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len);
+	ret = hmmgpu_tlb_invalidate(mirror->gpu, mirror->ctx, start, len,
+				    pt_invalidate_flags(len));
 	return pt_synced(mirror, ret);
 }
 
@@ -216,7 +230,8 @@ bool hmmgpu_pt_sync_begin(struct hmmgpu_mirror *mirror, struct hmmgpu_command *c
 		return false;
 	}
 	range = mirror->stale_start < mirror->stale_end;
-	hmmgpu_cmd(cmd, HMMGPU_OP_TLB_INVALIDATE, 0, mirror->ctx, range ? mirror->stale_start : 0,
+	hmmgpu_cmd(cmd, HMMGPU_OP_TLB_INVALIDATE, pt_invalidate_flags(range), mirror->ctx,
+		   range ? mirror->stale_start : 0,
 		   range ? mirror->stale_end - mirror->stale_start : 0, 0);
 	return true;
 }

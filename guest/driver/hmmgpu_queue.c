@@ -285,13 +285,13 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 }
 
 int hmmgpu_tlb_invalidate(struct hmmgpu *gpu, unsigned int ctx, unsigned long start,
-			  unsigned long len)
+			  unsigned long len, u32 flags)
 {
 	struct hmmgpu_command cmd;
 	u64 status;
 	int ret;
 
-	hmmgpu_cmd(&cmd, HMMGPU_OP_TLB_INVALIDATE, 0, ctx, start, len, 0);
+	hmmgpu_cmd(&cmd, HMMGPU_OP_TLB_INVALIDATE, flags, ctx, start, len, 0);
 	ret = hmmgpu_queue_run(&gpu->kq, &cmd, 1, &status);
 	if (!ret && status)
 		ret = -EIO;

@@ -153,6 +153,7 @@
 #define HMMGPU_APERTURE_VA              0x2
 #define HMMGPU_CMD_IRQ                  0x1
 #define HMMGPU_CMD_TO_SYS               0x1000
+#define HMMGPU_CMD_LEAF                 0x2000
 #define HMMGPU_MAX_COPY_PAGES           0x200
 #define HMMGPU_ATOMIC_FETCH_ADD         0x0
 #define HMMGPU_ATOMIC_SWAP              0x1
@@ -176,6 +177,7 @@
 #define HMMGPU_SAN_VRAM_PTE             0x3
 #define HMMGPU_SAN_FAULT_OVERFLOW       0x4
 #define HMMGPU_SAN_BUS_MASTER_OFF       0x5
+#define HMMGPU_SAN_STALE_PATH           0x6
 #define HMMGPU_QUEUE_REG(q, r)         (HMMGPU_QUEUE_BASE + (q) * HMMGPU_QUEUE_STRIDE + (r))
 /* VA bit where a level's table index starts (level 0: the 4 KiB leaf) */
 #define HMMGPU_PT_LEVEL_SHIFT(l)       (HMMGPU_PAGE_SHIFT + (l) * HMMGPU_PT_INDEX_BITS)
