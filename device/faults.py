@@ -23,6 +23,9 @@ from .sanitizer import Sanitizer
 from .trace import Recorder
 
 _U32 = struct.Struct("<I")
+_RECORD, _RECORD_SIZE, _ACCESS_OFFSET = (hw.FAULT_RECORD, hw.FAULT_RECORD_SIZE,
+                                         hw.FAULT_ACCESS_OFFSET)
+_FAULT_LAST, _FAULT_VALID = hw.FAULT_LAST, hw.FAULT_VALID
 
 
 class FaultUnit:
@@ -69,15 +72,15 @@ class FaultUnit:
         if not self.usable():
             raise DeviceError(ErrorCode.FAULT_BUFFER, self.base,
                               f"fault at {faults[0].va:#x} with no valid fault buffer")
-        size = self.size
+        size, get = self.size, self.get % self.size
         kept: list[Fault] = []
         put = self.put
+        injecting = self.inject.active
         for f in faults:
-            if self.inject.active and self.inject.hit(InjectKind.FAULT_BUFFER_FULL, queue, ctx,
-                                                      f.va):
+            if injecting and self.inject.hit(InjectKind.FAULT_BUFFER_FULL, queue, ctx, f.va):
                 self.overflow += 1  # as if full: lost, and not the driver's doing
                 continue
-            if (put + 1) % size == self.get % size:
+            if (put + 1) % size == get:
                 self.overflow += 1
                 self.sanitizer.report(
                     SanCheck.FAULT_OVERFLOW, queue, ctx, command, f.va,
@@ -88,20 +91,20 @@ class FaultUnit:
             put = (put + 1) % size
         # the last record written gets FAULT_LAST: the batch is whole
         last = kept[-1] if kept else None
+        access_bits, tracing, put = int(access), self.trace.on, self.put
         for f in kept:
-            flags = int(access) | (hw.FAULT_LAST if f is last else 0)
-            slot = self.base + (self.put % size) * hw.FAULT_RECORD_SIZE
-            if self.trace.on:  # the fault, and the record's DMA write
-                self.trace.emit(tr.FAULT, queue, ctx, command, flags=int(access), va=f.va,
-                                addr=slot, length=hw.FAULT_RECORD_SIZE, aux=int(f.reason))
+            flags = access_bits | _FAULT_LAST if f is last else access_bits
+            slot = self.base + put * _RECORD_SIZE
+            if tracing:  # the fault, and the record's DMA write
+                self.trace.emit(tr.FAULT, queue, ctx, command, flags=access_bits, va=f.va,
+                                addr=slot, length=_RECORD_SIZE, aux=int(f.reason))
             try:
-                view = self.mem.view(slot, hw.FAULT_RECORD_SIZE, write=True)
-                hw.FAULT_RECORD.pack_into(view, 0, f.va, self.clock(), ctx, flags, queue,
-                                          int(f.reason))
-                # VALID last: a driver that sees it sees the whole record
-                # (x86-TSO on the host keeps the stores in order)
-                _U32.pack_into(view, hw.FAULT_ACCESS_OFFSET, flags | hw.FAULT_VALID)
+                view = self.mem.view(slot, _RECORD_SIZE, write=True)
             except DeviceError as e:
                 raise DeviceError(ErrorCode.FAULT_BUFFER, e.addr,
                                   "fault buffer not in guest memory") from e
-            self.put = (self.put + 1) % size
+            _RECORD.pack_into(view, 0, f.va, self.clock(), ctx, flags, queue, int(f.reason))
+            # VALID last: a driver that sees it sees the whole record
+            # (x86-TSO on the host keeps the stores in order)
+            _U32.pack_into(view, _ACCESS_OFFSET, flags | _FAULT_VALID)
+            put = self.put = (put + 1) % size
