@@ -1306,6 +1306,29 @@ def test_when_the_watch_window_closes_the_replay_takes_a_control_write(rig: Rig,
     assert rig.drv.u64(status) == 0 and rig.reg(Reg.REPLAYS_WATCHED) == 0
 
 
+def test_a_glance_ends_at_the_first_changed_replay_word(rig: Rig, monkeypatch) -> None:
+    """Between the watch's locked looks the device glances at the replay
+    words, and stops as soon as one changed (the locked look takes it)."""
+    from hmmgpu.device import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "REPLAY_WATCH_NS", 60 * 10**9)
+    engine = rig.gpu.engine
+    words = _poll_words(rig)
+    _stall(rig, words, 3, 0x40_0000)
+    _stall(rig, words, 5, 0x40_0000)
+    reads: list[int] = []
+    read = engine.poll.read
+    monkeypatch.setattr(engine.poll, "read", lambda offset: reads.append(offset) or read(offset))
+    engine._glance()  # nothing new: every round looks at both
+    assert len(reads) == 2 * engine_mod.GLANCES
+    reads.clear()
+    _set_replay_word(rig, words, 5, 1)
+    engine._glance()
+    assert reads == [hw.REPLAY_WORDS_OFFSET + 12, hw.REPLAY_WORDS_OFFSET + 20]
+    assert engine.queues[5].status & hw.QueueStatus.STALLED  # a glance takes nothing
+    assert engine._poll_replays() is engine.queues[5]
+
+
 def test_a_count_stored_as_the_window_closes_is_taken_by_the_last_look(rig: Rig,
                                                                       monkeypatch) -> None:
     """The driver stores its count just after the device's first look and
