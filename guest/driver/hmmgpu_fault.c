@@ -43,6 +43,8 @@
 #include "test_hmm_uapi.h"
 
 #define HMMGPU_MAX_FAULT_PAGES	(16UL << (20 - PAGE_SHIFT))	/* 16 MiB per batch */
+/* a fault-in this small keeps its hmm_range_fault() results on the stack */
+#define HMMGPU_FAULT_STACK_PAGES	16
 
 static bool fault_inline = true;
 module_param(fault_inline, bool, 0644);
@@ -178,6 +180,7 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 {
 	struct mm_struct *mm = mirror->notifier.mm;
 	unsigned long npages = (end - start) >> PAGE_SHIFT;
+	unsigned long pfns[HMMGPU_FAULT_STACK_PAGES] = {};
 	struct hmm_range range = {
 		.notifier = &mirror->notifier,
 		.start = start,
@@ -191,7 +194,8 @@ int hmmgpu_fault_in(struct hmmgpu_mirror *mirror, unsigned long start,
 	bool moved = false;
 	int ret, sync;
 
-	range.hmm_pfns = kvcalloc(npages, sizeof(*range.hmm_pfns), GFP_KERNEL);
+	range.hmm_pfns = npages <= ARRAY_SIZE(pfns) ? pfns :
+			 kvcalloc(npages, sizeof(*range.hmm_pfns), GFP_KERNEL);
 	if (!range.hmm_pfns)
 		return -ENOMEM;
 	if (!mmget_not_zero(mm)) {
@@ -255,7 +259,8 @@ again:
 put:
 	mmput(mm);
 free:
-	kvfree(range.hmm_pfns);
+	if (range.hmm_pfns != pfns)
+		kvfree(range.hmm_pfns);
 	return ret;
 }
 

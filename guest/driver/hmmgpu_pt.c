@@ -86,6 +86,13 @@ int hmmgpu_pt_reserve(struct hmmgpu_mirror *mirror, unsigned int n)
 	LIST_HEAD(fresh);
 	unsigned int have, added = 0;
 
+	/*
+	 * Enough already (the usual fault, on a range whose tables exist): no
+	 * mutex. Others may take spares before the caller maps, as they may
+	 * after the locked read below: pt_alloc_locked() then tries GFP_NOWAIT.
+	 */
+	if (READ_ONCE(mirror->nr_spare) >= n)
+		return 0;
 	mutex_lock(&mirror->mutex);
 	have = mirror->nr_spare;
 	mutex_unlock(&mirror->mutex);
