@@ -97,7 +97,7 @@ def test_a_hung_queue_is_timed_out_and_reset(glab: Lab, gpu) -> None:
     gpu.inject("hang", queue=16, count=1)  # the kernel queue's next command
     results, out, took = hmm_tests(glab)
     assert took >= FENCE_TIMEOUT_MS / 1000, took
-    assert re.search(r"queue 16: fence \d+ timed out", glab.console.text(since))
+    assert "queue 16: submission timed out" in glab.console.text(since)
     # where the hang hit decides which case (if any) sees -ETIMEDOUT
     for case, result in results.items():
         assert result == "ok" or "Expected ret (-110) == 0" in out, (case, out)

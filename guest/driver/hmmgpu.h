@@ -42,8 +42,8 @@
  * hmmgpu.devmem_lock (spin)   the VRAM allocator: free bitmap and chunk counts,
  *                             and the sanitizer runs not yet sent (san_runs)
  *
- * Fence words and status words are written by the device and read with
- * READ_ONCE(); the fence wait queue is woken by the completion and error
+ * Status words are written by the device and read with READ_ONCE(); the
+ * fence wait queue (a submission's) is woken by the completion and error
  * interrupts. Lifetime: struct hmmgpu is refcounted (the PCI binding and each
  * open file); ioctls run inside hmmgpu_dev_enter()/hmmgpu_dev_exit() (SRCU), which
  * fails once removal has begun.
@@ -87,10 +87,9 @@ struct hmmgpu_queue {
 	struct mutex lock;		/* one submission at a time */
 	struct hmmgpu_command *ring;
 	dma_addr_t ring_dma;
-	u64 *words;			/* [0] fence, [1..] status per ring slot */
+	u64 *words;			/* a status word per ring slot */
 	dma_addr_t words_dma;
 	u32 tail;
-	u64 seq;			/* last fence value submitted */
 	u32 replays;			/* last replay count (gpu->fault_lock) */
 };
 

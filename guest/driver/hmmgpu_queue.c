@@ -6,16 +6,19 @@
 /**
  * DOC: submission
  *
- * A submission is a batch of commands followed by a FENCE with the IRQ flag,
- * written at the ring's tail and started by one TAIL write. The caller polls
- * the fence for fence_spin_us, then sleeps until the fence value lands (woken
- * by the completion interrupt), and then reads each command's status word.
- * A halted queue or a fence that does not arrive within fence_timeout_ms
- * (module parameter, default HMMGPU_FENCE_TIMEOUT_MS) ends the wait with
- * -EIO or -ETIMEDOUT, and the queue is reset, so no caller ever hangs on the
- * device. Interrupts may be lost: every 200 ms the wait looks at the fence
- * and, for a stalled queue, at the fault buffer. A device that reads all-ones
- * is gone: -ENODEV at once.
+ * A submission is a batch of commands, the last with the IRQ flag, written
+ * at the ring's tail and started by one TAIL write. Each command has a status
+ * word, set to STATUS_PENDING before the doorbell; the device completes a
+ * queue's commands in order, so the last one's status landing is the whole
+ * batch done (no FENCE command: one device command less per submission).
+ * The caller polls that word for fence_spin_us, then sleeps until it lands
+ * (woken by the completion interrupt), and then reads each status. A halted
+ * queue or a submission not done within fence_timeout_ms (module parameter,
+ * default HMMGPU_FENCE_TIMEOUT_MS) ends the wait with -EIO or -ETIMEDOUT,
+ * and the queue is reset, so no caller ever hangs on the device. Interrupts
+ * may be lost: every 200 ms the wait looks at the status and, for a stalled
+ * queue, at the fault buffer. A device that reads all-ones is gone: -ENODEV
+ * at once.
  */
 #include <linux/dma-mapping.h>
 #include <linux/jiffies.h>
@@ -39,10 +42,10 @@ MODULE_PARM_DESC(fence_timeout_ms,
 static unsigned int fence_spin_us = 100;
 module_param(fence_spin_us, uint, 0644);
 MODULE_PARM_DESC(fence_spin_us,
-		 "poll a fence this long before sleeping on its interrupt (default 100; 0: never)");
+		 "poll a submission this long before sleeping on its interrupt (default 100; 0: never)");
 
-#define WORDS_SIZE	((HMMGPU_RING_ENTRIES + 1) * sizeof(u64))
-#define STATUS_PENDING	(~0ULL)
+#define WORDS_SIZE	(HMMGPU_RING_ENTRIES * sizeof(u64))
+#define STATUS_PENDING	(~0ULL)	/* no error code is all-ones */
 
 void hmmgpu_cmd(struct hmmgpu_command *c, u32 opcode, u32 flags, u32 ctx,
 		u64 a0, u64 a1, u64 a2)
@@ -86,9 +89,7 @@ int hmmgpu_queue_init(struct hmmgpu *gpu, struct hmmgpu_queue *q, unsigned int i
 		hmmgpu_queue_fini(q);
 		return -ENOMEM;
 	}
-	q->seq = 0;
 	q->replays = 0;		/* as the zeroed replay word */
-	WRITE_ONCE(q->words[0], 0);
 	hmmgpu_queue_program(q);
 	return 0;
 }
@@ -106,9 +107,10 @@ void hmmgpu_queue_fini(struct hmmgpu_queue *q)
 	q->words = NULL;
 }
 
-static bool hmmgpu_fence_done(struct hmmgpu_queue *q, u64 seq)
+/* The submission whose last command has its status in @last is done. */
+static bool hmmgpu_run_done(struct hmmgpu_queue *q, u32 last)
 {
-	return (s64)(READ_ONCE(q->words[0]) - seq) >= 0;
+	return READ_ONCE(q->words[last]) != STATUS_PENDING;
 }
 
 /*
@@ -130,8 +132,9 @@ bool hmmgpu_dead(struct hmmgpu *gpu)
 
 /*
  * What @q's fence waiter will poll for, as its poll word says it to the
- * device (docs/hardware.md, Poll words): the fence, unless fence_spin_us is
- * 0, and on a context queue with fault_inline the faults too.
+ * device (docs/hardware.md, Poll words): its completion (the last status
+ * word, the submission's fence), unless fence_spin_us is 0, and on a
+ * context queue with fault_inline the faults too.
  */
 static u32 hmmgpu_poll_bits(struct hmmgpu_queue *q)
 {
@@ -143,12 +146,12 @@ static u32 hmmgpu_poll_bits(struct hmmgpu_queue *q)
 }
 
 /*
- * Poll the fence @seq for fence_spin_us; true if it landed. The poll word
- * holds off the interrupts meanwhile. A context queue's waiter serves the
- * faults it sees and polls on after each batch (hmmgpu_fault.c); else a
+ * Poll the status word @last for fence_spin_us; true if it landed. The poll
+ * word holds off the interrupts meanwhile. A context queue's waiter serves
+ * the faults it sees and polls on after each batch (hmmgpu_fault.c); else a
  * fault record ends the poll, leaving the CPU to the fault work.
  */
-static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
+static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll)
 {
 	struct hmmgpu *gpu = q->gpu;
 	u64 spin_ns = READ_ONCE(fence_spin_us) * NSEC_PER_USEC;
@@ -161,7 +164,7 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 		return false;
 
 	while (ktime_get_ns() < spin_until && !need_resched()) {
-		if (hmmgpu_fence_done(q, seq)) {
+		if (hmmgpu_run_done(q, last)) {
 			done = true;
 			break;
 		}
@@ -177,7 +180,7 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 	/*
 	 * Done: the word stays set; nothing else is in flight on @q, and the
 	 * next submission rewrites it before its doorbell. (Cleared at once,
-	 * it raced the device's read of it after the fence: an interrupt sent
+	 * it raced the device's read of it after the status: an interrupt sent
 	 * for nothing, a quarter of the time.)
 	 */
 	if (done)
@@ -185,7 +188,7 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 	/* interrupts again */
 	WRITE_ONCE(hmmgpu_poll_word(gpu, q->index), 0);
 	/*
-	 * The word's store before the fence and fault-buffer reads that follow:
+	 * The word's store before the status and fault-buffer reads that follow:
 	 * the device stores those before it reads the word, so one of us sees
 	 * the other's (docs/hardware.md, Poll words).
 	 */
@@ -196,10 +199,10 @@ static bool hmmgpu_fence_poll(struct hmmgpu_queue *q, u64 seq, u32 poll)
 }
 
 /*
- * Wait until the fence @seq lands; -EIO if the queue halted, -ENODEV if the
- * device is gone, -ETIMEDOUT.
+ * Wait until the status word @last lands; -EIO if the queue halted, -ENODEV
+ * if the device is gone, -ETIMEDOUT.
  */
-static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq, u32 poll)
+static int hmmgpu_run_wait(struct hmmgpu_queue *q, u32 last, u32 poll)
 {
 	struct hmmgpu *gpu = q->gpu;
 	unsigned long deadline = jiffies + msecs_to_jiffies(READ_ONCE(fence_timeout_ms));
@@ -207,11 +210,11 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq, u32 poll)
 	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
 	u32 status;
 
-	if (hmmgpu_fence_poll(q, seq, poll))
+	if (hmmgpu_run_poll(q, last, poll))
 		return 0;
 	for (;;) {
-		if (wait_event_timeout(gpu->fence_wq, hmmgpu_fence_done(q, seq) ||
-				       READ_ONCE(gpu->dead), slice) && hmmgpu_fence_done(q, seq))
+		if (wait_event_timeout(gpu->fence_wq, hmmgpu_run_done(q, last) ||
+				       READ_ONCE(gpu->dead), slice) && hmmgpu_run_done(q, last))
 			return 0;
 		status = hmmgpu_qread(q, HMMGPU_QREG_STATUS);
 		if (status == U32_MAX && hmmgpu_dead(gpu))
@@ -225,8 +228,8 @@ static int hmmgpu_fence_wait(struct hmmgpu_queue *q, u64 seq, u32 poll)
 			return -EIO;
 		}
 		if (time_after(jiffies, deadline)) {
-			dev_err(&gpu->pdev->dev, "queue %u: fence %llu timed out (status 0x%x)\n",
-				q->index, seq, status);
+			dev_err(&gpu->pdev->dev, "queue %u: submission timed out (status 0x%x)\n",
+				q->index, status);
 			return -ETIMEDOUT;
 		}
 	}
@@ -240,11 +243,10 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 		     u64 *status)
 {
 	u32 slots[HMMGPU_MAX_BATCH];
-	struct hmmgpu_command fence;
 	u32 poll;
 	int i, ret;
 
-	if (n < 0 || n > HMMGPU_MAX_BATCH)
+	if (n < 1 || n > HMMGPU_MAX_BATCH)
 		return -EINVAL;
 	if (READ_ONCE(q->gpu->dead))
 		return -ENODEV;
@@ -253,14 +255,13 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	mutex_lock(&q->lock);
 	for (i = 0; i < n; i++) {
 		slots[i] = q->tail;
-		WRITE_ONCE(q->words[1 + q->tail], STATUS_PENDING);
-		cmds[i].status = cpu_to_le64(q->words_dma + (1 + q->tail) * sizeof(u64));
+		WRITE_ONCE(q->words[q->tail], STATUS_PENDING);
+		cmds[i].status = cpu_to_le64(q->words_dma + q->tail * sizeof(u64));
 		q->ring[q->tail] = cmds[i];
 		q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
 	}
-	hmmgpu_cmd(&fence, HMMGPU_OP_FENCE, HMMGPU_CMD_IRQ, 0, q->words_dma, ++q->seq, 0);
-	q->ring[q->tail] = fence;
-	q->tail = (q->tail + 1) % HMMGPU_RING_ENTRIES;
+	/* the last command's completion is the submission's: it interrupts */
+	q->ring[slots[n - 1]].flags |= cpu_to_le32(HMMGPU_CMD_IRQ);
 	/* polled from the start: a quick command then sends no interrupt */
 	poll = hmmgpu_poll_bits(q);
 	WRITE_ONCE(hmmgpu_poll_word(q->gpu, q->index), cpu_to_le32(poll));
@@ -268,17 +269,16 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	dma_wmb();
 	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
 
-	ret = hmmgpu_fence_wait(q, q->seq, poll);
+	ret = hmmgpu_run_wait(q, slots[n - 1], poll);
 	if (ret == -ENODEV) {
 		/* nothing to program: the ring is reset when a device comes back */
 	} else if (ret) {
-		/* Start over with an empty ring; the fence word keeps counting. */
+		/* start over with an empty ring: RESET drops what was in flight */
 		hmmgpu_queue_program(q);
-		WRITE_ONCE(q->words[0], q->seq);
 	} else if (status) {
 		dma_rmb();
 		for (i = 0; i < n; i++)
-			status[i] = READ_ONCE(q->words[1 + slots[i]]);
+			status[i] = READ_ONCE(q->words[slots[i]]);
 	}
 	mutex_unlock(&q->lock);
 	return ret;
