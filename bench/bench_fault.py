@@ -11,9 +11,16 @@ host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced),
 and the budget: what the goal lets a fault add to the untraced anchor, the
 guest's share of it, and what is left for the device against what it spends.
-Then a run with the guest kernel's function_graph tracer on the fault path
-(host/faultpath.py guest_breakdown): the guest's part split into the wait
-for the fault work, hmm_range_fault, the PTE writes and the REPLAY.
+Then a run with the guest kernel's function_graph tracer on the submission
+and the fault path (host/faultpath.py guest_breakdown): each READ as its
+caller waits for it (the doorbell's MMIO write, then, with a fault, until
+its waiter sees the fault, serving it, and the replayed command until done),
+and the guest's serving split into the wait for the fault work,
+hmm_range_fault, the PTE writes and the REPLAY. The doorbell write is a round
+trip to the device server (QEMU posts no MMIO write to a vfio-user device
+with a mappable region), and the server runs the commands while the guest
+waits for it: the READ without a fault is done when the write returns, so a
+fault adds the guest's serving and the replayed command after it.
 Last, fault batching: a READ of 256 fresh pages (1 MiB) for each value of
 hmmgpu.ko's fault_granule_kb, with the faults the dmirror ABI counts.
 """
@@ -89,6 +96,7 @@ def main() -> None:
     print(b.table())
     print(b.budget(n50, GOAL))
     print(guest.table())
+    print(guest.fault_adds())
     print(batches)
 
 

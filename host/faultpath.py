@@ -172,18 +172,24 @@ def breakdown(trace: TraceFile, queue: int | None = None) -> Breakdown:
 # ---- the guest's part: ftrace in the guest kernel ----------------------------------------
 
 # The functions the guest-side breakdown times (ftrace's function_graph tracer
-# with only these in set_ftrace_filter, so it costs little): the interrupt
-# handler, the two that serve a batch of faults (a polling fence waiter, or
-# the fault work after the interrupt), the driver's fault-in, and the
-# kernel's hmm_range_fault() inside it.
-GUEST_FUNCTIONS = ("hmmgpu_irq", "hmmgpu_fault_work", "hmmgpu_fault_serve_inline",
-                   "hmmgpu_fault_in", "hmm_range_fault")
+# with only these in set_ftrace_filter, so it costs little): a submission and
+# its doorbell's MMIO write, the interrupt handler, the two that serve a batch
+# of faults (a polling fence waiter, or the fault work after the interrupt),
+# the driver's fault-in, and the kernel's hmm_range_fault() inside it.
+GUEST_RUN, GUEST_DOORBELL = "hmmgpu_queue_run", "hmmgpu_queue_doorbell"
+GUEST_FUNCTIONS = (GUEST_RUN, GUEST_DOORBELL, "hmmgpu_irq", "hmmgpu_fault_work",
+                   "hmmgpu_fault_serve_inline", "hmmgpu_fault_in", "hmm_range_fault")
 GUEST_SERVERS = {"hmmgpu_fault_serve_inline": "the fence waiter",
                  "hmmgpu_fault_work": "the fault work"}
 GUEST_WAIT = "interrupt -> fault work starts"  # the fault work's only
 GUEST_SEGMENTS = ("start -> hmm_range_fault", "hmm_range_fault",
                   "-> fault-in done (PTEs, DMA maps, TLB)",
                   "-> done (the REPLAY: replay word, or CONTROL's MMIO round trip)")
+# a submission as its caller waits for it: without a fault, and with one
+# its own fence waiter served
+GUEST_PLAIN = ("doorbell (the MMIO write)", "-> done")
+GUEST_FAULTED = ("doorbell (the MMIO write)", "-> the fault seen", "serving it",
+                 "-> done (the command replayed)")
 # "  101.234567 |   0) + 12.345 us   |      hmm_range_fault();"
 _GRAPH_LINE = re.compile(r"^\s*(\d+\.\d+)\s*\|\s*\d+\)\s*([!+#*@$ ]?\s*([\d.]+) us)?\s*\|\s*"
                          r"(.*)$")
@@ -247,18 +253,68 @@ def guest_calls(text: str) -> list[GuestCall]:
 class GuestBreakdown:
     # per server (GUEST_SERVERS' values): batches served, median per segment
     served: dict[str, tuple[int, dict[str, float]]]
+    # "without a fault" / "with a fault": submissions, median per segment
+    # (GUEST_PLAIN, GUEST_FAULTED) and of the whole ("submission")
+    runs: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def faults(self) -> int:
         return sum(n for n, _ in self.served.values())
 
+    def fault_adds(self) -> str:
+        """What a fault adds to a submission, as its caller sees it."""
+        if len(self.runs) < 2:
+            return "the guest's trace has no submission of each kind"
+        plain, faulted = self.runs["without a fault"][1], self.runs["with a fault"][1]
+        bell = GUEST_FAULTED[0]
+        return (f"from the guest: a submission without a fault is {plain['submission']:.1f} us, "
+                f"{plain[bell]:.1f} of them its doorbell's MMIO write (a round trip to the "
+                f"device server, which runs the commands meanwhile); with a fault "
+                f"{faulted['submission']:.1f} us, {faulted[bell]:.1f} the doorbell: the fault "
+                f"adds {faulted['submission'] - plain['submission']:.1f} us, of which "
+                + ", ".join(f"{name} {faulted[name]:.1f}" for name in GUEST_FAULTED[1:]))
+
     def table(self) -> str:
         lines = [f"the guest's part, from ftrace in the guest (function_graph on "
                  f"{', '.join(GUEST_FUNCTIONS)}), medians:"]
+        for kind, (n, us) in self.runs.items():
+            lines.append(f"  {n} submissions {kind}:")
+            lines += [f"    {name:<46} {v:>8.1f} us" for name, v in us.items()]
         for server, (n, us) in self.served.items():
             lines.append(f"  {n} batches served by {server}:")
             lines += [f"    {name:<46} {v:>8.1f} us" for name, v in us.items()]
         return "\n".join(lines)
+
+
+def _all(calls: list[GuestCall]) -> list[GuestCall]:
+    """Every call, nested ones too, each before its children."""
+    out = []
+    for c in calls:
+        out.append(c)
+        out += _all(c.children)
+    return out
+
+
+def _runs(calls: list[GuestCall]) -> dict[str, tuple[int, dict[str, float]]]:
+    """The submissions (GUEST_RUN with its doorbell): those with no fault,
+    and those whose own waiter served one batch of faults, split."""
+    rows: dict[str, list[dict[str, float]]] = {"without a fault": [], "with a fault": []}
+    for run in (c for c in _all(calls) if c.name == GUEST_RUN):
+        bell = _find(run.children, GUEST_DOORBELL)
+        if bell is None:
+            continue
+        served = [c for c in _all(run.children) if c.name in GUEST_SERVERS]
+        if not served:
+            row = dict(zip(GUEST_PLAIN, (bell.end - bell.start, run.end - bell.end),
+                           strict=True))
+            rows["without a fault"].append({"submission": run.end - run.start, **row})
+        elif len(served) == 1 and _find(served[0].children, "hmmgpu_fault_in"):
+            s = served[0]
+            row = dict(zip(GUEST_FAULTED, (bell.end - bell.start, s.start - bell.end,
+                                           s.end - s.start, run.end - s.end), strict=True))
+            rows["with a fault"].append({"submission": run.end - run.start, **row})
+    return {kind: (len(r), {k: statistics.median(x[k] for x in r) * 1e6 for k in r[0]})
+            for kind, r in rows.items() if r}
 
 
 def _find(calls: list[GuestCall], name: str) -> GuestCall | None:
@@ -275,7 +331,8 @@ def guest_breakdown(text: str) -> GuestBreakdown:
     """Per batch of faults served (by a polling fence waiter or by the fault
     work) that faulted something in: its parts around hmm_range_fault(), and
     for the fault work, the wait from the interrupt before it."""
-    calls = sorted(guest_calls(text), key=lambda c: c.start)
+    top = guest_calls(text)
+    calls = sorted(_all(top), key=lambda c: c.start)
     irqs = [c.start for c in calls if c.name == "hmmgpu_irq"]
     rows: dict[str, list[dict[str, float]]] = {}
     for call in (c for c in calls if c.name in GUEST_SERVERS):
@@ -296,4 +353,4 @@ def guest_breakdown(text: str) -> GuestBreakdown:
     if not rows:
         raise ValueError("no batch of faults with hmm_range_fault in the guest trace")
     return GuestBreakdown({server: (len(r), {k: statistics.median(x[k] for x in r) for k in r[0]})
-                           for server, r in rows.items()})
+                           for server, r in rows.items()}, _runs(top))

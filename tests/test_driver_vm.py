@@ -132,6 +132,8 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     kind of run splits the guest's part (guest_breakdown)."""
     from hmmgpu.device.trace import load
     from hmmgpu.host.faultpath import (
+        GUEST_FAULTED,
+        GUEST_PLAIN,
         GUEST_SEGMENTS,
         breakdown,
         guest_breakdown,
@@ -156,6 +158,11 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     # fault_bench's READ waits polling: the fence waiter serves its faults
     n, waiter = guest.served["the fence waiter"]
     assert n >= 10 and all(waiter[s] > 0 for s in GUEST_SEGMENTS), guest.table()
+    # and each READ around its doorbell (hmmgpu_queue_doorbell), with and without a fault
+    for kind, parts in (("without a fault", GUEST_PLAIN), ("with a fault", GUEST_FAULTED)):
+        n, us = guest.runs[kind]
+        assert n >= 10 and all(us[p] > 0 for p in parts), guest.table()
+        assert us[parts[0]] < us["submission"], guest.table()  # the doorbell's part of it
     assert out[0] == "fault" and out[3] == "nofault", out
     b = breakdown(load(path))
     print(b.table())

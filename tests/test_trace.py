@@ -322,3 +322,40 @@ def test_the_guest_breakdown_splits_each_served_batch_from_the_guests_ftrace() -
     for name, x, y in zip(waiter, first, second, strict=True):
         assert waiter[name] == pytest.approx((x + y) / 2, abs=0.01), name
     assert "2 batches served by the fence waiter" in b.table()
+
+
+# Two READ submissions as function_graph shows them (the layout of the
+# lab's traces): one with no fault, one whose waiter served a fault.
+GUEST_RUNS_FTRACE = """\
+    6.000000 |   1)               |  hmmgpu_queue_run [hmmgpu]() {
+    6.000002 |   1) + 30.000 us   |    hmmgpu_queue_doorbell [hmmgpu]();
+    6.000036 |   1) + 36.000 us   |  } /* hmmgpu_queue_run [hmmgpu] */
+    6.000100 |   1)               |  hmmgpu_queue_run [hmmgpu]() {
+    6.000101 |   1) + 31.000 us   |    hmmgpu_queue_doorbell [hmmgpu]();
+    6.000133 |   1)               |    hmmgpu_fault_serve_inline [hmmgpu]() {
+    6.000134 |   1)               |      hmmgpu_fault_in [hmmgpu]() {
+    6.000136 |   1)   4.000 us    |        hmm_range_fault();
+    6.000141 |   1)   7.000 us    |      } /* hmmgpu_fault_in [hmmgpu] */
+    6.000142 |   1)   9.000 us    |    } /* hmmgpu_fault_serve_inline [hmmgpu] */
+    6.000163 |   1) + 63.000 us   |  } /* hmmgpu_queue_run [hmmgpu] */
+"""
+
+
+def test_the_guest_breakdown_times_each_submission_around_its_doorbell() -> None:
+    """A submission with no fault: the doorbell's MMIO write and what follows
+    it; one whose fence waiter served a fault: the doorbell, the wait until
+    the waiter saw the fault, serving it, and the replayed command until
+    done. The fault served inside the submission is counted as a batch too."""
+    from hmmgpu.host.faultpath import GUEST_FAULTED, GUEST_PLAIN, guest_breakdown
+
+    b = guest_breakdown(GUEST_RUNS_FTRACE)
+    n, plain = b.runs["without a fault"]
+    assert n == 1 and list(plain) == ["submission", *GUEST_PLAIN]
+    assert [round(v, 3) for v in plain.values()] == [36.0, 30.0, 4.0]
+    n, faulted = b.runs["with a fault"]
+    assert n == 1 and list(faulted) == ["submission", *GUEST_FAULTED]
+    assert [round(v, 3) for v in faulted.values()] == [63.0, 31.0, 1.0, 9.0, 21.0]
+    assert b.faults == 1 and "1 submissions with a fault" in b.table()
+    assert "without a fault is 36.0 us, 30.0 of them its doorbell" in b.fault_adds()
+    assert "the fault adds 27.0 us, of which -> the fault seen 1.0, serving it 9.0, " \
+        "-> done (the command replayed) 21.0" in b.fault_adds()

@@ -239,6 +239,17 @@ static int hmmgpu_run_wait(struct hmmgpu_queue *q, u32 last, u32 poll)
  * Run @n commands on @q and wait for them. @status (optional) receives each
  * command's completion status (0 or an HMMGPU_ERR_* code).
  */
+/*
+ * The doorbell, a function of its own so that the guest's ftrace times the
+ * MMIO write (host/faultpath.py): under QEMU it is a round trip to the
+ * device server, QEMU posting no write to a vfio-user device with a
+ * mappable region (its VRAM BAR).
+ */
+static noinline __noclone void hmmgpu_queue_doorbell(struct hmmgpu_queue *q)
+{
+	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
+}
+
 int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 		     u64 *status)
 {
@@ -267,7 +278,7 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	WRITE_ONCE(hmmgpu_poll_word(q->gpu, q->index), cpu_to_le32(poll));
 	/* the commands and the poll word must be visible before the doorbell */
 	dma_wmb();
-	hmmgpu_qwrite(q, HMMGPU_QREG_TAIL, q->tail);
+	hmmgpu_queue_doorbell(q);
 
 	ret = hmmgpu_run_wait(q, slots[n - 1], poll);
 	if (ret == -ENODEV) {
