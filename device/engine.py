@@ -477,7 +477,7 @@ class Engine:
                 for queue in self._watched:
                     if read(_REPLAY_WORDS + 4 * queue.index) & _COUNT_MASK != queue.watch:
                         return
-        except (DeviceError, IndexError):
+        except DeviceError:
             return  # the locked look says what happened
 
     def run_until_idle(self, limit: int = 100000) -> None:

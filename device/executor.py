@@ -102,7 +102,8 @@ class Executor:
             case Opcode.TLB_INVALIDATE:
                 ctx = self.context(queue, cmd)
                 leaf = bool(cmd.flags & _LEAF)
-                dropped = self.mmu.invalidate(ctx, a[0], a[1], leaf)
+                dropped = self.mmu.invalidate(ctx, a[0], a[1], leaf,
+                                              self._queues()[ctx].pt_base)
                 self.sanitizer.invalidated(ctx)
                 if self.trace.on:
                     self.trace.emit(tr.TLB_INVALIDATE, queue.index, ctx, cmd=queue.completed,

@@ -304,9 +304,11 @@ class Mmu:
             self._cached(ctx, t.va, va)
         return out
 
-    def invalidate(self, ctx: int, va: int = 0, length: int = 0, leaf: bool = False) -> int:
+    def invalidate(self, ctx: int, va: int = 0, length: int = 0, leaf: bool = False,
+                   root: int = 0) -> int:
         """Drop ctx's cached translations (and, unless `leaf`, walk-cache
         entries) overlapping [va, va+length); length 0 drops all of ctx's.
+        `root`: ctx's page table now, for the checks of a `leaf` one.
         Returns how many translations were dropped."""
         end = va + length
         first = count = 0  # the walk cache's 2 MiB regions in the range (0: all)
@@ -316,7 +318,7 @@ class Mmu:
         if not leaf:
             _drop_range(self.pwc, ctx, first, count, 1)
         elif self.checks is not None and self.checks.enabled:
-            self._check_paths(ctx, first, count)
+            self._check_paths(ctx, root, first, count)
         span = self.spans.get(ctx)
         if span is None:
             return 0  # no translation cached since the context's last flush
@@ -335,17 +337,21 @@ class Mmu:
         del self.spans[ctx]  # all of ctx's: its maps go at once
         return self.tlb.drop_all(ctx) + self.tlb_large.drop_all(ctx)
 
-    def _check_paths(self, ctx: int, first: int, count: int) -> None:
-        """A LEAF invalidation keeps the walk cache: each kept path (of the
-        2 MiB regions first.. first+count, all of ctx's when count is 0)
-        must still lead to the level-0 table it cached."""
+    def _check_paths(self, ctx: int, root: int, first: int, count: int) -> None:
+        """A LEAF invalidation keeps the walk cache: each kept path of the
+        table at `root` (of the 2 MiB regions first.. first+count, all of
+        ctx's when count is 0) must still lead to the level-0 table it
+        cached. Those cached under another root are left alone: no walk uses
+        them while the context's root differs."""
         if count and count <= len(self.pwc):
             keys = [(ctx, r) for r in range(first, first + count) if (ctx, r) in self.pwc]
         else:
             keys = [k for k in self.pwc if k[0] == ctx and
                     (not count or first <= k[1] < first + count)]
         for key in keys:
-            root, table = self.pwc[key]
+            cached_root, table = self.pwc[key]
+            if cached_root != root:
+                continue
             va = key[1] << LEVEL_SHIFT[1]
             now = self._table(root, va)
             if now != table:

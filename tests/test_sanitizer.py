@@ -7,7 +7,7 @@ import pytest
 from engine_rig import RW, Rig
 
 from hmmgpu.device import hwdef as hw
-from hmmgpu.device.hwdef import Aperture, Opcode, Pte, Reg, SanCheck
+from hmmgpu.device.hwdef import Aperture, Opcode, Pte, QReg, Reg, SanCheck
 from hmmgpu.device.sanitizer import STALE_GRACE_NS
 from hmmgpu.device.trace import Kind
 
@@ -225,6 +225,22 @@ def _stale_path(rig: Rig) -> None:
     rig.drv.set_u64(rig.drv.pte_slot(3, VA, 1), 0)
     rig.drv.submit(3, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), flags=hw.CmdFlags.LEAF)
     rig.run()
+
+
+def test_a_leaf_invalidation_checks_only_the_paths_of_the_context_s_root(rig: Rig) -> None:
+    """After PT_BASE moved to a new table, the walk cache's paths through the
+    old one are never used again: a LEAF invalidation does not hold them to
+    the old table's contents (freed, reused), so nothing is reported."""
+    rig.drv.map(3, VA, rig.page(1), RW)
+    read_va(rig, 3, VA)  # a path cached under the first root
+    rig.drv.set_u64(rig.drv.pte_slot(3, VA, 1), 0)  # the old tables change, as if freed
+    new_root = rig.drv.alloc(hw.PAGE_SIZE)
+    rig.drv.roots[3] = new_root
+    rig.gpu.mmio_write(hw.queue_reg(3, QReg.PT_BASE_LO), 4, new_root & 0xFFFFFFFF)
+    rig.gpu.mmio_write(hw.queue_reg(3, QReg.PT_BASE_HI), 4, new_root >> 32)
+    rig.drv.submit(3, Opcode.TLB_INVALIDATE, (VA, hw.PAGE_SIZE), flags=hw.CmdFlags.LEAF)
+    rig.run()
+    assert reports(rig) == []
 
 
 BUGS = {SanCheck.STALE_TLB: _stale_tlb, SanCheck.DMA_UNMAPPED: _dma_unmapped,
