@@ -164,14 +164,6 @@ static void pt_unmap_retired(struct hmmgpu_mirror *mirror)
 }
 
 /*
- * The device forgets every PTE cleared or replaced since the last sync, then
- * the retired pages are unmapped. The TLB_INVALIDATE covers [start, start +
- * len) (len 0: the whole context) and every VA retired since the last sync:
- * those may lie outside the caller's range (a notifier's sync must not
- * unmap, nor forget, what an unfinished fault-in replaced elsewhere). Called
- * with mirror->mutex held; sleeps.
- */
-/*
  * The TLB_INVALIDATE flags of a sync of @len bytes (0: the whole context).
  * While a mirror lives only its leaf PTEs change: tables are freed by
  * hmmgpu_pt_destroy() alone, after PT_BASE is cleared and the whole context
@@ -203,6 +195,14 @@ static int pt_synced(struct hmmgpu_mirror *mirror, int ret)
 	return 0;
 }
 
+/*
+ * The device forgets every PTE cleared or replaced since the last sync, then
+ * the retired pages are unmapped. The TLB_INVALIDATE covers [start, start +
+ * len) (len 0: the whole context) and every VA retired since the last sync:
+ * those may lie outside the caller's range (a notifier's sync must not
+ * unmap, nor forget, what an unfinished fault-in replaced elsewhere). Called
+ * with mirror->mutex held; sleeps.
+ */
 int hmmgpu_pt_sync(struct hmmgpu_mirror *mirror, unsigned long start, unsigned long len)
 {
 	int ret;
