@@ -130,7 +130,7 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     interrupt and REPLAY it makes no MMIO access (each one a round trip to
     the server while the guest CPU waits). The guest's own ftrace of the same
     kind of run splits the guest's part (guest_breakdown)."""
-    from hmmgpu.device.trace import load
+    from hmmgpu.device.trace import INVALIDATE_LEAF, Kind, load
     from hmmgpu.host.faultpath import (
         GUEST_FAULTED,
         GUEST_PLAIN,
@@ -164,8 +164,13 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
         assert n >= 10 and all(us[p] > 0 for p in parts), guest.table()
         assert us[parts[0]] < us["submission"], guest.table()  # the doorbell's part of it
     assert out[0] == "fault" and out[3] == "nofault", out
-    b = breakdown(load(path))
+    trace = load(path)
+    b = breakdown(trace)
     print(b.table())
+    # each munmap's invalidation is LEAF: hmmgpu.ko frees no table while a mirror lives
+    inv = trace.of_kind(Kind.TLB_INVALIDATE)
+    ranged = inv[inv["length"] != 0]
+    assert len(ranged) >= 20 and (ranged["flags"] & INVALIDATE_LEAF).all(), ranged
     # most READs make a complete chain (a completion may end in a poll, not an interrupt)
     assert b.faults >= 10 and b.plain >= 10, b.table()
     assert b.mmio_in_driver == 0, b.table()
