@@ -188,7 +188,7 @@ class Engine:
 
     def control(self, q: int, value: int) -> None:
         count = 0
-        if value & hw.REPLAY_COUNT_MASK == _REPLAY:  # REPLAY, with a count or none
+        if value & _COUNT_MASK == _REPLAY:  # REPLAY, with a count or none
             value, count = _REPLAY, value >> _COUNT_SHIFT
         with self.lock:
             queue = self.queues[q]
@@ -348,14 +348,6 @@ class Engine:
 
     # ---- replay words ------------------------------------------------------------------
 
-    @property
-    def poll_base(self) -> int:
-        return self.poll.base
-
-    @poll_base.setter
-    def poll_base(self, value: int) -> None:
-        self.poll.base = value
-
     def _watch_begin(self, queue: Queue) -> None:
         """`queue` is about to stall: watch its replay word if its driver
         polls for faults. Before the records are stored, so the count read
@@ -367,7 +359,7 @@ class Engine:
         try:
             if not poll.read(_POLL_WORDS + q4) & _POLL_FAULT:
                 return
-            count = poll.read(_REPLAY_WORDS + q4) & hw.REPLAY_COUNT_MASK
+            count = poll.read(_REPLAY_WORDS + q4) & _COUNT_MASK
             poll.write(_WATCH_WORDS + q4, queue.replay_seen << _COUNT_SHIFT | hw.WATCH_ACTIVE)
         except DeviceError:
             return  # q's words are not in guest RAM: no watching
@@ -399,14 +391,14 @@ class Engine:
         for queue in list(self._watched):
             snapshot, offset = queue.watch, _REPLAY_WORDS + 4 * queue.index
             try:
-                count = read(offset) & hw.REPLAY_COUNT_MASK
+                count = read(offset) & _COUNT_MASK
                 if count == snapshot:
                     if now <= queue.watch_until:
                         continue
                     self._unwatch(queue)
                     with _BARRIER:  # the clear before the last look: a full barrier
                         pass
-                    count = read(offset) & hw.REPLAY_COUNT_MASK
+                    count = read(offset) & _COUNT_MASK
                     if count == snapshot:
                         continue  # nothing yet: the driver will write CONTROL
             except DeviceError:

@@ -201,10 +201,10 @@ class Gpu:
             f.base = _set_hi(f.base, v)
 
         def set_poll_base_lo(v: int) -> None:
-            e.poll_base = _set_lo(e.poll_base, v & ~3)  # 4-byte aligned
+            e.poll.base = _set_lo(e.poll.base, v & ~3)  # 4-byte aligned
 
         def set_poll_base_hi(v: int) -> None:
-            e.poll_base = _set_hi(e.poll_base, v)
+            e.poll.base = _set_hi(e.poll.base, v)
 
         def set_fault_get(v: int) -> None:
             if not f.set_get(v):
@@ -237,8 +237,8 @@ class Gpu:
             Reg.CAPS: lambda: int(self.caps),
             Reg.FABRIC_ID: lambda: self.fabric.own_id,
             Reg.PEER_LINKS: lambda: self.fabric.links,
-            Reg.POLL_BASE_LO: lambda: _lo(e.poll_base),
-            Reg.POLL_BASE_HI: lambda: _hi(e.poll_base),
+            Reg.POLL_BASE_LO: lambda: _lo(e.poll.base),
+            Reg.POLL_BASE_HI: lambda: _hi(e.poll.base),
             Reg.IRQ_HELD: lambda: _lo(e.irq_held),
             Reg.REPLAYS_WATCHED: lambda: _lo(e.replays_watched),
         }

@@ -198,7 +198,7 @@ class GpuServer:
 
     def _mmio_pending(self) -> bool:
         """A message waits on the vfio-user socket (the engine stops watching)."""
-        return bool(select.select([self.ctx.poll_fd], [], [], 0)[0])
+        return poll_readable(self.ctx.poll_fd, 0)
 
     def serve(self) -> None:
         self.gpu.engine.mmio_pending = self._mmio_pending
