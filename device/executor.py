@@ -170,7 +170,8 @@ class Executor:
                 faults.append(f)  # the loop below collects the others
                 va = (addr & ~(hw.PAGE_SIZE - 1)) + hw.PAGE_SIZE
             else:
-                if end <= t.va + t.size:
+                stop = t.va + t.size
+                if end <= stop:
                     target = t.addr + (addr - t.va)
                     if t.vram:
                         return [self._vram_of(t.peer).view(target, length)]
@@ -178,6 +179,11 @@ class Executor:
                         return [self.mem.view(target, length, write)]
                     except DeviceError:
                         pass  # across two regions, or an error: the general path says
+                elif end - stop <= hw.PAGE_SIZE and not t.vram:
+                    # into the next page (an unaligned buffer of a page or
+                    # less): two views, or one, without the runs (8 -> 3 us)
+                    if (views := self._two_pages(ctx, root, t, addr, stop, end, access)):
+                        return views
                 ahead = [t, *mmu.walk_ahead(ctx, t, end, access)] if mmu.walked else [t]
         # [(vram, peer), target, length, va]: contiguous pages of one memory merge
         runs: list[list] = []
@@ -223,6 +229,28 @@ class Executor:
                 views.append(self._vram_of(peer).view(target, n))
         return views
 
+    def _two_pages(self, ctx: int, root: int, t, addr: int, stop: int, end: int,
+                   access: Access) -> list[np.ndarray] | None:
+        """_segments() for [addr, end) in system memory that `t` covers up
+        to `stop`, the rest lying in the page at `stop`; None when the
+        general path must do it (a fault there, VRAM, a region boundary, an
+        error): it translates again, and reports what it finds in its order."""
+        try:
+            t2 = self.mmu.translate(ctx, root, stop, access)
+        except Fault:
+            return None
+        if t2.vram:
+            return None
+        write = access != Access.READ
+        first, second = t.addr + (addr - t.va), t2.addr + (stop - t2.va)
+        try:
+            if first + (stop - addr) == second:  # contiguous: one view
+                return [self.mem.view(first, end - addr, write)]
+            return [self.mem.view(first, stop - addr, write),
+                    self.mem.view(second, end - stop, write)]
+        except DeviceError:
+            return None
+
     def _dma_error(self, queue: Queue, cmd: Command, addr: int, length: int) -> None:
         """An injected DMA error on [addr, addr+length) of system memory: the
         command fails as if the bus had refused the transfer."""
@@ -260,8 +288,19 @@ class Executor:
               length: int) -> None:
         src_views = self._segments(queue, cmd, src_ap, src, length, Access.READ)
         dst_views = self._segments(queue, cmd, dst_ap, dst, length, Access.WRITE)
-        if len(src_views) == 1 and len(dst_views) == 1:  # the common case, no loop
-            np.copyto(dst_views[0], src_views[0])
+        if len(src_views) == 1:  # the common cases: one side in one piece
+            s, off = src_views[0], 0
+            for d in dst_views:
+                n = len(d)
+                np.copyto(d, s[off:off + n])
+                off += n
+            return
+        if len(dst_views) == 1:
+            d, off = dst_views[0], 0
+            for s in src_views:
+                n = len(s)
+                np.copyto(d[off:off + n], s)
+                off += n
             return
         si = di = so = do = 0
         while si < len(src_views):
