@@ -7,7 +7,11 @@ faults: fault record, interrupt, hmm_range_fault, PTE, replay) and then the
 same page again (no fault), ITERATIONS times, ROUNDS times in one VM.
 Figure: the faulting READ's median ioctl time; anchor in the same run: the
 READ without a fault; the ratio is the median of the rounds' (goal: <= 1.5;
-the host is noisy, so one run of 500 is not enough). Then a run with the
+the host is noisy, so one run of 500 is not enough). Each round also prints
+hmmgpu.ko's own untraced timing of its faulting READs (debugfs fault_timing:
+the doorbell, until the fault is seen, serving it, the replayed command
+until done), and the budget: what the goal lets a fault add against what
+serving it and the replayed command take. Then a run with the
 device trace on, and
 host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced),
@@ -35,7 +39,14 @@ import tempfile
 from pathlib import Path
 
 from hmmgpu.device.trace import load
-from hmmgpu.host.faultpath import breakdown, guest_breakdown, guest_ftrace_script
+from hmmgpu.host.faultpath import (
+    FAULT_TIMING,
+    DriverTiming,
+    breakdown,
+    driver_timing,
+    guest_breakdown,
+    guest_ftrace_script,
+)
 from hmmgpu.host.lab import Lab, LabConfig
 
 GOAL = 1.5
@@ -75,7 +86,11 @@ def main() -> None:
         lab.boot()
         lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
         fault_bench(lab, 20)  # warm-up: first page tables, caches
-        rounds = [fault_bench(lab, args.iterations) for _ in range(max(args.rounds, 1))]
+        rounds, timings = [], []
+        for _ in range(max(args.rounds, 1)):
+            lab.ssh(f"for f in {FAULT_TIMING}; do echo > $f; done")  # drop older samples
+            rounds.append(fault_bench(lab, args.iterations))
+            timings.append(driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout))
         path = Path(tmp) / "fault.hmmtrace"
         lab.gpus[0].trace.start(path)
         try:
@@ -93,15 +108,20 @@ def main() -> None:
             guest = guest_breakdown(lab.ssh(stop, timeout=300).stdout)
         batches = batching(lab, max(args.iterations // 20, 5))
     b = breakdown(trace)
-    for i, (f50, f99, n50, n99, _) in enumerate(rounds, 1):
+    for i, ((f50, f99, n50, n99, _), t) in enumerate(zip(rounds, timings, strict=True), 1):
         print(f"round {i}: device fault round trip, {args.iterations} faults: median "
               f"{f50:.0f} us, p99 {f99:.0f} us; the same READ without a fault: median "
               f"{n50:.0f} us, p99 {n99:.0f} us; ratio {f50 / n50:.2f}")
+        print(f"  {t.line() if t else 'no fault_timing samples (debugfs not mounted?)'}")
     f50 = statistics.median(r[0] for r in rounds)
     n50 = statistics.median(r[2] for r in rounds)
     ratio = statistics.median(r[0] / r[2] for r in rounds)
     print(f"device fault round trip over {len(rounds)} rounds: median {f50:.0f} us, without a "
           f"fault {n50:.0f} us; median ratio {ratio:.2f} (goal <= {GOAL})")
+    if all(timings):
+        t = DriverTiming(sum(x.samples for x in timings),
+                         {k: statistics.median(x.us[k] for x in timings) for k in timings[0].us})
+        print(t.budget(n50, GOAL, f50) + " (the rounds' medians)")
     print(f"traced run: fault median {traced[0]:.0f} us, without {traced[2]:.0f} us")
     print(b.table())
     print(b.budget(n50, GOAL))

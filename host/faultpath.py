@@ -361,3 +361,51 @@ def guest_breakdown(text: str) -> GuestBreakdown:
         raise ValueError("no batch of faults with hmm_range_fault in the guest trace")
     return GuestBreakdown({server: (len(r), {k: statistics.median(x[k] for x in r) for k in r[0]})
                            for server, r in rows.items()}, _runs(top))
+
+
+# the driver's untraced timing of the submissions whose faults their waiter
+# served (hmmgpu.ko's debugfs, docs/architecture.md, Fault timing)
+FAULT_TIMING = "/sys/kernel/debug/hmmgpu/*/fault_timing"
+TIMING_PARTS = ("doorbell", "-> fault seen", "serving it", "-> done (the command replayed)")
+
+
+@dataclass
+class DriverTiming:
+    samples: int
+    us: dict[str, float]  # TIMING_PARTS -> median
+
+    def line(self) -> str:
+        return (f"untraced, the driver's own timestamps ({self.samples} faulting READs, "
+                "debugfs fault_timing): " +
+                ", ".join(f"{name} {us:.1f} us" for name, us in self.us.items()))
+
+    def fault_adds(self) -> float:
+        """What the fault adds after the doorbell: until it is seen, serving
+        it and the replayed command."""
+        return sum(self.us[k] for k in TIMING_PARTS[1:])
+
+    def budget(self, anchor_us: float, goal: float, fault_us: float) -> str:
+        """The faulting READ (`fault_us`, median) against what `goal` times
+        the anchor allows it, in the driver's parts (medians of other
+        samples: they need not add up)."""
+        seen, serve, replayed = (self.us[k] for k in TIMING_PARTS[1:])
+        door = self.us[TIMING_PARTS[0]]
+        return (f"untraced budget: {goal}x the {anchor_us:.0f} us anchor allows the faulting "
+                f"READ {goal * anchor_us:.0f} us; it took {fault_us:.0f}: its doorbell write "
+                f"{door:.1f}, then the fault {self.fault_adds():.1f} (seen {seen:.1f}, the guest "
+                f"serving it {serve:.1f}: its kernel's hmm_range_fault, the PTEs, the REPLAY; "
+                f"the replayed command until done {replayed:.1f}: the device running it "
+                f"again), the rest of the ioctl {fault_us - door - self.fault_adds():.1f}")
+
+
+def driver_timing(text: str) -> DriverTiming | None:
+    """Medians of the samples `cat`'s of FAULT_TIMING printed (ns, a line
+    each); None without any."""
+    rows = [[int(x) for x in line.split()] for line in text.splitlines()
+            if line.strip() and not line.startswith("#")]
+    if not rows:
+        return None
+    if any(len(r) != len(TIMING_PARTS) for r in rows):
+        raise ValueError(f"fault_timing: a line without {len(TIMING_PARTS)} numbers")
+    medians = (statistics.median(col) / 1000 for col in zip(*rows, strict=True))
+    return DriverTiming(len(rows), dict(zip(TIMING_PARTS, medians, strict=True)))

@@ -132,10 +132,13 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
     kind of run splits the guest's part (guest_breakdown)."""
     from hmmgpu.device.trace import INVALIDATE_LEAF, Kind, load
     from hmmgpu.host.faultpath import (
+        FAULT_TIMING,
         GUEST_FAULTED,
         GUEST_PLAIN,
         GUEST_SEGMENTS,
+        TIMING_PARTS,
         breakdown,
+        driver_timing,
         guest_breakdown,
         guest_ftrace_script,
     )
@@ -147,6 +150,10 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
         lab.gpus[0].trace.start(path)
         out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 40").stdout.split()
         lab.gpus[0].trace.stop()
+        # the driver's own timing of the faulting READs its waiter served
+        timing = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
+        lab.ssh(f"for f in {FAULT_TIMING}; do echo > $f; done")
+        cleared = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
         start, stop = guest_ftrace_script()
         lab.ssh(start)
         # 60 READs: how many the waiter serves (not the fault work) varies
@@ -155,6 +162,9 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
         guest = guest_breakdown(lab.ssh(stop).stdout)
         lab.check_console()
     print(guest.table())
+    assert timing is not None and 10 <= timing.samples <= 40, timing
+    assert all(timing.us[p] > 0 for p in TIMING_PARTS), timing.line()
+    assert cleared is None
     # fault_bench's READ waits polling: the fence waiter serves its faults
     n, waiter = guest.served["the fence waiter"]
     assert n >= 10 and all(waiter[s] > 0 for s in GUEST_SEGMENTS), guest.table()
@@ -269,15 +279,20 @@ def test_unbind_with_an_open_file_gives_enodev_and_rebind_works(paths) -> None:
         lab.ssh(f"insmod {lab.guest_bin('hmmgpu.ko')}")
         bdf = lab.ssh("basename /sys/bus/pci/drivers/hmmgpu/0000:*").stdout.strip()
         tool = lab.guest_bin("mirror_remove")
+        # a debugfs file held open across the removal: its reads fail after it
+        timing = f"/sys/kernel/debug/hmmgpu/{bdf}/fault_timing"
         out = lab.ssh(
+            f"exec 3<{timing}; "
             f"rm -f /tmp/go; {tool} /dev/hmm_dmirror0 /tmp/go > /tmp/remove.out 2>&1 & "
             "for i in $(seq 300); do grep -q ready /tmp/remove.out && break; sleep 0.1; done; "
             f"echo {bdf} > /sys/bus/pci/drivers/hmmgpu/unbind && touch /tmp/go; wait; "
-            "cat /tmp/remove.out; test -e /dev/hmm_dmirror0 && echo STILL-THERE; true",
+            "cat /tmp/remove.out; test -e /dev/hmm_dmirror0 && echo STILL-THERE; "
+            f"test -e {timing} && echo TIMING-THERE; cat <&3 >/dev/null 2>&1 || echo eio; true",
             check=False).stdout
-        assert out.split() == ["ready", "ok", "enodev"], out
+        assert out.split() == ["ready", "ok", "enodev", "eio"], out
         lab.check_console()
-        lab.ssh(f"echo {bdf} > /sys/bus/pci/drivers/hmmgpu/bind && test -c /dev/hmm_dmirror0")
+        lab.ssh(f"echo {bdf} > /sys/bus/pci/drivers/hmmgpu/bind && test -c /dev/hmm_dmirror0 "
+                f"&& test -e {timing}")
         cases = ["anon_read", "migrate", "exclusive"]
         args = " ".join(f"-r hmm.hmm_device_private.{t}" for t in cases)
         res = lab.ssh(f"cd /tmp && {lab.guest_bin('hmm-tests')} {args}", check=False).stdout

@@ -363,3 +363,23 @@ def test_the_guest_breakdown_times_each_submission_around_its_doorbell() -> None
     assert "without a fault is 36.0 us, 30.0 of them its doorbell" in b.fault_adds()
     assert "the fault adds 27.0 us, of which -> the fault seen 1.0, serving it 9.0, " \
         "-> done (the command replayed) 21.0" in b.fault_adds()
+
+
+def test_the_drivers_fault_timing_reads_into_medians_and_a_budget() -> None:
+    """host/faultpath.driver_timing on debugfs fault_timing's text: medians
+    per part in microseconds; the budget puts them against the goal."""
+    from hmmgpu.host.faultpath import TIMING_PARTS, driver_timing
+
+    text = ("# doorbell_ns seen_ns serve_ns done_ns\n"
+            "30000 800 14000 20000\n40000 600 15000 21000\n29000 700 13000 19000\n")
+    t = driver_timing(text)
+    assert t is not None and t.samples == 3
+    assert list(t.us.values()) == [30.0, 0.7, 14.0, 20.0]
+    assert list(t.us) == list(TIMING_PARTS)
+    assert t.fault_adds() == pytest.approx(34.7)
+    budget = t.budget(50.0, 1.5, 71.0)
+    assert "allows the faulting READ 75 us; it took 71: its doorbell write 30.0" in budget
+    assert "the rest of the ioctl 6.3" in budget
+    assert driver_timing("# doorbell_ns seen_ns serve_ns done_ns\n") is None
+    with pytest.raises(ValueError):
+        driver_timing("1 2 3\n")

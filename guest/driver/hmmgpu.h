@@ -165,6 +165,22 @@ struct hmmgpu {
 		bool alloc;
 	} san_runs[32];
 	unsigned int san_nruns;
+
+	/* fault timing samples, a ring (hmmgpu_debugfs.c); NULL: none kept */
+	spinlock_t timing_lock;
+	struct hmmgpu_fault_timing *timing;
+	unsigned int timing_next;	/* the slot the next sample takes */
+	unsigned int timing_count;	/* samples held */
+	struct dentry *debugfs;
+};
+
+/* A fence waiter's timing of a submission whose fault it served (hmmgpu_debugfs.c). */
+#define HMMGPU_TIMING_SAMPLES	1024
+struct hmmgpu_fault_timing {
+	u32 doorbell;		/* ns: the doorbell's MMIO write */
+	u32 seen;		/* ns: then until the first fault record was seen */
+	u32 serve;		/* ns: from there to the last REPLAY */
+	u32 done;		/* ns: then until the submission was done */
 };
 
 /* One open of /dev/hmm_dmirrorN: a process address space mirrored by the GPU. */
@@ -285,5 +301,12 @@ int hmmgpu_migrate(struct hmmgpu_mirror *mirror, struct hmm_dmirror_cmd *cmd, bo
 /* hmmgpu_mirror.c */
 extern const struct file_operations hmmgpu_mirror_fops;
 void hmmgpu_mirrors_detach(struct hmmgpu *gpu);
+
+/* hmmgpu_debugfs.c */
+void hmmgpu_fault_timing_add(struct hmmgpu *gpu, u64 doorbell, u64 seen, u64 serve, u64 done);
+void hmmgpu_debugfs_add(struct hmmgpu *gpu);
+void hmmgpu_debugfs_del(struct hmmgpu *gpu);
+void hmmgpu_debugfs_init(void);
+void hmmgpu_debugfs_exit(void);
 
 #endif /* HMMGPU_H */

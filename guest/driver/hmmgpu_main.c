@@ -68,6 +68,7 @@ static void hmmgpu_free(struct kref *ref)
 	struct hmmgpu *gpu = container_of(ref, struct hmmgpu, ref);
 
 	pci_dev_put(gpu->pdev);
+	kfree(gpu->timing);
 	kfree(gpu);
 }
 
@@ -405,6 +406,9 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&gpu->mirrors_lock);
 	mutex_init(&gpu->vram_mms_lock);
 	INIT_LIST_HEAD(&gpu->vram_mms);
+	spin_lock_init(&gpu->timing_lock);
+	/* a debugging aid: no samples kept, rather than no device */
+	gpu->timing = kcalloc(HMMGPU_TIMING_SAMPLES, sizeof(*gpu->timing), GFP_KERNEL);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
@@ -440,9 +444,10 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = hmmgpu_devmem_init(gpu);
 	if (ret)
 		goto engine_fini;
+	hmmgpu_debugfs_add(gpu);
 	ret = hmmgpu_chardevs_add(gpu);
 	if (ret)
-		goto devmem_fini;
+		goto debugfs_del;
 	dev_info(&pdev->dev,
 		 "hmmgpu %u.%u, %llu MiB VRAM, %d MSI-X vectors, fabric id %u, /dev/hmm_dmirror%d (private)\n",
 		 hmmgpu_read(gpu, HMMGPU_REG_VERSION) >> 16,
@@ -452,7 +457,8 @@ static int hmmgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_info(&pdev->dev, "/dev/hmm_dmirror%d (coherent)\n", gpu->coh.minor);
 	return 0;
 
-devmem_fini:
+debugfs_del:
+	hmmgpu_debugfs_del(gpu);
 	hmmgpu_devmem_fini(gpu);
 engine_fini:
 	hmmgpu_engine_fini(gpu);
@@ -478,6 +484,7 @@ static void hmmgpu_remove(struct pci_dev *pdev)
 {
 	struct hmmgpu *gpu = pci_get_drvdata(pdev);
 
+	hmmgpu_debugfs_del(gpu);
 	hmmgpu_chardevs_del(gpu);
 	WRITE_ONCE(gpu->gone, true);
 	synchronize_srcu(&hmmgpu_srcu);
@@ -515,12 +522,14 @@ static int __init hmmgpu_init(void)
 	ret = class_register(&hmmgpu_class);
 	if (ret)
 		goto unregister_region;
+	hmmgpu_debugfs_init();
 	ret = pci_register_driver(&hmmgpu_driver);
 	if (ret)
 		goto unregister_class;
 	return 0;
 
 unregister_class:
+	hmmgpu_debugfs_exit();
 	class_unregister(&hmmgpu_class);
 unregister_region:
 	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_MINORS);
@@ -530,6 +539,7 @@ unregister_region:
 static void __exit hmmgpu_exit(void)
 {
 	pci_unregister_driver(&hmmgpu_driver);
+	hmmgpu_debugfs_exit();
 	class_unregister(&hmmgpu_class);
 	unregister_chrdev_region(hmmgpu_devt, HMMGPU_MAX_MINORS);
 }

@@ -149,13 +149,16 @@ static u32 hmmgpu_poll_bits(struct hmmgpu_queue *q)
  * Poll the status word @last for fence_spin_us; true if it landed. The poll
  * word holds off the interrupts meanwhile. A context queue's waiter serves
  * the faults it sees and polls on after each batch (hmmgpu_fault.c); else a
- * fault record ends the poll, leaving the CPU to the fault work.
+ * fault record ends the poll, leaving the CPU to the fault work. A
+ * submission whose faults the waiter served is timed (debugfs fault_timing)
+ * from @rang, when its doorbell write began.
  */
-static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll)
+static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll, u64 rang)
 {
 	struct hmmgpu *gpu = q->gpu;
 	u64 spin_ns = READ_ONCE(fence_spin_us) * NSEC_PER_USEC;
-	u64 spin_until = ktime_get_ns() + spin_ns;
+	u64 start = ktime_get_ns(), seen = 0, served_at = 0;
+	u64 spin_until = start + spin_ns;
 	bool serve = poll & HMMGPU_POLL_FAULT;
 	bool done = false;
 	int served;
@@ -169,11 +172,15 @@ static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll)
 			break;
 		}
 		if (hmmgpu_fault_pending(gpu)) {
+			if (!seen)
+				seen = ktime_get_ns();
 			served = serve ? hmmgpu_fault_serve_inline(gpu) : -EBUSY;
 			if (served < 0)
 				break;
-			if (served)	/* poll afresh for the replayed command */
-				spin_until = ktime_get_ns() + spin_ns;
+			if (served) {	/* poll afresh for the replayed command */
+				served_at = ktime_get_ns();
+				spin_until = served_at + spin_ns;
+			}
 		}
 		cpu_relax();
 	}
@@ -183,6 +190,9 @@ static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll)
 	 * it raced the device's read of it after the status: an interrupt sent
 	 * for nothing, a quarter of the time.)
 	 */
+	if (done && served_at)
+		hmmgpu_fault_timing_add(gpu, start - rang, seen - start, served_at - seen,
+					ktime_get_ns() - served_at);
 	if (done)
 		return true;
 	/* interrupts again */
@@ -202,7 +212,7 @@ static bool hmmgpu_run_poll(struct hmmgpu_queue *q, u32 last, u32 poll)
  * Wait until the status word @last lands; -EIO if the queue halted, -ENODEV
  * if the device is gone, -ETIMEDOUT.
  */
-static int hmmgpu_run_wait(struct hmmgpu_queue *q, u32 last, u32 poll)
+static int hmmgpu_run_wait(struct hmmgpu_queue *q, u32 last, u32 poll, u64 rang)
 {
 	struct hmmgpu *gpu = q->gpu;
 	unsigned long deadline = jiffies + msecs_to_jiffies(READ_ONCE(fence_timeout_ms));
@@ -210,7 +220,7 @@ static int hmmgpu_run_wait(struct hmmgpu_queue *q, u32 last, u32 poll)
 	unsigned long slice = gpu->nvec ? msecs_to_jiffies(200) : 1;
 	u32 status;
 
-	if (hmmgpu_run_poll(q, last, poll))
+	if (hmmgpu_run_poll(q, last, poll, rang))
 		return 0;
 	for (;;) {
 		if (wait_event_timeout(gpu->fence_wq, hmmgpu_run_done(q, last) ||
@@ -254,6 +264,7 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 		     u64 *status)
 {
 	u32 slots[HMMGPU_MAX_BATCH];
+	u64 rang;
 	u32 poll;
 	int i, ret;
 
@@ -278,9 +289,10 @@ int hmmgpu_queue_run(struct hmmgpu_queue *q, struct hmmgpu_command *cmds, int n,
 	WRITE_ONCE(hmmgpu_poll_word(q->gpu, q->index), cpu_to_le32(poll));
 	/* the commands and the poll word must be visible before the doorbell */
 	dma_wmb();
+	rang = ktime_get_ns();
 	hmmgpu_queue_doorbell(q);
 
-	ret = hmmgpu_run_wait(q, slots[n - 1], poll);
+	ret = hmmgpu_run_wait(q, slots[n - 1], poll, rang);
 	if (ret == -ENODEV) {
 		/* nothing to program: the ring is reset when a device comes back */
 	} else if (ret) {
