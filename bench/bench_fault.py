@@ -10,8 +10,8 @@ READ without a fault; the ratio is the median of the rounds' (goal: <= 1.5;
 the host is noisy, so one run of 500 is not enough). Each round also prints
 hmmgpu.ko's own untraced timing of its faulting READs (debugfs fault_timing:
 the doorbell, until the fault is seen, serving it, the replayed command
-until done), and the budget: what the goal lets a fault add against what
-serving it and the replayed command take. Then a run with the
+until done), and the untraced budget: the faulting READ against what the
+goal allows it, in those parts. Then a run with the
 device trace on, and
 host/faultpath.py's breakdown of the round trip into its segments (tracing
 adds its own cost to each event; the first run's figures are untraced),

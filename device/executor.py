@@ -181,7 +181,8 @@ class Executor:
                         pass  # across two regions, or an error: the general path says
                 elif end - stop <= hw.PAGE_SIZE and not t.vram:
                     # into the next page (an unaligned buffer of a page or
-                    # less): two views, or one, without the runs (8 -> 3 us)
+                    # less): two views, or one, without the runs (a 4 KiB
+                    # COPY to an unaligned buffer 20.3 -> 16.0 us in-process)
                     if (views := self._two_pages(ctx, root, t, addr, stop, end, access)):
                         return views
                 ahead = [t, *mmu.walk_ahead(ctx, t, end, access)] if mmu.walked else [t]

@@ -399,8 +399,8 @@ class DriverTiming:
 
 
 def driver_timing(text: str) -> DriverTiming | None:
-    """Medians of the samples `cat`'s of FAULT_TIMING printed (ns, a line
-    each); None without any."""
+    """Medians of the samples in `text`, FAULT_TIMING's contents (four
+    numbers of ns a line); None without any."""
     rows = [[int(x) for x in line.split()] for line in text.splitlines()
             if line.strip() and not line.startswith("#")]
     if not rows:
