@@ -150,23 +150,25 @@ def test_the_fault_path_breaks_down_and_touches_no_register_before_replay(paths,
         lab.gpus[0].trace.start(path)
         out = lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 40").stdout.split()
         lab.gpus[0].trace.stop()
-        # the driver's own timing of the faulting READs its waiter served
-        timing = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
-        lab.ssh(f"for f in {FAULT_TIMING}; do echo > $f; done")
-        cleared = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
         start, stop = guest_ftrace_script()
         lab.ssh(start)
         # 60 READs: how many the waiter serves (not the fault work) varies
         # from a third to most of them from one boot to the next
         lab.ssh(f"{lab.guest_bin('fault_bench')} /dev/hmm_dmirror0 60")
         guest = guest_breakdown(lab.ssh(stop).stdout)
+        # the driver's own timing of the faulting READs its waiter served, in both runs
+        timing = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
+        lab.ssh(f"for f in {FAULT_TIMING}; do echo > $f; done")
+        cleared = driver_timing(lab.ssh(f"cat {FAULT_TIMING}").stdout)
         lab.check_console()
     print(guest.table())
-    assert timing is not None and 10 <= timing.samples <= 40, timing
-    assert all(timing.us[p] > 0 for p in TIMING_PARTS), timing.line()
-    assert cleared is None
     # fault_bench's READ waits polling: the fence waiter serves its faults
     n, waiter = guest.served["the fence waiter"]
+    # ... and times each such READ done while it polled: most of those its ftrace
+    # saw (a replay slower than fence_spin_us ends the poll untimed), at most all 100
+    assert timing is not None and max(1, n // 2) <= timing.samples <= 100, (n, timing)
+    assert all(timing.us[p] > 0 for p in TIMING_PARTS), timing.line()
+    assert cleared is None
     assert n >= 10 and all(waiter[s] > 0 for s in GUEST_SEGMENTS), guest.table()
     # and each READ around its doorbell (hmmgpu_queue_doorbell), with and without a fault
     for kind, parts in (("without a fault", GUEST_PLAIN), ("with a fault", GUEST_FAULTED)):
